@@ -1,0 +1,249 @@
+"""Training throughput: the naive Hugging Face loop vs medblip's optimised step, same model, same batch.
+
+    python benchmarks/train_throughput.py --device cpu --shapes tiny --strategy full --steps 5 --json out.json
+    python benchmarks/train_throughput.py --device cuda --shapes base --strategy decoder_only --json h100.json
+
+Variants (``--variants``; default ``naive,medblip`` on CPU, ``naive,naive_bf16,medblip`` on CUDA):
+
+* ``naive``: ``BlipForConditionalGeneration`` forward/backward in fp32, ``torch.optim.AdamW`` (default
+  implementation), the processor called on PIL images + captions every step, captions padded to
+  ``--max-tokens`` (64), frozen groups by ``requires_grad_(False)`` -- what a plain HF script does.
+* ``naive_bf16``: the same under ``torch.autocast(bfloat16)``.
+* ``medblip``: :class:`medblip.perf.fast_train.FastTrainStep`: bf16 autocast on CUDA (fp32 on CPU),
+  SDPA attention, fused AdamW on CUDA, uint8 pixels normalised on the device, dynamic padding with
+  length buckets; ``decoder_only``: frozen-encoder features cached once (the build is timed
+  separately and reported, with the amortised rate over 1/3/10 epochs of the image pool).
+
+Both loops prepare their batch inside the timed step (processor vs uint8 + tokenizer) and see the same
+images and captions (``--captions mixed``: realistic lengths; ``long``: every caption at the maximum,
+so padding saves nothing). Images per second = batch size / median step time (``images_per_second``;
+robust on a shared machine), and batch size x steps / total time (``images_per_second_mean``).
+Peak memory: CUDA max allocated, or the process RSS on CPU (sampled; includes the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from medblip.perf import bench_utils as bu
+
+GROUPS = {"full": (), "decoder_only": ("vision_encoder",), "encoder_only": ("text_decoder",)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--family", default="blip", help="blip or vit-gpt2")
+    p.add_argument("--strategy", default="full", choices=sorted(GROUPS))
+    p.add_argument("--shapes", default="tiny", choices=bu.SHAPES)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, autotuning, compile)")
+    p.add_argument("--max-tokens", type=int, default=64, help="caption token limit (naive pads to it)")
+    p.add_argument("--captions", default="mixed", choices=["mixed", "long"])
+    p.add_argument("--pool", type=int, default=None,
+                   help="distinct images (default: batch x (warmup + steps), at most 1024); the feature cache holds them all")
+    p.add_argument("--variants", default=None, help="comma list of naive, naive_bf16, medblip")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="medblip's precision")
+    p.add_argument("--no-sdpa", action="store_true")
+    p.add_argument("--no-bucketing", action="store_true")
+    p.add_argument("--no-feature-cache", action="store_true", help="decoder_only without cached features")
+    p.add_argument("--compile", action="store_true", help="torch.compile medblip's module")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the results here")
+    return p.parse_args(argv)
+
+
+def naive_freeze(adapter: Any, strategy: str) -> list[torch.nn.Parameter]:
+    adapter.apply_strategy("full")  # everything trainable, nothing pinned
+    groups = adapter.group_modules()
+    for g in GROUPS[strategy]:
+        for m in groups[g]:
+            m.requires_grad_(False)
+    return [p for p in adapter.model.parameters() if p.requires_grad]
+
+
+def naive_batch(adapter: Any, images: list[Any], captions: list[str], max_tokens: int) -> dict[str, torch.Tensor]:
+    """What a plain script does: processor(images, text) padded to max_length; labels = ids, pad -> -100."""
+    if adapter.family == "blip":
+        enc = adapter.processor(images=images, text=captions, padding="max_length", max_length=max_tokens,
+                                truncation=True, return_tensors="pt")
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        return {"pixel_values": enc["pixel_values"], "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"], "labels": labels}
+    tok = adapter.tokenizer
+    pv = adapter.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    enc = tok([c + tok.eos_token for c in captions], padding="max_length", max_length=max_tokens, truncation=True,
+              return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    return {"pixel_values": pv, "labels": labels, "decoder_attention_mask": enc["attention_mask"]}
+
+
+def run_naive(adapter: Any, args: argparse.Namespace, pil: list[Any], captions: list[str], bf16: bool) -> dict[str, Any]:
+    device = adapter.device
+    params = naive_freeze(adapter, args.strategy)
+    opt = torch.optim.AdamW(params, lr=args.lr)
+    model = adapter.base_model
+    model.train()
+    n, bs = len(pil), args.batch_size
+    losses: list[float] = []
+    prep = [0.0]
+
+    def step(i: int) -> None:
+        idx = [(i * bs + j) % n for j in range(bs)]
+        t0 = time.perf_counter()
+        batch = naive_batch(adapter, [pil[k] for k in idx], [captions[k] for k in idx], args.max_tokens)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        prep[0] += time.perf_counter() - t0
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else torch.autocast(device.type, enabled=False)
+        with ctx:
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+
+    out = bu.run_timed(step, steps=args.steps, warmup=args.warmup, device=device)
+    opt.state.clear()
+    out.update(images_per_second=bs / out["step_seconds_median"],
+               images_per_second_mean=bs * args.steps / out["seconds"], prep_seconds_total=prep[0], loss_first=losses[0], loss_last=losses[-1],
+               tokens_per_caption_padded=args.max_tokens)
+    return out
+
+
+def run_medblip(adapter: Any, args: argparse.Namespace, pixels: np.ndarray, captions: list[str]) -> dict[str, Any]:
+    from medblip.perf.batching import (
+        LengthBucketBatchSampler,
+        UInt8Collate,
+        caption_lengths,
+        padding_fraction,
+    )
+    from medblip.perf.captioner import autocast
+    from medblip.perf.fast_train import FastTrainStep
+    from medblip.perf.feature_cache import FeatureCache, encoder_fn, use_feature_cache
+
+    device = adapter.device
+    adapter.apply_strategy(args.strategy)
+    n, bs = len(pixels), args.batch_size
+    ids = [f"img{i:06d}" for i in range(n)]
+    lengths = caption_lengths(adapter, captions)
+    if args.no_bucketing:
+        batches = [[(i * bs + j) % n for j in range(bs)] for i in range(-(-n // bs))]
+    else:
+        batches = [b for b in LengthBucketBatchSampler(lengths, bs, seed=args.seed) if len(b) == bs] or \
+                  [[(j) % n for j in range(bs)]]
+    info: dict[str, Any] = {"padding_fraction": padding_fraction(batches, lengths),
+                            "tokens_per_caption_mean": float(np.mean(lengths))}
+    cache = None
+    if not args.no_feature_cache and use_feature_cache(adapter, "auto"):
+        cache = FeatureCache.for_adapter(adapter, ids=ids, image_size=pixels.shape[1], store_device=device)
+    stepper = FastTrainStep(adapter, lr=args.lr, precision=args.precision, sdpa=not args.no_sdpa,
+                            compile=args.compile, feature_cache=cache)
+    collate = UInt8Collate(adapter, pad_multiple=8, with_pixels=cache is None)
+    if cache is not None:  # build the cache over the pool: one encoder pass per image, timed
+        encode = encoder_fn(adapter, autocast=lambda: autocast(device, stepper.precision))
+        index = {rid: i for i, rid in enumerate(ids)}
+
+        def images_fn(chunk: list[str]) -> torch.Tensor:
+            return stepper.normalizer(pixels[[index[c] for c in chunk]], device=device)
+
+        with bu.timed(device) as t:
+            cache.precompute(ids, images_fn, encode, batch_size=max(bs, 32))
+        info["feature_cache"] = {"build_seconds": t["seconds"], "build_images_per_second": n / t["seconds"],
+                                 "images": n, "bytes": cache.nbytes(), "store_device": str(device)}
+    losses: list[float] = []
+    prep = [0.0]
+
+    def step(i: int) -> None:
+        b = batches[i % len(batches)]
+        t0 = time.perf_counter()
+        batch = collate([(pixels[k], captions[k]) for k in b])
+        batch["ids"] = [ids[k] for k in b]
+        prep[0] += time.perf_counter() - t0
+        losses.append(float(stepper.step(batch)))
+
+    try:
+        out = bu.run_timed(step, steps=args.steps, warmup=args.warmup, device=device)
+    finally:
+        stepper.close()
+    rate = bs / out["step_seconds_median"]
+    out.update(images_per_second=rate, images_per_second_mean=bs * args.steps / out["seconds"],
+               prep_seconds_total=prep[0],
+               loss_first=losses[0], loss_last=losses[-1], **info,
+               options={"precision": stepper.precision, "sdpa": not args.no_sdpa, "bucketing": not args.no_bucketing,
+                        "fused_adamw": device.type == "cuda", "compile": args.compile,
+                        "feature_cache": cache is not None, "pad_multiple": 8})
+    if cache is not None:
+        fc = info["feature_cache"]
+        for epochs in (1, 3, 10):
+            total = epochs * n
+            out[f"amortized_images_per_second_{epochs}_epochs"] = total / (fc["build_seconds"] + total / rate)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is available")
+    torch.manual_seed(args.seed)
+    variants = (args.variants.split(",") if args.variants else
+                (["naive", "naive_bf16", "medblip"] if device.type == "cuda" else ["naive", "medblip"]))
+    adapter = bu.build_adapter(args.family, args.shapes, device=device, seed=args.seed, max_length=args.max_tokens)
+    size = bu.image_size_of(adapter)
+    n = args.pool or min(1024, args.batch_size * (args.warmup + args.steps))
+    n = max(n, args.batch_size)
+    pixels = bu.synthetic_pixels(n, size, seed=args.seed)
+    from PIL import Image
+
+    pil = [Image.fromarray(p, "RGB") for p in pixels]
+    captions = bu.synthetic_captions(n, lengths=args.captions, max_words=args.max_tokens, seed=args.seed)
+    result: dict[str, Any] = {
+        "benchmark": "train_throughput", "environment": bu.environment(device), "command": " ".join(sys.argv),
+        "family": adapter.family, "shapes": args.shapes, "strategy": args.strategy, "batch_size": args.batch_size,
+        "steps": args.steps, "warmup": args.warmup, "image_size": size, "max_tokens": args.max_tokens,
+        "captions": args.captions, "pool_images": n,
+        "parameters": sum(p.numel() for p in adapter.model.parameters()), "results": {},
+    }
+    for name in variants:
+        bu.release(device)
+        if name == "naive":
+            result["results"][name] = run_naive(adapter, args, pil, captions, bf16=False)
+        elif name == "naive_bf16":
+            result["results"][name] = run_naive(adapter, args, pil, captions, bf16=True)
+        elif name == "medblip":
+            result["results"][name] = run_medblip(adapter, args, pixels, captions)
+        else:
+            raise SystemExit(f"unknown variant {name!r}")
+    res = result["results"]
+    if "medblip" in res and "naive" in res:
+        result["ratio"] = res["medblip"]["images_per_second"] / res["naive"]["images_per_second"]
+    if "medblip" in res and "naive_bf16" in res:
+        result["ratio_vs_naive_bf16"] = res["medblip"]["images_per_second"] / res["naive_bf16"]["images_per_second"]
+    bu.print_table(f"train throughput: {adapter.family} {args.shapes} {args.strategy} batch {args.batch_size} "
+                   f"on {result['environment'].get('gpu') or result['environment']['cpu']}",
+                   list(res.items()), "images_per_second", "images/s")
+    if "feature_cache" in res.get("medblip", {}):
+        fc = res["medblip"]["feature_cache"]
+        print(f"  feature cache build: {fc['build_images_per_second']:.1f} images/s; amortised over 1/3/10 epochs: "
+              + " / ".join(f"{res['medblip'][f'amortized_images_per_second_{e}_epochs']:.1f}" for e in (1, 3, 10)))
+    if "ratio" in result:
+        print(f"  ratio medblip / naive: {result['ratio']:.2f}x")
+    if "ratio_vs_naive_bf16" in result:
+        print(f"  ratio medblip / naive_bf16: {result['ratio_vs_naive_bf16']:.2f}x")
+    bu.write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Command line interface: ``medblip`` / ``python -m medblip``."""
+
+from __future__ import annotations
+
+import sys
+
+from medblip.cli.app import app
+from medblip.errors import MedblipError
+
+# Importing the command modules registers their commands on ``app``.
+from medblip.cli import data_cmd  # noqa: E402,F401  isort: skip
+from medblip.cli import synth_cmd  # noqa: E402,F401  isort: skip
+from medblip.cli import report_cmd  # noqa: E402,F401  isort: skip
+from medblip.cli import model_cmd  # noqa: E402,F401  isort: skip
+from medblip.cli import eval_cmd  # noqa: E402,F401  isort: skip
+from medblip.cli import evaluate_cmd  # noqa: E402,F401  isort: skip
+from medblip.cli import train_cmd  # noqa: E402,F401  isort: skip
+from medblip.cli import explain_cmd  # noqa: E402,F401  isort: skip
+from medblip.cli import cache_cmd  # noqa: E402,F401  isort: skip
+from medblip.cli import experiment_cmd  # noqa: E402,F401  isort: skip
+
+
+def main() -> None:
+    try:
+        app()
+    except MedblipError as exc:
+        print(f"medblip: error: {exc}", file=sys.stderr)
+        sys.exit(2)

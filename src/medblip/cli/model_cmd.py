@@ -1,0 +1,72 @@
+"""``medblip model ...`` commands: tiny stand-in checkpoints and checkpoint inspection."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from medblip.cli.app import model_app
+
+
+class TinyFamily(StrEnum):
+    blip = "blip"
+    blip2 = "blip2"
+    instructblip = "instructblip"
+    vit_gpt2 = "vit-gpt2"
+
+
+@model_app.command("init-tiny")
+def init_tiny_cmd(
+    family: TinyFamily = typer.Option(..., "--family", help="Model family."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (replaced atomically if it exists)."),
+    image_size: int = typer.Option(64, "--image-size", min=8, help="Input image size in pixels."),
+    patch_size: int | None = typer.Option(None, "--patch-size", min=1, help="ViT patch size (default image/8)."),
+    hidden_size: int = typer.Option(32, "--hidden-size", min=4, help="Hidden size of every tower."),
+    num_layers: int = typer.Option(1, "--layers", min=1, help="Layers per tower."),
+    num_heads: int = typer.Option(2, "--heads", min=1, help="Attention heads."),
+    vocab_size: int = typer.Option(512, "--vocab-size", min=64, help="Tokenizer vocabulary size (at most)."),
+    captions: Path | None = typer.Option(None, "--captions",
+                                         help="Text file, one caption per line, added to the tokenizer corpus."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the random weights."),
+    language_model: str | None = typer.Option(None, "--language-model",
+                                              help="blip2/instructblip only: opt (decoder-only) or t5."),
+) -> None:
+    """Write a tiny randomly initialised model of the family's real transformers classes."""
+    from medblip.models import create_model, init_tiny
+
+    path = init_tiny(family.value, out, captions=captions, image_size=image_size, seed=seed,
+                     vocab_size=vocab_size, patch_size=patch_size, hidden_size=hidden_size,
+                     num_layers=num_layers, num_heads=num_heads, language_model=language_model)
+    model = create_model(path)
+    total = sum(model.parameter_counts().values())
+    typer.echo(f"wrote tiny {model.family} ({type(model.base_model).__name__}, {total:,} parameters) to {path}")
+
+
+@model_app.command("info")
+def info_cmd(
+    name_or_path: str = typer.Argument(..., help="Hub id or save_pretrained folder."),
+    family: str | None = typer.Option(None, "--family", help="Family (default: from config.json)."),
+    local_files_only: bool = typer.Option(False, "--offline", help="Never download; use the local cache only."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Family, transformers classes, parameter counts per group and supported strategies."""
+    from medblip.io import dumps
+    from medblip.models import create_model
+
+    model = create_model(name_or_path, family, local_files_only=local_files_only or None)
+    info = model.describe()
+    if json_out:
+        typer.echo(dumps(info))
+        return
+    typer.echo(f"{info['name_or_path']}")
+    typer.echo(f"  family      {info['family']}")
+    typer.echo(f"  model       {info['model_class']} ({info['dtype']})")
+    typer.echo(f"  processor   {info['processor_class']} / tokenizer {info['tokenizer_class']}")
+    params = info["parameters"]
+    typer.echo(f"  parameters  {params['total']:,}")
+    for group, n in params.items():
+        if group != "total":
+            typer.echo(f"    {group:<16}{n:>14,}  ({n / max(params['total'], 1):.1%})")
+    typer.echo(f"  strategies  {', '.join(info['strategies'])}")

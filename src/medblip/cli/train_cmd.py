@@ -1,0 +1,47 @@
+"""``medblip train CONFIG [--set key=value ...] [--resume] [--out DIR]``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from medblip.cli.app import app
+
+
+@app.command("train")
+def train_command(
+    config: Path = typer.Argument(..., help="experiment YAML file (see configs/)"),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="override a config value, e.g. --set train.lr=1e-4 (repeatable)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in output.dir from checkpoints/last"),
+    out: Path | None = typer.Option(None, "--out", help="run folder (overrides output.dir)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+) -> None:
+    """Fine-tune a model as CONFIG describes; writes checkpoints, metrics and costs to the run folder.
+
+    Multi-GPU / multi-node: start it with `accelerate launch -m medblip train CONFIG` (see configs/accelerate/).
+    SIGINT/SIGTERM stop after the current step with a resumable checkpoint (exit status 130/143).
+    """
+    from medblip.training.config import check_paths, load_config
+
+    cfg = load_config(config, set_, out=out)
+    check_paths(cfg, str(config))
+
+    import transformers
+
+    # Checkpoint loading/saving progress bars would interleave with the training bar.
+    transformers.utils.logging.disable_progress_bar()
+    from medblip.training.trainer import train
+
+    result = train(cfg, resume=resume, source=str(config), progress=progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun only rank 0 reports
+        raise typer.Exit(result.exit_code)
+    if result.status == "interrupted":
+        print(f"medblip: stopped by {result.signal} at step {result.global_step}; resume with: "
+              f"medblip train {config} --resume" + (f" --out {out}" if out else ""), file=sys.stderr)
+        raise typer.Exit(result.exit_code)
+    best = f"{result.best_metric_name} {result.best_metric:.4f}" if result.best_metric is not None else "n/a"
+    print(f"{result.status}: {result.global_step} steps, best {best}; run folder {result.run_dir}")

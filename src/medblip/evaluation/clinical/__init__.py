@@ -1,0 +1,8 @@
+"""Clinical correctness without downloaded weights: a curated radiology lexicon and a rule-based
+extractor with negation and uncertainty handling, plus the metrics built on it."""
+
+from medblip.evaluation.clinical.extractor import Concepts, Finding, extract_concepts, normalize_modality
+from medblip.evaluation.clinical.lexicon import Lexicon, default_lexicon_path, load_lexicon
+
+__all__ = ["Concepts", "Finding", "Lexicon", "default_lexicon_path", "extract_concepts", "load_lexicon",
+           "normalize_modality"]

@@ -1,0 +1,756 @@
+"""``medblip compare CONFIG``: several captioning systems on one split, one table, one plot.
+
+A compare config (YAML) lists *systems*; each is either a model run through
+:func:`medblip.evaluation.predict.predict_with` (``model:``) or an existing predictions file
+(``predictions:``, e.g. captions from a commercial API, scored with the same code). All systems are
+scored on the ids they share (the intersection; what was left out is reported), every metric gets
+its bootstrap 95% CI, and each system is tested against the ``reference`` system per metric with the
+evaluation core's paired test. Output folder::
+
+    comparison.md / comparison.csv / comparison.json   the table (metric x system)
+    comparison.png                                     grouped bar plot with CI error bars
+    run.json                                           config, seed, versions, git commit
+    systems/<name>/predictions.jsonl                   model systems (resumable on a rerun)
+    systems/<name>/metrics.json, metrics.md            each system on the shared ids
+
+Relative paths in the config are resolved against the current working directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medblip.errors import ConfigError, DataError, MedblipError
+from medblip.evaluation.predict import (
+    PREDICTIONS_FILE,
+    load_split,
+    make_settings,
+    predict_with,
+    read_predictions_file,
+    run_info,
+    score_and_write,
+    seconds_per_image,
+)
+from medblip.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from medblip.runinfo import set_seed
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+# -- config ----------------------------------------------------------------------------------------
+class SystemConfig(BaseModel):
+    """One system: ``model:`` (run by medblip) or ``predictions:`` (an existing JSONL file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model: str | None = None
+    predictions: str | None = None
+    family: str | None = None
+    generation: dict[str, Any] = Field(default_factory=dict)
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int | None = Field(default=None, ge=1)
+    device: str | None = None
+    dtype: str | None = None
+    #: for a predictions system whose file has no ``gen_seconds``: the time to report, if known
+    seconds_per_image: float | None = Field(default=None, ge=0)
+    description: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("must start with a letter or digit and contain only letters, digits, "
+                             "'.', '_', '+', '-' (it names the system's output folder)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SystemConfig:
+        if (self.model is None) == (self.predictions is None):
+            raise ValueError("give exactly one of 'model' or 'predictions'")
+        if self.predictions is not None:
+            for key in ("family", "model_options", "batch_size", "device", "dtype"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"'{key}' only applies to a 'model' system")
+            if self.generation:
+                raise ValueError("'generation' only applies to a 'model' system")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "model" if self.model is not None else "predictions"
+
+
+class ScoringConfig(BaseModel):
+    """Options of :func:`medblip.evaluation.score_predictions`, the same for every system."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: ImageCLEFmedical Caption preprocessing before the COCO metrics (ROCOv2 comparability)
+    imageclef: bool = False
+    #: METEOR needs a Java process that takes 10 s or more to start
+    meteor: bool = True
+    #: "auto": PTB tokenizer + METEOR when Java is installed; false: never use Java
+    java: bool | Literal["auto"] = "auto"
+    spice: bool = False
+    #: BERTScore model (local path or name) or a dict of bert_score.score options
+    bertscore: str | dict[str, Any] | None = None
+    uncertain_as: Literal["present", "absent"] = "present"
+
+    def options(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class CompareConfig(BaseModel):
+    """The compare config file (see ``configs/compare_synth.yaml`` for a commented example)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str | None = None
+    split: str = "test"
+    format: str = "auto"
+    limit: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    out: str | None = None
+    reference: str
+    systems: list[SystemConfig] = Field(min_length=1)
+    #: settings shared by every model system (a system's own ``generation`` overrides them)
+    generation: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int = Field(default=8, ge=1)
+    device: str | None = None
+    dtype: str | None = None
+    #: bootstrap resamples for the 95% confidence intervals
+    bootstrap: int = Field(default=1000, ge=0)
+    #: paired test against the reference system, and its number of resamples / permutations
+    significance: Literal["bootstrap", "randomization"] = "bootstrap"
+    significance_samples: int = Field(default=1000, ge=1)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    #: options passed to score_predictions (e.g. ImageCLEF preprocessing)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    #: metrics drawn in the bar plot (default: every metric on a 0..1 scale, plus CIDEr)
+    plot_metrics: list[str] | None = None
+    #: fail instead of scoring the intersection when the systems' id sets differ
+    strict_ids: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> CompareConfig:
+        names = [s.name for s in self.systems]
+        seen: set[str] = set()
+        for i, n in enumerate(names):
+            if n.lower() in seen:
+                raise _KeyError(f"systems[{i}].name", f"duplicate system name {n!r}")
+            seen.add(n.lower())
+        if self.reference not in names:
+            raise _KeyError("reference", f"{self.reference!r} is not a system name "
+                                         f"(systems: {', '.join(names)})")
+        if self.data is None:
+            for i, s in enumerate(self.systems):
+                if s.model is not None:
+                    raise _KeyError("data", f"required: system {s.name!r} (systems[{i}]) runs a model")
+        return self
+
+
+class _KeyError(ValueError):
+    """A validation error that knows its config key (pydantic reports the model's location)."""
+
+    def __init__(self, key: str, msg: str) -> None:
+        super().__init__(msg)
+        self.key, self.msg = key, msg
+
+
+def _format_loc(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_compare_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> CompareConfig:
+    """Read and validate a compare config; any problem is one :class:`ConfigError` line naming
+    the file and the key."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML ({where}{problem})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    raw = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    try:
+        cfg = CompareConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _KeyError):
+            key, msg = ctx_err.key, ctx_err.msg
+        else:
+            key, msg = _format_loc(err["loc"]), err["msg"]
+            msg = msg.removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+        more = exc.error_count() - 1
+        raise ConfigError(f"{path}: {key}: {msg}" + (f" (and {more} more problem(s))" if more else "")) from None
+    # generation keys are checked here so the message names the key path
+    for i, s in enumerate(cfg.systems):
+        if s.model is not None:
+            make_settings({**cfg.generation, **s.generation}, source=f"{path}: systems[{i}].generation")
+        elif not Path(s.predictions).expanduser().is_file():  # type: ignore[arg-type]
+            raise ConfigError(f"{path}: systems[{i}].predictions: no such file: {s.predictions}")
+    if cfg.generation:
+        make_settings(cfg.generation, source=f"{path}: generation")
+    if cfg.data is not None and not Path(cfg.data).expanduser().exists():
+        raise ConfigError(f"{path}: data: no such file or folder: {cfg.data}")
+    return cfg
+
+
+# -- results ---------------------------------------------------------------------------------------
+@dataclass
+class MetricValue:
+    value: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    group: str | None = None  # caption | clinical | embedding (from score_predictions)
+
+
+@dataclass
+class SystemResult:
+    name: str
+    kind: str
+    source: str
+    n_own: int
+    metrics: dict[str, MetricValue]
+    seconds_per_image: float | None
+    generation: dict[str, Any] | None = None
+    family: str | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    folder: Path | None = None
+    description: str | None = None
+
+
+@dataclass
+class Comparison:
+    out: Path
+    reference: str
+    split: str
+    n_images: int
+    metric_names: list[str]
+    systems: list[SystemResult]
+    excluded: dict[str, Any]
+    significance: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def system(self, name: str) -> SystemResult:
+        return next(s for s in self.systems if s.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "split": self.split,
+            "n_images": self.n_images,
+            "metrics": self.metric_names,
+            "significance": self.significance,
+            "excluded": self.excluded,
+            "notes": self.notes,
+            "systems": [
+                {
+                    "name": s.name, "kind": s.kind, "source": s.source, "family": s.family,
+                    "description": s.description,
+                    "generation": s.generation, "n_predictions": s.n_own,
+                    "seconds_per_image": s.seconds_per_image,
+                    "metrics": {m: vars(v) for m, v in s.metrics.items()},
+                    "diagnostics": s.diagnostics, "warnings": s.warnings,
+                    "folder": str(s.folder) if s.folder else None,
+                }
+                for s in self.systems
+            ],
+        }
+
+
+# -- runner ----------------------------------------------------------------------------------------
+def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = None,
+                progress: bool = True, config_path: str | Path | None = None) -> Comparison:
+    """Run/load every system, score them on their shared ids and write the comparison files."""
+    if not isinstance(config, CompareConfig):
+        config_path = config
+        config = load_compare_config(config)
+    cfg = config
+    out = Path(out or cfg.out or Path("runs") / "compare" / (Path(config_path).stem if config_path else "compare"))
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    where = str(config_path) if config_path else "compare config"
+
+    records = None
+    data_refs: dict[str, str] | None = None
+    split = cfg.split
+    if cfg.data is not None:
+        records, report = load_split(cfg.data, cfg.split, format=cfg.format, limit=cfg.limit, seed=cfg.seed)
+        split = records[0].split
+        data_refs = {r.id: r.caption for r in records}
+        summary = getattr(report, "summary", None)
+        if callable(summary):
+            notes.append(summary())
+
+    # 1. predictions-file systems (cheap) first, so id problems show before any model runs
+    own: dict[str, dict[str, dict[str, Any]]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for s in cfg.systems:
+        if s.predictions is None:
+            continue
+        pf = read_predictions_file(s.predictions, required=("id", "prediction"))
+        notes.extend(f"{s.name}: {n}" for n in pf.notes)
+        rows = {r["id"]: r for r in pf.rows}
+        if not rows:
+            raise DataError(f"{s.predictions}: no predictions (system {s.name!r})")
+        if data_refs is not None:
+            differ = [i for i, r in rows.items() if i in data_refs and isinstance(r.get("reference"), str)
+                      and r["reference"].strip() != data_refs[i].strip()]
+            if differ:
+                notes.append(f"{s.name}: {len(differ)} reference(s) in {s.predictions} differ from the "
+                             f"dataset's captions (e.g. id {differ[0]}); the dataset's are used")
+        own[s.name] = rows
+        info[s.name] = {"kind": "predictions", "source": str(Path(s.predictions).resolve()),
+                        "family": None, "generation": None, "folder": out / "systems" / s.name}
+
+    def shared() -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+        # a model system not run yet will cover every id of the split
+        planned = {s.name: own.get(s.name) or {i: {"reference": c} for i, c in (data_refs or {}).items()}
+                   for s in cfg.systems}
+        common, excluded, refs = _shared_ids(cfg, planned, data_refs)
+        if excluded["total"] and cfg.strict_ids:
+            raise DataError(f"{where}: the systems' id sets differ and strict_ids is set: {excluded['total']} "
+                            f"id(s) not shared ({_excluded_summary(excluded)})")
+        if not common:
+            raise DataError(f"{where}: the systems share no image ids on split {split!r} "
+                            f"({_excluded_summary(excluded)}); nothing to compare")
+        return common, excluded, refs
+
+    shared()
+    _precheck_models(cfg, records or [], out, where)
+
+    # 2. model systems: caption the whole split (resumable), each into its own folder
+    for i, s in enumerate(cfg.systems):
+        if s.model is None:
+            continue
+        folder = out / "systems" / s.name
+        set_seed(cfg.seed)  # only sampling (do_sample) draws random numbers
+        run = predict_with(
+            s.model, records, folder / PREDICTIONS_FILE,  # type: ignore[arg-type]
+            generation={**cfg.generation, **s.generation}, family=s.family,
+            device=s.device or cfg.device, dtype=s.dtype or cfg.dtype, model_options=s.model_options,
+            batch_size=s.batch_size or cfg.batch_size, progress=progress, desc=s.name,
+            source=f"{where}: systems[{i}].generation")
+        notes.extend(f"{s.name}: {n}" for n in run.notes)
+        own[s.name] = {r["id"]: r for r in run.rows}
+        first = run.rows[0]
+        info[s.name] = {"kind": "model", "source": first.get("model", s.model), "family": first.get("family"),
+                        "generation": first.get("generation"), "folder": folder}
+
+    common, excluded, refs = shared()
+    if excluded["total"]:
+        msg = (f"scoring {len(common)} image(s) shared by all systems; {excluded['total']} id(s) excluded "
+               f"({_excluded_summary(excluded)})")
+        log.warning(msg)
+        notes.append(msg)
+
+    # 3. score each system on the shared ids
+    scored: dict[str, list[dict[str, Any]]] = {}
+    results: list[SystemResult] = []
+    raw_metrics: dict[str, Any] = {}
+    for s in cfg.systems:
+        rows = [{**own[s.name][i], "id": i, "reference": refs[i]} for i in common]
+        scored[s.name] = rows
+        folder = info[s.name]["folder"]
+        folder.mkdir(parents=True, exist_ok=True)
+        metrics, _ = score_and_write(rows, folder, bootstrap=cfg.bootstrap, seed=cfg.seed,
+                                     score_options=cfg.scoring.options(), title=f"{s.name} on {split} ({len(rows)} images)")
+        raw_metrics[s.name] = metrics
+        spi = seconds_per_image(rows)
+        if spi is None and s.seconds_per_image is not None:
+            spi = s.seconds_per_image
+        table, diag, warns = extract_metrics(metrics)
+        results.append(SystemResult(
+            name=s.name, kind=info[s.name]["kind"], source=info[s.name]["source"], n_own=len(own[s.name]),
+            metrics=table, seconds_per_image=spi, generation=info[s.name]["generation"],
+            family=info[s.name]["family"], diagnostics=diag, warnings=warns, folder=folder,
+            description=s.description))
+    metric_names = list(dict.fromkeys(m for r in results for m in r.metrics))
+
+    # 4. paired significance against the reference, per metric
+    ref_rows = scored[cfg.reference]
+    for r in results:
+        if r.name == cfg.reference:
+            continue
+        pvals = paired_pvalues(ref_rows, scored[r.name], metric_names, method=cfg.significance,
+                               samples=cfg.significance_samples, seed=cfg.seed, score_options=cfg.scoring.options())
+        for m, p in pvals.items():
+            if m in r.metrics:
+                r.metrics[m].p_value = p
+
+    comp = Comparison(
+        out=out, reference=cfg.reference, split=split, n_images=len(common), metric_names=metric_names,
+        systems=results, excluded=excluded,
+        significance={"method": cfg.significance, "samples": cfg.significance_samples, "alpha": cfg.alpha,
+                      "bootstrap": cfg.bootstrap, "ci": 0.95},
+        notes=notes)
+    write_comparison(comp, out, alpha=cfg.alpha, plot_metrics=cfg.plot_metrics)
+    run_info(out, {"command": "compare", "config_file": str(config_path) if config_path else None,
+                   **cfg.model_dump()}, seed=cfg.seed, n_images=len(common))
+    return comp
+
+
+def _precheck_models(cfg: CompareConfig, records: Sequence[Any], out: Path, where: str) -> None:
+    """Fail before any model runs when a model system that still has captions to make names a
+    local checkpoint folder that does not exist (a finished system needs no model)."""
+    from medblip.evaluation.predict import resolve_checkpoint
+
+    ids = {str(r.id) for r in records}
+    for i, s in enumerate(cfg.systems):
+        if s.model is None:
+            continue
+        pf = out / "systems" / s.name / PREDICTIONS_FILE
+        if pf.exists() and ids <= set(read_predictions_file(pf).by_id):
+            continue
+        checkpoint, _, _ = resolve_checkpoint(s.model)
+        path = Path(checkpoint).expanduser()
+        if path.exists():
+            if not (path / "config.json").is_file():
+                raise ConfigError(f"{where}: systems[{i}].model: {s.model} is neither a checkpoint folder "
+                                  f"(no config.json) nor a training run folder (no checkpoints/best or last)")
+            continue
+        looks_local = (checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1
+                       or Path(checkpoint.split("/")[0]).is_dir())
+        if looks_local:
+            raise ConfigError(f"{where}: systems[{i}].model: no such checkpoint or run folder: {s.model}")
+
+
+def _shared_ids(cfg: CompareConfig, own: Mapping[str, Mapping[str, dict[str, Any]]],
+                data_refs: Mapping[str, str] | None) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+    """Ids every system has (in data order, else the reference system's order), what was left out
+    and the reference caption of each shared id."""
+    names = [s.name for s in cfg.systems]
+    if data_refs is not None:
+        universe = list(data_refs)
+    else:
+        universe = list(dict.fromkeys(i for n in [cfg.reference, *names] for i in own[n]))
+    present = set(universe)
+    for n in names:
+        present &= set(own[n])
+    excluded: dict[str, Any] = {"total": 0, "per_system": {}, "examples": [], "reference_mismatch": 0}
+    refs: dict[str, Any] = {}
+    mismatch: list[str] = []
+    for i in universe:
+        if i not in present:
+            continue
+        if data_refs is not None:
+            refs[i] = data_refs[i]
+            continue
+        given = {_ref_key(own[n][i].get("reference")): own[n][i].get("reference") for n in names}
+        given.pop(None, None)
+        if not given:
+            raise DataError(f"id {i!r}: no system gives a 'reference' caption and the config has no 'data'")
+        if len(given) > 1:
+            mismatch.append(i)
+            continue
+        refs[i] = next(iter(given.values()))
+    common = [i for i in universe if i in refs]
+    all_ids = set(universe) | {i for n in names for i in own[n]}
+    common_set = set(common)
+    for n in names:
+        mine = set(own[n])
+        missing = len(set(universe) - mine)
+        extra = len(mine - set(universe)) if data_refs is not None else 0
+        if missing or extra:
+            excluded["per_system"][n] = {"missing": missing, "not_in_data": extra}
+    excluded["total"] = len(all_ids - common_set)
+    excluded["examples"] = sorted(all_ids - common_set)[:5]
+    excluded["reference_mismatch"] = len(mismatch)
+    if mismatch:
+        excluded["reference_mismatch_examples"] = mismatch[:5]
+    return common, excluded, refs
+
+
+def _ref_key(ref: Any) -> Any:
+    if ref is None or isinstance(ref, str):
+        return ref
+    return tuple(ref) if isinstance(ref, list) else repr(ref)
+
+
+def _excluded_summary(ex: Mapping[str, Any]) -> str:
+    parts = []
+    for n, d in ex["per_system"].items():
+        bits = []
+        if d["missing"]:
+            bits.append(f"{d['missing']} missing")
+        if d["not_in_data"]:
+            bits.append(f"{d['not_in_data']} not in the data split")
+        parts.append(f"{n}: {', '.join(bits)}")
+    if ex.get("reference_mismatch"):
+        parts.append(f"{ex['reference_mismatch']} with differing reference captions")
+    if ex.get("examples"):
+        parts.append(f"e.g. {', '.join(ex['examples'][:3])}")
+    return "; ".join(parts)
+
+
+# -- the evaluation core's results, normalised -----------------------------------------------------
+def extract_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, MetricValue], dict[str, Any], list[str]]:
+    """score_predictions' result -> (metric -> value with CI, degeneration diagnostics, warnings)."""
+    table: dict[str, MetricValue] = {}
+    for name, v in (metrics.get("metrics") or {}).items():
+        mv = _metric_value(v)
+        if mv is not None:
+            table[name] = mv
+    diag = metrics.get("degeneration") or {}
+    warns = [str(w) for w in metrics.get("warnings") or []]
+    return table, diag if isinstance(diag, dict) else {}, warns
+
+
+def _metric_value(v: Any) -> MetricValue | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return MetricValue(float(v))
+    if isinstance(v, Mapping):
+        val = v.get("value", v.get("score", v.get("mean")))
+        if not isinstance(val, int | float) or isinstance(val, bool):
+            return None
+        lo, hi = v.get("ci_low", v.get("low")), v.get("ci_high", v.get("high"))
+        ci = v.get("ci")
+        if isinstance(ci, Sequence) and len(ci) == 2:
+            lo, hi = ci
+        group = v.get("group")
+        return MetricValue(float(val), _f(lo), _f(hi), group=str(group) if group else None)
+    return None
+
+
+def _f(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
+
+
+def paired_pvalues(rows_ref: Sequence[Mapping[str, Any]], rows_sys: Sequence[Mapping[str, Any]],
+                   metrics: Sequence[str], *, method: str, samples: int, seed: int,
+                   score_options: Mapping[str, Any] | None = None) -> dict[str, float | None]:
+    """Per metric, the paired test's p-value of ``rows_sys`` vs ``rows_ref`` (same ids, same order)."""
+    from medblip.evaluation import paired_test
+
+    a = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows_ref]
+    b = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows_sys]
+    res = paired_test(a, b, metrics=list(metrics), method=method, n=samples, seed=seed,
+                      **dict(score_options or {}))
+    out: dict[str, float | None] = {}
+    for m in metrics:
+        v = res.get(m) if isinstance(res, Mapping) else None
+        if isinstance(v, Mapping):
+            v = v.get("p_value", v.get("p"))
+        out[m] = _f(v)
+    return out
+
+
+# -- writers ---------------------------------------------------------------------------------------
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def comparison_markdown(comp: Comparison, *, alpha: float = 0.05) -> str:
+    names = [s.name + (" (ref)" if s.name == comp.reference else "") for s in comp.systems]
+    lines = [
+        f"# Comparison on {comp.split} ({comp.n_images} images)",
+        "",
+        f"Each cell: value [95% CI] and, for systems other than the reference `{comp.reference}`, the "
+        f"p-value of a paired {comp.significance['method']} test "
+        f"({comp.significance['samples']} samples); * marks p < {alpha:g}.",
+        "",
+        "| metric | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for m in comp.metric_names:
+        cells = []
+        for s in comp.systems:
+            v = s.metrics.get(m)
+            if v is None:
+                cells.append("-")
+                continue
+            cell = _fmt(v.value)
+            if v.ci_low is not None and v.ci_high is not None:
+                cell += f" [{_fmt(v.ci_low)}, {_fmt(v.ci_high)}]"
+            if s.name != comp.reference:
+                cell += f" p={_fmt_p(v.p_value)}" + ("*" if v.p_value is not None and v.p_value < alpha else "")
+            cells.append(cell)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append("| generation s/image | " + " | ".join(_fmt(s.seconds_per_image) for s in comp.systems) + " |")
+    for label, key, digits in (("distinct captions", "distinct_caption_fraction", 3),
+                               ("mean length (words)", "mean_length", 1)):
+        if any(key in s.diagnostics for s in comp.systems):
+            lines.append(f"| {label} | " + " | ".join(_fmt(_f(s.diagnostics.get(key)), digits)
+                                                      for s in comp.systems) + " |")
+    lines.append("")
+    lines.append("| system | kind | source | predictions | description |")
+    lines.append("|---|---|---|---|---|")
+    for s in comp.systems:
+        kind = s.kind + (f" ({s.family})" if s.family else "")
+        desc = (s.description or "").replace("|", "\\|")
+        lines.append(f"| {s.name} | {kind} | `{s.source}` | {s.n_own} | {desc} |")
+    warns = [(s.name, w) for s in comp.systems for w in s.warnings]
+    if warns or comp.excluded.get("total"):
+        lines += ["", "## Notes", ""]
+        if comp.excluded.get("total"):
+            lines.append(f"- {comp.excluded['total']} id(s) not shared by every system were excluded: "
+                         f"{_excluded_summary(comp.excluded)}.")
+        lines += [f"- **{n}**: {w}" for n, w in warns]
+    return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = ("system", "kind", "metric", "value", "ci_low", "ci_high", "p_value", "significant",
+               "reference", "n_images", "seconds_per_image")
+
+
+def comparison_csv(comp: Comparison, *, alpha: float = 0.05) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for s in comp.systems:
+        for m in comp.metric_names:
+            v = s.metrics.get(m)
+            if v is None:
+                continue
+            sig = "" if v.p_value is None else str(v.p_value < alpha).lower()
+            w.writerow([s.name, s.kind, m, _csv(v.value), _csv(v.ci_low), _csv(v.ci_high), _csv(v.p_value),
+                        sig, comp.reference, comp.n_images, _csv(s.seconds_per_image)])
+    return buf.getvalue()
+
+
+def _csv(x: float | None) -> str:
+    return "" if x is None else repr(float(x))
+
+
+_GROUP_TITLES = {"caption": "caption metrics", "clinical": "clinical correctness", "embedding": "embedding"}
+
+
+def plot_comparison(comp: Comparison, path: str | Path, metrics: Sequence[str] | None = None,
+                    *, alpha: float = 0.05) -> Path:
+    """Grouped bars (one group per metric, one bar per system) with 95% CI error bars, as PNG.
+
+    One panel per metric group (caption, clinical, ...); metrics above 1 (CIDEr on good systems)
+    get a panel of their own so the 0..1 metrics stay readable. ``*`` over a bar: p < ``alpha``
+    against the reference system.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    chosen = list(metrics) if metrics else comp.metric_names
+    unknown = [m for m in chosen if m not in comp.metric_names]
+    if unknown:
+        raise ConfigError(f"plot_metrics: unknown metric {unknown[0]!r} (metrics: {', '.join(comp.metric_names)})")
+
+    def top(m: str) -> float:
+        vals = [x for s in comp.systems if (v := s.metrics.get(m)) for x in (v.value, v.ci_high)
+                if x is not None and math.isfinite(x)]
+        return max(vals, default=0.0)
+
+    def group_of(m: str) -> str:
+        return next((v.group for s in comp.systems if (v := s.metrics.get(m)) and v.group), "metrics")
+
+    panels: dict[tuple[str, bool], list[str]] = {}
+    for m in chosen:
+        panels.setdefault((group_of(m), top(m) > 1.0 + 1e-9), []).append(m)
+    n = len(comp.systems)
+    n_bars = sum(len(p) for p in panels.values()) * max(n, 1)
+    fig_w = min(24.0, max(6.0, 2.0 + 0.22 * n_bars + 0.6 * len(panels)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(fig_w, 4.8), squeeze=False,
+                             gridspec_kw={"width_ratios": [len(p) for p in panels.values()]})
+    width = 0.8 / max(n, 1)
+    colors = plt.get_cmap("tab10")
+    for ax, ((group, large), names) in zip(axes[0], panels.items(), strict=True):
+        x = np.arange(len(names))
+        for k, s in enumerate(comp.systems):
+            vals, err_lo, err_hi, stars = [], [], [], []
+            for m in names:
+                v = s.metrics.get(m)
+                val = v.value if v and v.value is not None and math.isfinite(v.value) else np.nan
+                vals.append(val)
+                lo = v.ci_low if v and v.ci_low is not None else val
+                hi = v.ci_high if v and v.ci_high is not None else val
+                err_lo.append(max(val - lo, 0.0) if np.isfinite(val) else 0.0)
+                err_hi.append(max(hi - val, 0.0) if np.isfinite(val) else 0.0)
+                stars.append(bool(v and v.p_value is not None and v.p_value < alpha))
+            label = s.name + (" (ref)" if s.name == comp.reference else "")
+            xs = x + (k - (n - 1) / 2) * width
+            ax.bar(xs, vals, width, yerr=[err_lo, err_hi], capsize=2, label=label, color=colors(k % 10),
+                   error_kw={"elinewidth": 0.8})
+            for xi, val, eh, star in zip(xs, vals, err_hi, stars, strict=True):
+                if star and np.isfinite(val):
+                    ax.annotate("*", (xi, val + eh), ha="center", va="bottom", fontsize=9)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.set_title(_GROUP_TITLES.get(group, group), fontsize=9)
+        if not large:
+            ax.set_ylim(0, 1.08)
+    axes[0][0].set_ylabel("score, 95% CI")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=min(n, 4), frameon=False)
+    fig.suptitle(f"{comp.split}: {comp.n_images} images; * p < {alpha:g} vs {comp.reference} "
+                 f"(paired {comp.significance.get('method', 'bootstrap')})", fontsize=9, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_comparison(comp: Comparison, out: str | Path, *, alpha: float = 0.05,
+                     plot_metrics: Sequence[str] | None = None) -> dict[str, Path]:
+    out = Path(out)
+    paths = {
+        "markdown": atomic_write_text(out / "comparison.md", comparison_markdown(comp, alpha=alpha)),
+        "csv": atomic_write_text(out / "comparison.csv", comparison_csv(comp, alpha=alpha)),
+        "json": atomic_write_json(out / "comparison.json", comp.to_dict()),
+    }
+    paths["png"] = plot_comparison(comp, out / "comparison.png", plot_metrics, alpha=alpha)
+    return paths
+
+
+__all__ = [
+    "CompareConfig", "Comparison", "MedblipError", "SystemConfig", "load_compare_config", "run_compare",
+    "write_comparison",
+]

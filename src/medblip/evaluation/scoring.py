@@ -1,0 +1,429 @@
+"""Library entry points: score a set of predictions, compare two systems, read/write the files.
+
+``score_predictions`` is what ``medblip score`` and ``medblip evaluate`` run, so captions produced
+outside medblip are scored with exactly the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medblip.errors import ConfigError, DataError
+from medblip.evaluation.caption_metrics import COCO_METRICS, caption_metrics
+from medblip.evaluation.clinical.extractor import UncertainAs
+from medblip.evaluation.clinical.metrics import CLINICAL_METRICS, clinical_metrics
+from medblip.evaluation.degeneration import degeneration_report
+from medblip.evaluation.statistics import (
+    AdditiveMetric,
+    Resamplable,
+    bootstrap_cis,
+    mean_metric,
+    paired_significance,
+)
+from medblip.evaluation.tokenization import (
+    JavaOption,
+    imageclef_preprocess,
+    java_available,
+    resolve_java,
+    tokenize_all,
+)
+
+log = logging.getLogger(__name__)
+
+METRICS_JSON, METRICS_MD = "metrics.json", "metrics.md"
+PAIRED_METHODS = ("bootstrap", "randomization")
+
+
+# -- input ------------------------------------------------------------------------------------------
+def _normalise_row(row: Mapping[str, Any], where: str, id_key: str, references_key: str,
+                   prediction_key: str) -> tuple[str, list[str], str]:
+    for key in (id_key, references_key, prediction_key):
+        if key not in row:
+            raise DataError(f"{where}: missing field {key!r} (fields: {', '.join(map(str, row)) or 'none'})")
+    rid = row[id_key]
+    if not isinstance(rid, str | int) or isinstance(rid, bool) or str(rid) == "":
+        raise DataError(f"{where}: field {id_key!r} must be a non-empty string or integer, got {rid!r}")
+    ref = row[references_key]
+    refs = [ref] if isinstance(ref, str) else ref
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+        raise DataError(f"{where}: field {references_key!r} must be a string or a non-empty list of strings, "
+                        f"got {type(ref).__name__}")
+    pred = row[prediction_key]
+    if not isinstance(pred, str):
+        raise DataError(f"{where}: field {prediction_key!r} must be a string, got {type(pred).__name__}")
+    return str(rid), list(refs), pred
+
+
+def parse_rows(rows: Iterable[Mapping[str, Any]], *, id_key: str = "id", references_key: str = "reference",
+               prediction_key: str = "prediction", source: str | None = None,
+               line_numbers: Sequence[int] | None = None) -> tuple[list[str], list[list[str]], list[str]]:
+    """Validate prediction rows -> (ids, references, predictions); errors name the row (or file:line)."""
+    ids: list[str] = []
+    refs: list[list[str]] = []
+    preds: list[str] = []
+    seen: dict[str, str] = {}
+    for i, row in enumerate(rows):
+        line = line_numbers[i] if line_numbers is not None else None
+        where = f"{source}:{line}" if source and line else f"{source or 'predictions'} row {i + 1}"
+        if not isinstance(row, Mapping):
+            raise DataError(f"{where}: expected an object with {id_key!r}, {references_key!r}, {prediction_key!r}")
+        rid, ref, pred = _normalise_row(row, where, id_key, references_key, prediction_key)
+        if rid in seen:
+            raise DataError(f"{where}: duplicate id {rid!r} (first at {seen[rid]})")
+        seen[rid] = where
+        ids.append(rid)
+        refs.append(ref)
+        preds.append(pred)
+    if not ids:
+        raise DataError(f"{source or 'predictions'}: no predictions to score")
+    return ids, refs, preds
+
+
+def read_predictions(path: str | Path, *, id_key: str = "id", references_key: str = "reference",
+                     prediction_key: str = "prediction") -> list[dict[str, Any]]:
+    """Read and validate a predictions JSONL file; a bad line raises ``DataError`` naming file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: predictions file not found")
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, text in enumerate(fh, 1):
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            rows.append(obj)
+            lines.append(lineno)
+    parse_rows(rows, id_key=id_key, references_key=references_key, prediction_key=prediction_key,
+               source=str(path), line_numbers=lines)
+    return rows
+
+
+# -- the scorer ---------------------------------------------------------------------------------------
+class _Scorer:
+    """Settings shared by every system of one evaluation, plus the METEOR Java process."""
+
+    def __init__(self, *, java: JavaOption, imageclef: bool, spice: bool, bertscore: str | Mapping[str, Any] | None,
+                 uncertain_as: UncertainAs, progress: bool, meteor: bool = True) -> None:
+        if uncertain_as not in ("present", "absent"):
+            raise ConfigError(f"uncertain_as must be 'present' or 'absent', not {uncertain_as!r}")
+        self.use_java = resolve_java(java)
+        self.imageclef = imageclef
+        self.spice = spice
+        self.bertscore = bertscore
+        self.uncertain_as = uncertain_as
+        self.progress = progress
+        self.use_meteor = meteor and self.use_java
+        self.warnings: list[str] = []
+        if java == "auto" and not self.use_java:
+            self.warnings.append("Java not found: METEOR and SPICE skipped; BLEU/ROUGE-L/CIDEr use a simple "
+                                 "PTB-like tokenizer (not PTB), so they are close to but not exactly the "
+                                 "published pycocoevalcap numbers")
+        self._stack = ExitStack()
+        self._meteor: Any = None
+
+    def __enter__(self) -> _Scorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    @property
+    def tokenizer(self) -> str:
+        return "ptb" if self.use_java else "simple (not PTB: Java missing or disabled)"
+
+    def meteor(self) -> Any:
+        if self.use_meteor and self._meteor is None:
+            from medblip.evaluation.meteor import MeteorSession
+
+            self._meteor = self._stack.enter_context(MeteorSession())
+        return self._meteor
+
+    def tokenize(self, references: list[list[str]], systems: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:
+        prep: Callable[[str], str] = imageclef_preprocess if self.imageclef else (lambda s: s)
+        payload: dict[Any, list[str]] = {("ref", i): [prep(r) for r in refs] for i, refs in enumerate(references)}
+        for s, preds in enumerate(systems):
+            payload.update({("sys", s, i): [prep(p)] for i, p in enumerate(preds)})
+        # One tokenizer run for everything: the PTB tokenizer starts a JVM per call.
+        tok = tokenize_all(payload, self.use_java)
+        refs_tok = [tok[("ref", i)] for i in range(len(references))]
+        return refs_tok, [[tok[("sys", s, i)][0] for i in range(len(preds))] for s, preds in enumerate(systems)]
+
+    def metrics(self, refs_raw: list[list[str]], preds_raw: list[str], refs_tok: list[list[str]],
+                preds_tok: list[str]) -> tuple[dict[str, Resamplable], dict[str, Any]]:
+        bar = _progress_bar(len(preds_tok), "METEOR statistics") if self.progress and self.use_meteor else None
+        try:
+            out = caption_metrics(refs_tok, preds_tok, self.meteor(), progress=bar.update if bar else None)
+        finally:
+            if bar:
+                bar.close()
+        out = {name: out[name] for name in COCO_METRICS if name in out}
+        if self.spice:
+            spice = _spice_metric(refs_tok, preds_tok, self.use_java, self.warnings)
+            if spice is not None:
+                out["SPICE"] = spice
+        if self.bertscore:
+            out["BERTScore-F1"] = _bertscore_metric(refs_raw, preds_raw, self.bertscore)
+        clinical, details = clinical_metrics(refs_raw, preds_raw, self.uncertain_as)
+        out.update(clinical)
+        return out, details
+
+
+def _progress_bar(total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img" if "statistics" in desc else "resample", leave=False)
+
+
+def _spice_metric(refs_tok: list[list[str]], preds_tok: list[str], use_java: bool,
+                  warnings: list[str]) -> AdditiveMetric | None:
+    if not use_java:
+        warnings.append("SPICE skipped: it needs Java")
+        return None
+    import pycocoevalcap
+
+    spice_dir = Path(next(iter(pycocoevalcap.__path__))) / "spice"
+    if not (spice_dir / "lib" / "stanford-corenlp-3.6.0.jar").exists():
+        warnings.append("SPICE skipped: it needs the Stanford CoreNLP 3.6.0 models, which pycocoevalcap "
+                        "downloads on first use and which cannot be downloaded here; place "
+                        f"stanford-corenlp-3.6.0*.jar in {spice_dir / 'lib'} to enable it")
+        return None
+    try:
+        from pycocoevalcap.spice.spice import Spice
+
+        _, scores = Spice().compute_score({i: r for i, r in enumerate(refs_tok)},
+                                          {i: [p] for i, p in enumerate(preds_tok)})
+        per_image = [float(s["All"]["f"]) for s in scores]
+    except Exception as exc:  # noqa: BLE001 - SPICE is optional; say why it failed, keep the rest
+        warnings.append(f"SPICE skipped: the SPICE jar failed ({type(exc).__name__}: {exc})")
+        return None
+    return mean_metric("SPICE", np.nan_to_num(per_image))
+
+
+def _bertscore_metric(refs: list[list[str]], preds: list[str], options: str | Mapping[str, Any]) -> AdditiveMetric:
+    try:
+        import bert_score
+    except ImportError:
+        raise ConfigError("BERTScore needs the optional 'bert-score' package: pip install 'medblip[bertscore]' "
+                          "(or leave bertscore unset)") from None
+    opts = {"model_type": options} if isinstance(options, str | Path) else dict(options)
+    model = opts.pop("model_type", None) or opts.pop("model", None)
+    if not model:
+        raise ConfigError("bertscore needs a model: a local path or a name, e.g. bertscore='/models/roberta-large'")
+    model = str(model)
+    if opts.get("num_layers") is None and (Path(model) / "config.json").is_file():
+        # bert-score only knows layer counts for its built-in model names; a local model uses its last layer.
+        opts["num_layers"] = json.loads((Path(model) / "config.json").read_text())["num_hidden_layers"]
+    opts.setdefault("lang", "en")
+    opts.setdefault("verbose", False)
+    _, _, f1 = bert_score.score(list(preds), [list(r) for r in refs], model_type=model, **opts)
+    return mean_metric("BERTScore-F1", np.asarray(f1, dtype=np.float64))
+
+
+def _bootstrap(metrics: Mapping[str, Resamplable], n_resamples: int, seed: int, confidence: float,
+               progress: bool) -> dict[str, Any]:
+    bar = _progress_bar(n_resamples, "bootstrap") if progress and n_resamples else None
+    try:
+        return bootstrap_cis(metrics, n_resamples, seed, confidence, progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+
+
+def _group(name: str) -> str:
+    if name in CLINICAL_METRICS:
+        return "clinical"
+    return "embedding" if name.startswith("BERTScore") else "caption"
+
+
+def score_predictions(rows: Iterable[Mapping[str, Any]], *, references_key: str = "reference",
+                      prediction_key: str = "prediction", id_key: str = "id", bootstrap: int = 1000,
+                      seed: int = 0, confidence: float = 0.95, java: JavaOption = "auto",
+                      imageclef: bool = False, bertscore: str | Mapping[str, Any] | None = None,
+                      spice: bool = False, meteor: bool = True, uncertain_as: UncertainAs = "present",
+                      progress: bool = False) -> dict[str, Any]:
+    """Every metric of one system's predictions, each with a bootstrap confidence interval.
+
+    ``rows`` carry an id, a reference (string or list of strings) and a prediction. ``java``:
+    ``"auto"`` uses Java when installed (PTB tokenizer + METEOR) and otherwise warns and falls back;
+    ``True`` requires it; ``False`` never uses it. ``meteor=False`` skips METEOR, whose Java
+    process takes 10 s or more to start. ``imageclef`` applies ImageCLEFmedical Caption
+    preprocessing (for ROCOv2 comparability) before the COCO metrics; clinical metrics always read
+    the raw text (negation needs punctuation). ``bertscore``: a model path/name or a dict of
+    ``bert_score.score`` options. Returns a JSON-ready dict (see :func:`metrics_markdown`).
+    """
+    ids, refs, preds = parse_rows(rows, id_key=id_key, references_key=references_key,
+                                  prediction_key=prediction_key)
+    with _Scorer(java=java, imageclef=imageclef, spice=spice, bertscore=bertscore,
+                 uncertain_as=uncertain_as, progress=progress, meteor=meteor) as scorer:
+        refs_tok, (preds_tok,) = scorer.tokenize(refs, [preds])
+        metrics, clinical = scorer.metrics(refs, preds, refs_tok, preds_tok)
+        cis = _bootstrap(metrics, bootstrap, seed, confidence, progress)
+    degeneration = degeneration_report(preds, refs)
+    for warning in degeneration.warnings:
+        log.warning(warning)
+    table = {}
+    for name, ci in cis.items():
+        entry = {**ci.to_dict(), "group": _group(name)}
+        if name in clinical["support"]:
+            entry["support"] = clinical["support"][name]
+        table[name] = entry
+    return {
+        "n_images": len(ids),
+        "metrics": table,
+        "clinical": clinical,
+        "degeneration": degeneration.to_dict(),
+        "warnings": scorer.warnings + degeneration.warnings,
+        "settings": {
+            "tokenizer": scorer.tokenizer, "java": scorer.use_java, "meteor": scorer.use_meteor,
+            "imageclef": imageclef,
+            "bootstrap": bootstrap, "seed": seed, "confidence": confidence, "uncertain_as": uncertain_as,
+            "spice": spice, "bertscore": bertscore if bertscore is None or isinstance(bertscore, str) else dict(bertscore),
+        },
+        "versions": {"pycocoevalcap": _version("pycocoevalcap"), "medblip": _version("medblip"),
+                     "java": java_available() if scorer.use_java else False},
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# -- two systems ----------------------------------------------------------------------------------------
+def _align(rows_a: Iterable[Mapping[str, Any]], rows_b: Iterable[Mapping[str, Any]], names: tuple[str, str],
+           keys: dict[str, str]) -> tuple[list[str], list[list[str]], list[str], list[str]]:
+    ids_a, refs_a, preds_a = parse_rows(rows_a, source=names[0], **keys)
+    ids_b, refs_b, preds_b = parse_rows(rows_b, source=names[1], **keys)
+    index_b = {rid: i for i, rid in enumerate(ids_b)}
+    missing_b = [rid for rid in ids_a if rid not in index_b]
+    missing_a = sorted(set(ids_b) - set(ids_a))
+    if missing_a or missing_b:
+        raise DataError(f"paired comparison needs the same images: {len(missing_b)} id(s) only in {names[0]} "
+                        f"(e.g. {missing_b[:3]}), {len(missing_a)} only in {names[1]} (e.g. {missing_a[:3]})")
+    order = [index_b[rid] for rid in ids_a]
+    for rid, ref_a, j in zip(ids_a, refs_a, order, strict=True):
+        if refs_b[j] != ref_a:
+            raise DataError(f"paired comparison: id {rid!r} has different references in {names[0]} and {names[1]}")
+    return ids_a, refs_a, preds_a, [preds_b[j] for j in order]
+
+
+def compare_systems(rows_a: Iterable[Mapping[str, Any]], rows_b: Iterable[Mapping[str, Any]], *,
+                    names: tuple[str, str] = ("A", "B"), metrics: Sequence[str] | None = None,
+                    method: str = "bootstrap", n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95,
+                    java: JavaOption = "auto", imageclef: bool = False,
+                    bertscore: str | Mapping[str, Any] | None = None, spice: bool = False, meteor: bool = True,
+                    uncertain_as: UncertainAs = "present", references_key: str = "reference",
+                    prediction_key: str = "prediction", id_key: str = "id",
+                    progress: bool = False) -> dict[str, Any]:
+    """Paired significance of system B against system A on the same images, per metric.
+
+    ``method``: ``"bootstrap"`` (paired bootstrap, also gives a CI of the difference),
+    ``"randomization"`` (approximate randomisation) or ``"both"`` (``p_value`` is the bootstrap one).
+    """
+    methods = list(PAIRED_METHODS) if method == "both" else [method]
+    for m in methods:
+        if m not in PAIRED_METHODS:
+            raise ConfigError(f"unknown paired test {method!r}: use 'bootstrap', 'randomization' or 'both'")
+    keys = {"id_key": id_key, "references_key": references_key, "prediction_key": prediction_key}
+    ids, refs, preds_a, preds_b = _align(rows_a, rows_b, names, keys)
+    result: dict[str, Any] = {"systems": list(names), "n_images": len(ids), "method": method,
+                              "n_resamples": n_resamples, "seed": seed, "metrics": {}}
+    with _Scorer(java=java, imageclef=imageclef, spice=spice, bertscore=bertscore,
+                 uncertain_as=uncertain_as, progress=progress, meteor=meteor) as scorer:
+        refs_tok, (tok_a, tok_b) = scorer.tokenize(refs, [preds_a, preds_b])
+        ma, _ = scorer.metrics(refs, preds_a, refs_tok, tok_a)
+        mb, _ = scorer.metrics(refs, preds_b, refs_tok, tok_b)
+        wanted = list(ma) if metrics is None else list(metrics)
+        for name in wanted:
+            if name not in ma:
+                result["metrics"][name] = {"p_value": None, "note": f"metric {name!r} not computed "
+                                                                    f"(available: {', '.join(ma)})"}
+                continue
+            entry: dict[str, Any] = {}
+            for m in methods:
+                r = paired_significance(ma[name], mb[name], m, n_resamples, seed, confidence)
+                d = r.to_dict()
+                if not entry:
+                    entry = {"a": d["a"], "b": d["b"], "difference": d["difference"], "method": m,
+                             "p_value": d["p_value"], "ci_low": d["ci_low"], "ci_high": d["ci_high"]}
+                entry[f"p_{m}"] = d["p_value"]
+            result["metrics"][name] = entry
+    result["warnings"] = scorer.warnings
+    result["settings"] = {"tokenizer": scorer.tokenizer, "imageclef": imageclef, "confidence": confidence,
+                          "uncertain_as": uncertain_as}
+    return result
+
+
+def paired_test(rows_a: Iterable[Mapping[str, Any]], rows_b: Iterable[Mapping[str, Any]], *,
+                metrics: Sequence[str] | None = None, method: str = "bootstrap", n: int = 1000, seed: int = 0,
+                **options: Any) -> dict[str, dict[str, Any]]:
+    """Per metric: ``{"a", "b", "difference" (b - a), "p_value", ...}`` of a paired test on the same images.
+
+    A thin form of :func:`compare_systems`; ``options`` are the scoring options of
+    :func:`score_predictions` (java, imageclef, bertscore, spice, uncertain_as).
+    """
+    return compare_systems(rows_a, rows_b, metrics=metrics, method=method, n_resamples=n, seed=seed,
+                           **options)["metrics"]
+
+
+# -- output -------------------------------------------------------------------------------------------
+def _fmt(x: Any, digits: int = 4) -> str:
+    return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def metrics_markdown(result: Mapping[str, Any], title: str | None = None) -> str:
+    """A Markdown report of :func:`score_predictions`' result: metrics with CIs, diagnostics, warnings."""
+    settings = result.get("settings", {})
+    conf = settings.get("confidence", 0.95)
+    lines = [f"# {title or 'Caption evaluation'}", ""]
+    warnings = result.get("warnings") or []
+    if warnings:
+        lines += [f"> **WARNING:** {w}" for w in warnings] + [""]
+    lines += [f"{result.get('n_images', '?')} images · tokenizer: {settings.get('tokenizer', '?')} · "
+              f"ImageCLEF preprocessing: {'yes' if settings.get('imageclef') else 'no'} · "
+              f"{conf:.0%} CI from {settings.get('bootstrap', 0)} bootstrap resamples (seed "
+              f"{settings.get('seed', 0)})", ""]
+    lines += [f"| metric | value | {conf:.0%} CI | n |", "|---|---:|---|---:|"]
+    for name, m in result.get("metrics", {}).items():
+        ci = f"[{_fmt(m.get('ci_low'))}, {_fmt(m.get('ci_high'))}]" if m.get("ci_low") is not None else "-"
+        lines.append(f"| {name} | {_fmt(m.get('value'))} | {ci} | {m.get('support', result.get('n_images', ''))} |")
+    deg = result.get("degeneration")
+    if deg:
+        lines += ["", "## Degeneration diagnostics", "", "| diagnostic | value |", "|---|---:|"]
+        rows = [("distinct captions", _fmt(deg["distinct_caption_fraction"], 3)),
+                ("most common caption share", _fmt(deg["most_common_share"], 3)),
+                ("distinct-1 / distinct-2", f"{_fmt(deg['distinct_1'], 3)} / {_fmt(deg['distinct_2'], 3)}"),
+                ("repeated trigram rate (within caption)", _fmt(deg["repeated_ngram_rate"], 3)),
+                ("captions with a 4+ token run", _fmt(deg["token_run_share"], 3)),
+                ("mean length (words) / references",
+                 f"{_fmt(deg['mean_length'], 1)} / {_fmt(deg.get('mean_reference_length'), 1)}"),
+                ("collapsed", "**YES**" if deg["collapsed"] else "no")]
+        lines += [f"| {k} | {v} |" for k, v in rows]
+        if deg.get("most_common_caption") and deg["most_common_share"] * deg["n_captions"] > 1:
+            lines += ["", f"Most common caption: `{deg['most_common_caption']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(result: Mapping[str, Any], out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
+    """Write ``metrics.json`` and ``metrics.md`` into ``out_dir`` (atomically)."""
+    from medblip.io import atomic_write_json, atomic_write_text
+
+    out = Path(out_dir)
+    return {"json": atomic_write_json(out / METRICS_JSON, result),
+            "markdown": atomic_write_text(out / METRICS_MD, metrics_markdown(result, title))}

@@ -1,0 +1,403 @@
+"""The interface every model family adapter implements (one module per family, like transformers).
+
+An adapter wraps the family's real transformers classes (model + processor/tokenizer) and gives the
+trainer, the evaluator and the explainer one way to talk to any family. Adapters are created by
+:func:`medblip.models.create_model`, never by hand.
+
+Shared machinery lives here so that a family module only says what is specific to it: how to load,
+which modules form which parameter group, how to tokenize captions and how to call ``generate``.
+
+Freezing contract (see :mod:`medblip.models.strategies`): a frozen group has ``requires_grad=False``
+and is *pinned* in eval mode (``model.train()`` cannot flip it back, so dropout stays off). Frozen
+groups at the input side of the pipeline (``group_order``: e.g. the vision encoder) additionally run
+under ``torch.no_grad()``, so no autograd graph is built through them at all. A frozen group in the
+middle (e.g. BLIP-2's language model under ``qformer_only``) still builds a graph, because gradients
+must flow through it to the trainable modules before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from medblip.errors import MedblipError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from torch import nn
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding settings shared by all families (mapped onto ``model.generate`` kwargs)."""
+
+    num_beams: int = 3
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    top_p: float = 1.0
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    prompt: str | None = None  # family default when None (see each adapter)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "num_beams": self.num_beams,
+            "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if self.do_sample:
+            kw.update(top_p=self.top_p, temperature=self.temperature)
+        if self.no_repeat_ngram_size:
+            kw["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return kw
+
+    def updated(self, **overrides: Any) -> tuple[GenerationSettings, dict[str, Any]]:
+        """Settings with known fields replaced, plus the remaining raw ``generate`` kwargs."""
+        names = {f.name for f in dataclasses.fields(self)}
+        known = {k: v for k, v in overrides.items() if k in names}
+        extra = {k: v for k, v in overrides.items() if k not in names}
+        return dataclasses.replace(self, **known), extra
+
+
+@dataclass
+class StrategyReport:
+    """What a fine-tuning strategy froze: the parameter counts recorded with every run."""
+
+    strategy: str
+    trainable_params: int
+    frozen_params: int
+    trainable_groups: list[str] = field(default_factory=list)
+    frozen_groups: list[str] = field(default_factory=list)
+    #: groups run under torch.no_grad() (input-side frozen groups)
+    no_grad_groups: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_params(self) -> int:
+        return self.trainable_params + self.frozen_params
+
+    @property
+    def trainable_fraction(self) -> float:
+        total = self.trainable_params + self.frozen_params
+        return self.trainable_params / total if total else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["total_params"] = self.total_params
+        d["trainable_fraction"] = self.trainable_fraction
+        return d
+
+
+@dataclass
+class CrossAttentionOutput:
+    """Decoder cross-attention for a batch of teacher-forced token sequences.
+
+    ``attentions``: one tensor per decoder layer, shaped (batch, heads, text_len, image_tokens) over
+    the *patch* positions only (any CLS / query prefix removed by the adapter), and ``grid`` the
+    (rows, cols) patch grid that image_tokens reshapes to. ``tokens``: the decoded token strings per
+    position (batch x text_len) so maps can be labelled and merged into words.
+    ``extra``: family-specific additions (documented on each adapter's ``cross_attentions``).
+    """
+
+    attentions: list[torch.Tensor]
+    grid: tuple[int, int]
+    token_ids: torch.Tensor
+    tokens: list[list[str]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def eager_attention(model: Any) -> Iterator[None]:
+    """Run ``model`` with eager attention for the duration (SDPA/flash return no attention weights)."""
+    current = getattr(model.config, "_attn_implementation", None)
+    switch = current not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    if switch:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation(current)
+
+
+Member = Any  # an nn.Module or a bare nn.Parameter belonging to a parameter group
+
+
+def _stay_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    # Bound onto frozen modules as ``train``: the parent's ``train()`` recurses into children by
+    # calling ``child.train(mode)``, so this keeps a frozen module (and its dropout) in eval mode.
+    from torch import nn
+
+    return nn.Module.train(self, False)
+
+
+def _no_grad_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return type(self).forward(self, *args, **kwargs)
+
+
+class CaptionModel(ABC):
+    """A captioning model of one family, ready to generate, train and explain."""
+
+    family: ClassVar[str]
+    #: strategies this family supports (see :mod:`medblip.models.strategies`)
+    strategies: ClassVar[tuple[str, ...]] = ("none", "full")
+    #: parameter groups in pipeline order, input side first (decides which frozen groups may run
+    #: under no_grad: only a prefix of frozen groups has no trainable module before it)
+    group_order: ClassVar[tuple[str, ...]] = ()
+    #: strategy -> groups left trainable (``lora`` is handled separately)
+    strategy_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: LoRA defaults: module-name suffixes to adapt, and the groups they are searched in
+    lora_targets: ClassVar[tuple[str, ...]] = ()
+    lora_groups: ClassVar[tuple[str, ...]] = ()
+    #: transformers classes, for ``medblip model info`` and the plain-reload check
+    model_class_name: ClassVar[str] = ""
+    processor_class_name: ClassVar[str] = ""
+
+    def __init__(self, model: Any, processor: Any, name_or_path: str | Path, **options: Any) -> None:
+        self.model = model
+        self.processor = processor
+        self.name_or_path = str(name_or_path)
+        self.options = options
+        self.strategy: StrategyReport | None = None
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def load(cls, source: str, *, dtype: Any = None, device: Any = None,
+             local_files_only: bool | None = None, **options: Any) -> CaptionModel:
+        """Load from a hub id or a local folder through the family's transformers classes."""
+
+    # -- plumbing --------------------------------------------------------------------------------
+    @property
+    def base_model(self) -> Any:
+        """The transformers model (LoRA layers injected in place when a LoRA strategy is applied)."""
+        model = self.model
+        if hasattr(model, "get_base_model"):  # peft.PeftModel
+            model = model.get_base_model()
+        return model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def is_peft(self) -> bool:
+        return hasattr(self.model, "get_base_model")
+
+    @abstractmethod
+    def _group_members(self) -> dict[str, list[Member]]:
+        """Group name -> the modules (or bare parameters) of the base model that form it."""
+
+    def group_modules(self) -> dict[str, list[Member]]:
+        return self._group_members()
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Group name -> names of its parameters, as named by ``self.model.named_parameters()``.
+
+        Every parameter of the model is in exactly one group (tied weights are listed once).
+        """
+        from torch import nn
+
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        groups: dict[str, list[str]] = {}
+        for group, members in self._group_members().items():
+            out: list[str] = []
+            for m in members:
+                params = [m] if isinstance(m, nn.Parameter) else list(m.parameters())
+                out.extend(names[id(p)] for p in params if id(p) in names)
+            groups[group] = list(dict.fromkeys(out))
+        return groups
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Group name -> number of parameters (trainable or not)."""
+        sizes = {n: p.numel() for n, p in self.model.named_parameters()}
+        return {g: sum(sizes[n] for n in names) for g, names in self.parameter_groups().items()}
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        out: dict[str, Any] = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device, dtype=self.dtype) if v.is_floating_point() else v.to(self.device)
+            out[k] = v
+        return out
+
+    def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
+        """Images -> normalised pixel tensor on the model's device and dtype."""
+        if not isinstance(images, list | tuple):
+            images = [images]
+        images = [im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im for im in images]
+        pv = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return pv.to(self.device, dtype=self.dtype)
+
+    # -- train / eval modes ----------------------------------------------------------------------
+    def train_mode(self) -> CaptionModel:
+        """Put the model in training mode; frozen groups stay in eval mode (they are pinned)."""
+        self.model.train()
+        return self
+
+    def eval_mode(self) -> CaptionModel:
+        self.model.eval()
+        return self
+
+    def _pin(self, member: Member, *, no_grad: bool) -> None:
+        from torch import nn
+
+        if not isinstance(member, nn.Module):
+            return
+        member.eval()
+        member.train = types.MethodType(_stay_eval, member)
+        if no_grad:
+            member.forward = types.MethodType(_no_grad_forward, member)
+
+    def _unpin(self, member: Member) -> None:
+        from torch import nn
+
+        if isinstance(member, nn.Module):
+            for attr in ("train", "forward"):
+                member.__dict__.pop(attr, None)
+
+    def no_grad_groups(self) -> list[str]:
+        return list(self.strategy.no_grad_groups) if self.strategy else []
+
+    # -- inference -------------------------------------------------------------------------------
+    def generate(self, images: list[Image.Image], settings: GenerationSettings | None = None,
+                 **overrides: Any) -> list[str]:
+        """Caption each image; ``overrides`` update ``settings`` field by field.
+
+        Override names that are not :class:`GenerationSettings` fields are passed to
+        ``model.generate`` unchanged (e.g. ``length_penalty``).
+        """
+        ids, skip = self.generate_ids(images, settings, **overrides)
+        return self.decode(ids, skip=skip)
+
+    def generate_ids(self, images: list[Image.Image], settings: GenerationSettings | None = None,
+                     **overrides: Any) -> tuple[torch.Tensor, int]:
+        """Raw generated sequences and how many leading positions are prompt (not caption)."""
+        import torch
+
+        if not isinstance(images, list | tuple):
+            images = [images]
+        settings, extra = (settings or GenerationSettings()).updated(**overrides)
+        kwargs = {**settings.generate_kwargs(), **extra}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return self._generate(list(images), settings, kwargs)
+        finally:
+            if was_training:
+                self.train_mode()
+
+    @abstractmethod
+    def _generate(self, images: list[Image.Image], settings: GenerationSettings,
+                  kwargs: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """Family-specific call of ``generate``; returns (sequences, prompt positions to skip)."""
+
+    def decode(self, ids: torch.Tensor, skip: int = 0) -> list[str]:
+        texts = self.tokenizer.batch_decode(ids[:, skip:], skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    # -- training --------------------------------------------------------------------------------
+    @abstractmethod
+    def collate(self, images: list[Image.Image], captions: list[str]) -> dict[str, torch.Tensor]:
+        """Processor + tokenizer: pixel_values, input_ids, attention_mask and labels (-100 = ignored)."""
+
+    def loss(self, batch: dict[str, torch.Tensor], *, model: Any = None) -> torch.Tensor:
+        """The family's own captioning loss for a collated batch.
+
+        ``model``: the module to call instead of ``self.model``, e.g. the DDP wrapper that
+        ``accelerator.prepare(adapter.model)`` returned, so that gradients are synchronised.
+        Frozen input-side groups run under no_grad inside the model's own forward (see module doc).
+        """
+        batch = self._to_device(batch)
+        out = (model if model is not None else self.model)(**self._forward_inputs(batch))
+        return out.loss
+
+    def _forward_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        keys = ("pixel_values", "input_ids", "attention_mask", "labels")
+        return {k: batch[k] for k in keys if k in batch}
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Vision encoder hidden states (batch, tokens, hidden); no graph when the encoder is frozen."""
+        vision = self._vision_module()
+        return vision(pixel_values=pixel_values.to(self.device, dtype=self.dtype)).last_hidden_state
+
+    @abstractmethod
+    def _vision_module(self) -> nn.Module:
+        ...
+
+    def apply_strategy(self, strategy: str, **options: Any) -> StrategyReport:
+        """Freeze / wrap (LoRA) the model for a fine-tuning strategy and report parameter counts."""
+        from medblip.models.strategies import apply_strategy
+
+        return apply_strategy(self, strategy, **options)
+
+    # -- explanation -----------------------------------------------------------------------------
+    def cross_attentions(self, images: list[Image.Image], token_ids: torch.Tensor,
+                         attention_mask: torch.Tensor | None = None) -> CrossAttentionOutput:
+        raise MedblipError(f"{self.family}: cross-attention maps are not available")
+
+    def _tokens(self, token_ids: torch.Tensor) -> list[list[str]]:
+        return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in token_ids]
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """``save_pretrained`` of model and processor (safetensors) into ``directory``.
+
+        The folder reloads with the family's plain transformers classes. A LoRA model is saved with
+        the adapters merged into the weights, computed into a separate state dict so the live
+        (training) model is left untouched.
+        """
+        from medblip.models.strategies import merged_state_dict
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        base = self.base_model
+        if self.is_peft:
+            base.save_pretrained(directory, state_dict=merged_state_dict(self.model))
+        else:
+            base.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+        return directory
+
+    def describe(self) -> dict[str, Any]:
+        """Summary for ``medblip model info``."""
+        counts = self.parameter_counts()
+        return {
+            "family": self.family,
+            "name_or_path": self.name_or_path,
+            "model_class": type(self.base_model).__name__,
+            "processor_class": type(self.processor).__name__,
+            "tokenizer_class": type(self.tokenizer).__name__,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "parameters": {"total": sum(counts.values()), **counts},
+            "strategies": list(self.strategies),
+            "options": {k: v for k, v in self.options.items() if v is not None},
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(family={self.family!r}, name_or_path={self.name_or_path!r})"

@@ -1,0 +1,419 @@
+"""Tiny randomly initialised stand-ins for real checkpoints (``medblip model init-tiny``).
+
+Each is a model of the family's *real* transformers classes with a tokenizer built offline with the
+``tokenizers`` library, saved with ``save_pretrained``: the folder loads through exactly the same
+``create_model`` / ``from_pretrained`` path as a hub checkpoint. Deterministic given ``seed``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medblip.errors import MedblipError
+from medblip.io import atomic_replace_dir
+
+_MODALITIES = ["CT", "MRI", "radiograph", "ultrasound", "chest x-ray", "PET", "angiography", "mammography"]
+_REGIONS = ["brain", "chest", "liver", "kidney", "abdomen", "pelvis", "spine", "knee", "lung", "heart",
+            "thyroid", "breast"]
+_FINDINGS = ["lesion", "nodule", "effusion", "fracture", "mass", "cyst", "hemorrhage", "infarct",
+             "calcification", "stenosis", "edema", "abscess", "tumor", "aneurysm", "pneumothorax"]
+_SIDES = ["left", "right", "bilateral"]
+_PLANES = ["axial", "coronal", "sagittal"]
+_SIZES = ["small", "large", "12 mm", "3 cm", "5 mm"]
+_TEMPLATES = [
+    "{plane} {modality} of the {region} showing a {size} {side} {finding}",
+    "{modality} {region} with {side} {finding}",
+    "{modality} of the {region} showing no {finding}",
+    "{plane} {modality} image demonstrating a {finding} in the {side} {region} (arrow)",
+    "contrast-enhanced {modality} shows a {size} {finding} of the {side} {region}.",
+    "{modality}: {side} {region} {finding}, no other abnormality",
+]
+
+
+def radiology_corpus(n: int = 400, seed: int = 0) -> list[str]:
+    """A small deterministic corpus of radiology-style captions (tokenizer training text)."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    # every word appears at least once, whatever n is
+    for modality, region, finding in itertools.zip_longest(_MODALITIES, _REGIONS, _FINDINGS):
+        out.append(f"{modality or 'CT'} of the {region or 'chest'} showing a {finding or 'mass'}")
+    out += [f"{p} {s} {z}" for p, s, z in itertools.zip_longest(_PLANES, _SIDES, _SIZES, fillvalue="no")]
+    while len(out) < n:
+        out.append(rng.choice(_TEMPLATES).format(
+            plane=rng.choice(_PLANES), modality=rng.choice(_MODALITIES), region=rng.choice(_REGIONS),
+            size=rng.choice(_SIZES), side=rng.choice(_SIDES), finding=rng.choice(_FINDINGS)))
+    return out
+
+
+_ALPHABET = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:-()/%'")
+
+
+def read_captions(path: str | Path) -> list[str]:
+    """Captions for tokenizer training: a text file with one caption per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedblipError(f"captions file {path} does not exist")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        raise MedblipError(f"captions file {path} has no captions")
+    return lines
+
+
+def _corpus(captions: Iterable[str] | None, seed: int) -> list[str]:
+    # The built-in corpus is always included so the vocabulary covers common radiology words even
+    # when the user's captions are few; InstructBLIP's default instruction is added so that it is a
+    # few whole-word tokens rather than dozens of characters.
+    from medblip.models.instructblip import DEFAULT_INSTRUCTION
+
+    return [*(c for c in (captions or []) if c and c.strip()), *radiology_corpus(seed=seed),
+            *[DEFAULT_INSTRUCTION] * 3]
+
+
+def wordpiece_vocab(corpus: list[str], vocab_size: int, specials: list[str]) -> dict[str, int]:
+    """A BERT-style uncased WordPiece vocabulary for ``corpus``: specials, characters, whole words.
+
+    Words are split exactly as BERT does (the ``tokenizers`` BERT normaliser and pre-tokenizer) and
+    kept by frequency; every character also exists as a ``##`` continuation piece, so unseen words
+    still tokenize. Built by counting rather than with ``WordPieceTrainer``, whose id order varies
+    from run to run (hash-set order) and would make ``seed`` meaningless.
+    """
+    from collections import Counter
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    norm = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
+    chars = sorted(set(_ALPHABET) | {c for w in counts for c in w})
+    vocab: dict[str, int] = {}
+    for tok in [*specials, *chars, *(f"##{c}" for c in chars)]:
+        vocab.setdefault(tok, len(vocab))
+    for word, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(word, len(vocab))
+    return vocab
+
+
+def bpe_tokenizer_json(corpus: list[str], vocab_size: int, specials: list[str]) -> Any:
+    """A GPT-2 style byte-level BPE ``tokenizers.Tokenizer`` trained on ``corpus``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=1,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    return tok
+
+
+@dataclass
+class TinySpec:
+    """Sizes of a tiny model. Defaults are the smallest that still learn something in tests."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    hidden_size: int = 32
+    num_layers: int = 1
+    num_heads: int = 2
+    intermediate_size: int | None = None  # default 2 x hidden
+    vocab_size: int = 512
+    max_text_length: int = 128
+    num_query_tokens: int = 4  # BLIP-2 / InstructBLIP
+
+    @property
+    def ffn(self) -> int:
+        return self.intermediate_size or 2 * self.hidden_size
+
+    def check(self) -> None:
+        if self.image_size % self.patch_size:
+            raise MedblipError(f"image size {self.image_size} is not a multiple of patch size {self.patch_size}")
+        if self.hidden_size % self.num_heads:
+            raise MedblipError(f"hidden size {self.hidden_size} is not divisible by {self.num_heads} heads")
+        if min(self.image_size, self.patch_size, self.hidden_size, self.num_layers, self.num_heads) < 1:
+            raise MedblipError("tiny model sizes must be positive")
+
+
+def _blip(out: Path, corpus: list[str], spec: TinySpec) -> None:
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
+
+    vocab = wordpiece_vocab(corpus, spec.vocab_size, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    # As in the real BLIP tokenizer: [DEC] (decoder bos) and [ENC] appended after the WordPiece vocab.
+    vocab["[DEC]"] = len(vocab)
+    vocab["[ENC]"] = len(vocab)
+    tokenizer = BertTokenizer(vocab=vocab, bos_token="[DEC]", additional_special_tokens=["[ENC]"],
+                              model_max_length=spec.max_text_length)
+    processor = BlipProcessor(_blip_image_processor(spec.image_size), tokenizer)
+    h = spec.hidden_size
+    config = BlipConfig(
+        vision_config={"hidden_size": h, "intermediate_size": spec.ffn, "num_hidden_layers": spec.num_layers,
+                       "num_attention_heads": spec.num_heads, "image_size": spec.image_size,
+                       "patch_size": spec.patch_size},
+        text_config={"vocab_size": len(tokenizer), "hidden_size": h, "intermediate_size": spec.ffn,
+                     "num_hidden_layers": spec.num_layers, "num_attention_heads": spec.num_heads,
+                     "encoder_hidden_size": h, "max_position_embeddings": spec.max_text_length,
+                     "bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id,
+                     "sep_token_id": tokenizer.sep_token_id, "eos_token_id": tokenizer.sep_token_id},
+        projection_dim=h,
+    )
+    model = BlipForConditionalGeneration(config)
+    model.generation_config.max_length = spec.max_text_length
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def _blip_image_processor(image_size: int) -> Any:
+    try:  # transformers picks the PIL backend without torchvision; naming it avoids a warning per load
+        from transformers import BlipImageProcessorPil as Proc
+    except ImportError:  # pragma: no cover - other transformers versions
+        from transformers import BlipImageProcessor as Proc
+    return Proc(size={"height": image_size, "width": image_size})
+
+
+def _bpe(corpus: list[str], vocab_size: int, specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    import json
+
+    tok = bpe_tokenizer_json(corpus, vocab_size, specials)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
+    return dict(model["vocab"]), merges
+
+
+def _vit_image_processor(image_size: int) -> Any:
+    try:  # see _blip_image_processor
+        from transformers import ViTImageProcessorPil as Proc
+    except ImportError:  # pragma: no cover
+        from transformers import ViTImageProcessor as Proc
+    return Proc(size={"height": image_size, "width": image_size})
+
+
+def _vit_config(spec: TinySpec) -> Any:
+    from transformers import ViTConfig
+
+    return ViTConfig(hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
+                     num_attention_heads=spec.num_heads, intermediate_size=spec.ffn,
+                     image_size=spec.image_size, patch_size=spec.patch_size)
+
+
+def _vit_gpt2(out: Path, corpus: list[str], spec: TinySpec) -> None:
+    from transformers import GPT2Config, GPT2Tokenizer, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+
+    from medblip.models.vit_gpt2 import VitGpt2Processor
+
+    vocab, merges = _bpe(corpus, spec.vocab_size, ["<|endoftext|>"])
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=spec.max_text_length)
+    eos = tokenizer.eos_token_id
+    decoder = GPT2Config(vocab_size=len(tokenizer), n_embd=spec.hidden_size, n_layer=spec.num_layers,
+                         n_head=spec.num_heads, n_inner=spec.ffn, n_positions=spec.max_text_length,
+                         add_cross_attention=True, is_decoder=True, bos_token_id=eos, eos_token_id=eos)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(_vit_config(spec), decoder)
+    # nlpconnect's settings: start = pad = eos = <|endoftext|>
+    config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = eos
+    model = VisionEncoderDecoderModel(config=config)
+    gen = model.generation_config
+    gen.decoder_start_token_id = gen.pad_token_id = gen.eos_token_id = gen.bos_token_id = eos
+    model.save_pretrained(out)
+    VitGpt2Processor(_vit_image_processor(spec.image_size), tokenizer).save_pretrained(out)
+
+
+def unigram_vocab(corpus: list[str], vocab_size: int, specials: list[str]) -> list[tuple[str, float]]:
+    """A T5-style (SentencePiece Unigram, ``▁`` word boundary) vocabulary with log-probability scores.
+
+    Built without sentencepiece: whole words (``▁word``) by frequency plus every character as a piece,
+    scored by log frequency so Viterbi prefers whole words and falls back to characters.
+    """
+    import math
+    import re
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        # cased like T5's vocabulary; punctuation stays a separate piece ("nodule." = "▁nodule" ".")
+        for word in text.split():
+            for run in re.finditer(r"\w+", word):
+                counts[("\u2581" if run.start() == 0 else "") + run.group(0)] += 1
+    chars = sorted(set(_ALPHABET) | {c.upper() for c in _ALPHABET} | {c for w in counts for c in w[1:]})
+    total = sum(counts.values()) + len(chars)
+    vocab: list[tuple[str, float]] = [(s, 0.0) for s in specials]
+    seen = set(specials)
+    for piece in ["\u2581", *chars]:
+        if piece not in seen:
+            vocab.append((piece, math.log(1 / total) - 2.0))
+            seen.add(piece)
+    for word, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        if word not in seen:
+            vocab.append((word, math.log(n / total)))
+            seen.add(word)
+    return vocab
+
+
+def _opt_lm(corpus: list[str], spec: TinySpec) -> tuple[Any, dict[str, Any]]:
+    """Tiny OPT language model config + OPT-style tokenizer (GPT-2 byte-level BPE, ``</s>`` as bos)."""
+    from transformers import GPT2Tokenizer
+
+    # OPT's special ids: <s>=0, <pad>=1, </s>=2, <unk>=3; every sequence starts with </s>
+    vocab, merges = _bpe(corpus, spec.vocab_size, ["<s>", "<pad>", "</s>", "<unk>"])
+    tok = GPT2Tokenizer(vocab=vocab, merges=merges, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                        unk_token="<unk>", add_bos_token=True, model_max_length=spec.max_text_length)
+    cfg = {"model_type": "opt", "hidden_size": spec.hidden_size, "num_hidden_layers": spec.num_layers,
+           "num_attention_heads": spec.num_heads, "ffn_dim": spec.ffn, "word_embed_proj_dim": spec.hidden_size,
+           "max_position_embeddings": spec.max_text_length + spec.num_query_tokens + 8,
+           "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    return tok, cfg
+
+
+def _t5_lm(corpus: list[str], spec: TinySpec) -> tuple[Any, dict[str, Any]]:
+    """Tiny Flan-T5-like config + T5 tokenizer (Unigram built offline, no sentencepiece)."""
+    from transformers import T5Tokenizer
+
+    vocab = unigram_vocab(corpus, spec.vocab_size, ["<pad>", "</s>", "<unk>"])
+    tok = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=spec.max_text_length)
+    cfg = {"model_type": "t5", "d_model": spec.hidden_size, "d_kv": spec.hidden_size // spec.num_heads,
+           "d_ff": spec.ffn, "num_layers": spec.num_layers, "num_decoder_layers": spec.num_layers,
+           "num_heads": spec.num_heads, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False,
+           "decoder_start_token_id": tok.pad_token_id, "pad_token_id": tok.pad_token_id,
+           "eos_token_id": tok.eos_token_id, "relative_attention_num_buckets": 8}
+    return tok, cfg
+
+
+_LMS = {"opt": _opt_lm, "t5": _t5_lm}
+
+
+def _add_image_token(tok: Any) -> int:
+    from tokenizers import AddedToken
+
+    # BLIP-2/InstructBLIP processors put num_query_tokens <image> placeholders before the text
+    tok.add_tokens([AddedToken("<image>", normalized=False, special=True)], special_tokens=True)
+    return int(tok.convert_tokens_to_ids("<image>"))
+
+
+def _qformer_configs(spec: TinySpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    h = spec.hidden_size
+    vision = {"hidden_size": h, "intermediate_size": spec.ffn, "num_hidden_layers": spec.num_layers,
+              "num_attention_heads": spec.num_heads, "image_size": spec.image_size, "patch_size": spec.patch_size}
+    qformer = {"hidden_size": h, "intermediate_size": spec.ffn, "num_hidden_layers": spec.num_layers,
+               "num_attention_heads": spec.num_heads, "cross_attention_frequency": 1, "encoder_hidden_size": h}
+    return vision, qformer
+
+
+def _blip2(out: Path, corpus: list[str], spec: TinySpec, language_model: str = "opt") -> None:
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor
+
+    tok, text_cfg = _LMS[language_model](corpus, spec)
+    image_token = _add_image_token(tok)
+    text_cfg["vocab_size"] = len(tok)
+    vision, qformer = _qformer_configs(spec)
+    config = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text_cfg,
+                         num_query_tokens=spec.num_query_tokens, image_token_index=image_token)
+    model = Blip2ForConditionalGeneration(config)
+    _lm_generation_ids(model, tok)
+    model.save_pretrained(out)
+    Blip2Processor(_blip_image_processor(spec.image_size), tok,
+                   num_query_tokens=spec.num_query_tokens).save_pretrained(out)
+
+
+def _lm_generation_ids(model: Any, tok: Any) -> None:
+    gen = model.generation_config
+    gen.eos_token_id = tok.eos_token_id
+    gen.pad_token_id = tok.pad_token_id
+    if tok.bos_token_id is not None:
+        gen.bos_token_id = tok.bos_token_id
+    if model.config.text_config.model_type == "t5":
+        gen.decoder_start_token_id = tok.pad_token_id
+
+
+def _instructblip(out: Path, corpus: list[str], spec: TinySpec, language_model: str = "t5") -> None:
+    from transformers import (
+        BertTokenizer,
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        InstructBlipProcessor,
+    )
+
+    tok, text_cfg = _LMS[language_model](corpus, spec)
+    image_token = _add_image_token(tok)
+    text_cfg["vocab_size"] = len(tok)
+    # The Q-Former reads the instruction with its own BERT tokenizer (bert-base-uncased in real ones)
+    qvocab = wordpiece_vocab(corpus, spec.vocab_size, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    qtok = BertTokenizer(vocab=qvocab, model_max_length=spec.max_text_length)
+    vision, qformer = _qformer_configs(spec)
+    qformer.update(vocab_size=len(qtok), max_position_embeddings=spec.max_text_length + spec.num_query_tokens,
+                   pad_token_id=qtok.pad_token_id)
+    config = InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=text_cfg,
+                                num_query_tokens=spec.num_query_tokens, image_token_index=image_token)
+    model = InstructBlipForConditionalGeneration(config)
+    _lm_generation_ids(model, tok)
+    model.save_pretrained(out)
+    InstructBlipProcessor(_blip_image_processor(spec.image_size), tok, qtok,
+                          num_query_tokens=spec.num_query_tokens).save_pretrained(out)
+
+
+_BUILDERS = {"blip": _blip, "vit-gpt2": _vit_gpt2, "blip2": _blip2, "instructblip": _instructblip}
+
+
+def register_tiny_builder(family: str, fn: Any) -> None:
+    _BUILDERS[family] = fn
+
+
+def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | Path | None = None,
+              image_size: int = 64, seed: int = 0, vocab_size: int = 512, patch_size: int | None = None,
+              hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2,
+              intermediate_size: int | None = None, max_text_length: int = 128,
+              num_query_tokens: int = 4, language_model: str | None = None) -> Path:
+    """Write a tiny randomly initialised ``family`` checkpoint (model + processor) to ``out``.
+
+    ``captions``: tokenizer training text (an iterable, or a file with one caption per line) added to
+    a built-in radiology corpus. ``patch_size`` defaults to ``image_size // 8``. ``language_model``
+    (BLIP-2 / InstructBLIP): ``"opt"`` (decoder-only, BLIP-2's default) or ``"t5"`` (Flan-T5 style,
+    InstructBLIP's default). The folder is written
+    to a temporary sibling first and moved into place, so ``out`` is never half-written.
+    """
+    import torch
+
+    from medblip.models.registry import get_family
+
+    family = get_family(family).family
+    if family not in _BUILDERS:
+        import medblip.models  # noqa: F401  (family modules register their builders on import)
+    if family not in _BUILDERS:
+        raise MedblipError(f"no tiny model builder for family {family!r}")
+    if isinstance(captions, str | Path):
+        captions = read_captions(captions)
+    spec = TinySpec(image_size=image_size, patch_size=patch_size or max(1, image_size // 8),
+                    hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                    intermediate_size=intermediate_size, vocab_size=vocab_size,
+                    max_text_length=max_text_length, num_query_tokens=num_query_tokens)
+    spec.check()
+    if language_model is not None:
+        if family not in ("blip2", "instructblip"):
+            raise MedblipError(f"--language-model applies to blip2 and instructblip, not {family}")
+        if language_model not in _LMS:
+            raise MedblipError(f"unknown tiny language model {language_model!r}; choose {', '.join(_LMS)}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MedblipError(f"output {out} exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            extra = {"language_model": language_model} if language_model else {}
+            _BUILDERS[family](tmp, _corpus(captions, seed), spec, **extra)
+        atomic_replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

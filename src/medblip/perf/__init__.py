@@ -1,0 +1,40 @@
+"""Throughput: fast training and captioning paths, the frozen-encoder feature cache, benchmark helpers.
+
+=====================================  ===========================================================
+``perf.attention``                     ``enable_sdpa(model)`` / ``disable_sdpa`` / ``sdpa_attention``:
+                                       SDPA for BLIP (whose transformers classes are eager-only)
+``perf.batching``                      ``PixelNormalizer`` (uint8 -> pixel_values on the device),
+                                       ``UInt8Collate``, ``LengthBucketBatchSampler``, ``pad_to_multiple``
+``perf.feature_cache``                 ``FeatureCache``, ``decoder_only_loss_from_features``,
+                                       ``DecoderFromFeatures``, ``encoder_fn``, ``use_feature_cache``
+``perf.fast_generate`` / ``captioner``  ``FastCaptioner(adapter).generate(images)``: same captions
+                                       as ``adapter.generate``, cross-attention K/V once per image
+``perf.fast_train``                    ``FastTrainStep``: bf16 + SDPA + fused AdamW (+ feature cache)
+``perf.bench_utils``                   models of real shapes from random weights, timing, memory
+=====================================  ===========================================================
+
+Names are imported lazily (``from medblip.perf import FastCaptioner``) so ``import medblip.perf`` is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "enable_sdpa": "attention", "disable_sdpa": "attention", "sdpa_attention": "attention",
+    "PixelNormalizer": "batching", "UInt8Collate": "batching", "LengthBucketBatchSampler": "batching",
+    "caption_lengths": "batching", "pad_to_multiple": "batching",
+    "FeatureCache": "feature_cache", "decoder_only_loss_from_features": "feature_cache",
+    "DecoderFromFeatures": "feature_cache", "encoder_fn": "feature_cache", "use_feature_cache": "feature_cache",
+    "FastCaptioner": "captioner", "FastTrainStep": "fast_train", "make_adamw": "fast_train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"medblip.perf.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'medblip.perf' has no attribute {name!r}")

@@ -1,0 +1,147 @@
+"""Checkpoints that are never half-written, and the trainer state that makes ``--resume`` exact.
+
+Layout of a run folder::
+
+    checkpoints/last/   HF checkpoint (save_pretrained of model + processor, safetensors)
+                        + trainer_state.pt (optimizer, scheduler, RNG, data position, early stopping)
+                        + trainable.safetensors (LoRA runs only: the unmerged adapter weights)
+    checkpoints/best/   HF checkpoint of the best validation score
+
+Each checkpoint is written into a hidden ``checkpoints/.tmp-<name>-<pid>`` folder, flushed to disk,
+and swapped into place with :func:`medblip.io.atomic_replace_dir`, so at every instant ``last/`` is
+either the previous complete checkpoint or the new complete one -- a SIGKILL at any point leaves
+nothing half-written under a visible name. :func:`prepare_checkpoint_dir` cleans up after such a
+kill (stale temp folders, a swap interrupted half way).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from medblip.io import atomic_replace_dir, recover_dir
+
+if TYPE_CHECKING:
+    from medblip.models.base import CaptionModel
+
+CHECKPOINTS = "checkpoints"
+LAST = "last"
+BEST = "best"
+STATE_FILE = "trainer_state.pt"
+TRAINABLE_FILE = "trainable.safetensors"
+STATE_VERSION = 1
+
+
+def checkpoint_dir(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / CHECKPOINTS / name
+
+
+def prepare_checkpoint_dir(run_dir: str | Path) -> Path:
+    """Create ``checkpoints/``; undo what a killed process left: temp folders and a half-done swap."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for name in (LAST, BEST):
+        recover_dir(root / name)
+    return root
+
+
+def _fsync_tree(folder: Path) -> None:
+    # save_pretrained does not fsync; without this a power cut right after the rename could leave a
+    # complete-looking folder of empty files. (A killed process alone cannot: the page cache survives.)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def trainable_state(adapter: CaptionModel) -> dict[str, torch.Tensor]:
+    """The parameters that train, by ``adapter.model.named_parameters()`` name (CPU copies)."""
+    return {name: p.detach().cpu().contiguous() for name, p in adapter.model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(adapter: CaptionModel, run_dir: str | Path, name: str,
+                    trainer_state: dict[str, Any] | None = None) -> Path:
+    """Write ``checkpoints/<name>`` atomically; ``trainer_state`` makes it resumable."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    adapter.save(tmp)
+    if trainer_state is not None:
+        if adapter.is_peft:
+            # The HF export has the LoRA deltas merged in; resuming needs them unmerged.
+            from safetensors.torch import save_file
+
+            save_file(trainable_state(adapter), str(tmp / TRAINABLE_FILE))
+        torch.save({"version": STATE_VERSION, **trainer_state}, tmp / STATE_FILE)
+    _fsync_tree(tmp)
+    return atomic_replace_dir(tmp, root / name)
+
+
+def load_trainer_state(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / STATE_FILE
+    # weights_only: the state holds only tensors, numbers, strings and containers (see rng_state).
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("version") != STATE_VERSION:
+        from medblip.errors import MedblipError
+
+        raise MedblipError(f"{path}: trainer state version {state.get('version')} is not {STATE_VERSION}; "
+                           "it was written by another medblip version and cannot be resumed")
+    return state
+
+
+def load_trainable(adapter: CaptionModel, folder: str | Path) -> None:
+    """Copy a LoRA run's saved trainable parameters into a freshly strategy-wrapped adapter."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(Path(folder) / TRAINABLE_FILE))
+    params = dict(adapter.model.named_parameters())
+    missing = sorted(set(saved) - set(params))
+    if missing:
+        from medblip.errors import MedblipError
+
+        raise MedblipError(f"{folder}/{TRAINABLE_FILE}: parameter {missing[0]} is not in the model; "
+                           "was the run's strategy or model changed since the checkpoint?")
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+
+# -- random number generators ------------------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU + CUDA) generator states, in torch.load(weights_only)-safe types."""
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {**np_state, "state": {k: (v.tolist() if hasattr(v, "tolist") else v)
+                                        for k, v in np_state["state"].items()}},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = dict(state["numpy"])
+    np_state["state"] = {k: (np.asarray(v, dtype=np.uint32) if isinstance(v, list) else v)
+                         for k, v in np_state["state"].items()}
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,297 @@
+"""Experiment configuration: a pydantic schema over plain YAML files, plus ``--set a.b=c`` overrides.
+
+An experiment file has seven sections (``model``, ``data``, ``strategy``, ``train``, ``generation``,
+``output`` and an optional top-level ``name``); every key is checked, so a typo such as
+``train.lrr`` is an error naming the key and the file instead of a silently ignored value.
+
+Relative paths in a config are relative to the working directory the command runs in (like every
+other path given on the command line), not to the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from medblip.data.captions import CaptionOptions
+from medblip.errors import ConfigError, MedblipError
+from medblip.models.base import GenerationSettings
+
+# The families medblip has adapters for; the registry in ``medblip.models`` is the authority when it
+# can be imported (see ``_known_families``), this tuple only keeps config validation import-light.
+FAMILIES = ("blip", "blip2", "instructblip", "vit-gpt2")
+
+
+class _Section(BaseModel):
+    # extra="forbid" is what turns a misspelt key into an error instead of a silent default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(description="hub id or local folder (e.g. one made by `medblip model init-tiny`)")
+    family: str | None = Field(None, description="blip | blip2 | instructblip | vit-gpt2; read from config.json when omitted")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="weights dtype; None keeps the checkpoint's (mixed precision is train.mixed_precision)")
+    attn_implementation: str | None = Field(None, description="eager | sdpa | flash_attention_2; None: transformers' default")
+    prompt: str | None = Field(None, description="BLIP / BLIP-2 text prompt the caption continues (family default when None)")
+    instruction: str | None = Field(None, description="InstructBLIP instruction (family default when None)")
+
+    @field_validator("family")
+    @classmethod
+    def _family_known(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        return _canonical_family(value)
+
+    def family_options(self) -> dict[str, Any]:
+        """Keyword options for ``create_model``; unset ones are left to the family's defaults."""
+        opts = {"attn_implementation": self.attn_implementation, "prompt": self.prompt,
+                "instruction": self.instruction}
+        return {k: v for k, v in opts.items() if v is not None}
+
+
+class DataConfig(_Section):
+    path: str = Field(description="dataset folder or file (ROCOv2 layout, synthetic benchmark, HF export, ...)")
+    format: Literal["auto", "roco", "rocov2", "hf", "manifest"] = "auto"
+    train_split: str = "train"
+    val_split: str = "validation"
+    captions: CaptionOptions = Field(default_factory=CaptionOptions, description="caption cleaning on load")
+    limit: int | None = Field(None, ge=1, description="at most this many records per split (quick runs)")
+    seed: int = Field(0, description="seed of the record subsampling done by `limit`")
+    image_size: int | None = Field(
+        None, ge=8, description="decode-and-resize size (square) of images as loaded and cached; the processor "
+                                "still resizes to the model's input size, so set it to that size to make the "
+                                "cache hold exactly what the model sees. None keeps the file's size")
+    cache_images: bool = Field(False, description="keep decoded images in memory after the first epoch")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the training process)")
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, description="module name patterns; None: the family's default")
+
+
+class StrategyConfig(_Section):
+    name: Literal["none", "full", "decoder_only", "encoder_only", "lora", "qformer_only"] = "full"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for ``CaptionModel.apply_strategy``."""
+        if self.name != "lora":
+            return {}
+        return {"lora": self.lora.model_dump()}
+
+
+class EarlyStoppingConfig(_Section):
+    metric: str = Field("val_loss", description="val_loss or a caption metric name reported by the evaluator")
+    mode: Literal["auto", "min", "max"] = Field("auto", description="auto: min for *loss, max otherwise")
+    patience: int | None = Field(None, ge=1, description="evaluations without improvement before stopping; None: never stop")
+    min_delta: float = Field(0.0, ge=0.0)
+
+    def resolved_mode(self) -> Literal["min", "max"]:
+        if self.mode != "auto":
+            return self.mode
+        return "min" if self.metric.endswith("loss") else "max"
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(5, ge=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = Field(8, ge=1, description="images per device per forward pass")
+    grad_accum: int = Field(1, ge=1, description="forward passes per optimizer step")
+    lr: float = Field(5e-5, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0.0)
+    warmup_ratio: float = Field(0.0, ge=0.0, le=1.0, description="fraction of the optimizer steps spent warming up")
+    warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_ratio when set")
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    clip_grad: float | None = Field(1.0, gt=0.0, description="max gradient norm; None: no clipping")
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    deterministic: bool = Field(False, description="deterministic kernels (slower); needed for bit-exact resume")
+    eval_every_epochs: int | None = Field(1, ge=1, description="validate after every N epochs; None: only at the end")
+    eval_every_steps: int | None = Field(None, ge=1, description="also validate every N optimizer steps")
+    val_subset: int | None = Field(256, ge=1, description="validation records used (first N, fixed order); None: all")
+    val_generate: bool = Field(True, description="caption the validation subset and compute caption metrics")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    save_every_steps: int | None = Field(None, ge=1, description="write checkpoints/last every N optimizer steps")
+    log_every: int = Field(10, ge=1, description="optimizer steps between metrics.jsonl / TensorBoard rows")
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Images per optimizer step on one process (times the process count under DDP)."""
+        return self.batch_size * self.grad_accum
+
+
+def _generation_model() -> type[BaseModel]:
+    # Built from the GenerationSettings dataclass so the two never drift apart: every decoding option
+    # an adapter understands is a valid `generation.*` key, and nothing else is.
+    hints = typing.get_type_hints(GenerationSettings)
+    fields: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(GenerationSettings)}
+    return create_model("GenerationConfig", __base__=_Section, **fields)
+
+
+GenerationConfig = _generation_model()
+
+
+class OutputConfig(_Section):
+    dir: str = Field(description="run folder: checkpoints/, metrics.jsonl, TensorBoard logs, cost.json, ...")
+
+
+class ExperimentConfig(_Section):
+    name: str | None = None
+    model: ModelConfig
+    data: DataConfig
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)  # type: ignore[valid-type]
+    output: OutputConfig
+
+    def generation_settings(self) -> GenerationSettings:
+        return GenerationSettings(**self.generation.model_dump())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _canonical_family(name: str) -> str:
+    """The registry's spelling of a family name or alias (``vit_gpt2`` -> ``vit-gpt2``)."""
+    try:
+        import medblip.models  # noqa: F401  (importing it fills the registry)
+        from medblip.models.registry import get_family
+    except ImportError:  # registry unavailable: fall back to the fixed list
+        if name not in FAMILIES:
+            raise ValueError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})") from None
+        return name
+    if not _registry_families():  # registry not populated (models package incomplete)
+        if name not in FAMILIES:
+            raise ValueError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
+        return name
+    try:
+        return get_family(name).family
+    except MedblipError:
+        raise ValueError(f"unknown family {name!r} (known: {', '.join(_registry_families())})") from None
+
+
+def _registry_families() -> list[str]:
+    from medblip.models.registry import list_families
+
+    return list_families()
+
+
+# -- loading -----------------------------------------------------------------------------------------
+
+def _format_error(err: dict[str, Any], source: str, overridden: set[str]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    # An override is named as the user typed it; a file problem as "file: key".
+    where = f"--set {key}" if key in overridden else f"{source}: {key}"
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    if err["type"] == "missing":
+        return f"{where}: required key is missing"
+    if err["type"] == "value_error":  # our own validators already name the value
+        return f"{where}: {err['msg'].removeprefix('Value error, ')}"
+    shown = err.get("input")
+    if isinstance(shown, dict | list):
+        return f"{where}: {err['msg']}"
+    return f"{where}: {err['msg']} (got {shown!r})"
+
+
+def validate_config(raw: Any, source: str = "<config>", overridden: set[str] | None = None) -> ExperimentConfig:
+    """Validate a parsed YAML mapping; any problem is one :class:`ConfigError` line naming key and file."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (model, data, train, ...), "
+                          f"got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _format_error(errors[0], source, overridden or set())
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise ConfigError(first + more) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``train.lr=1e-4`` -> (["train", "lr"], 1e-4); the value is YAML, so lists/bools/null work."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. train.lr=1e-4")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value is not valid YAML ({exc.__class__.__name__})") from None
+    # YAML 1.1 reads "1e-4" as a string; pydantic's lax mode turns it into the float the field wants.
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> set[str]:
+    """Apply ``--set`` items to ``raw`` in place; returns the dotted keys they set."""
+    keys: set[str] = set()
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[:depth + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+        keys.add(".".join(path))
+    return keys
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+                out: str | Path | None = None) -> ExperimentConfig:
+    """Read, override and validate an experiment file (paths are not checked; see :func:`check_paths`)."""
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, ...), "
+                          f"got {type(raw).__name__}")
+    overridden = apply_overrides(raw, overrides)
+    if out is not None:
+        raw.setdefault("output", {})
+        if not isinstance(raw["output"], dict):
+            raise ConfigError(f"{path}: output: expected a section")
+        raw["output"]["dir"] = str(out)
+        overridden.add("output.dir")
+    return validate_config(raw, str(path), overridden)
+
+
+def check_paths(config: ExperimentConfig, source: str = "<config>") -> None:
+    """The checks that need the filesystem: the data and a local model must exist.
+
+    Kept apart from validation so the shipped ROCO configs validate on machines without the data.
+    """
+    if not Path(config.data.path).exists():
+        raise ConfigError(f"{source}: data.path: {config.data.path} does not exist")
+    name = config.model.name_or_path
+    looks_local = name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
+    if looks_local and not Path(name).expanduser().exists():
+        raise ConfigError(f"{source}: model.name_or_path: {name} does not exist")

@@ -1,0 +1,148 @@
+"""Torch-side data for the trainer: records -> (image, caption) pairs, a resumable batch order, collate.
+
+The batch order is a pure function of (seed, epoch), so a resumed run can rebuild the interrupted
+epoch's order and skip the batches it already consumed, and every process of a distributed run
+agrees on it without communicating.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from medblip.data.images import load_image
+
+if TYPE_CHECKING:
+    from medblip.data import Record
+    from medblip.models.base import CaptionModel
+
+
+class CaptionDataset(Dataset):
+    """(PIL RGB image, caption) per record, optionally resized and kept in memory.
+
+    ``image_size``: images are resized to a ``image_size`` square as they are decoded (the model's
+    processor then has nothing left to resize when it is the model's input size). ``cache``: keep the
+    decoded, resized pixels (uint8) after first use so later epochs skip decoding; with DataLoader
+    workers each worker holds its own copy, so call :meth:`preload` before the loader forks them.
+    """
+
+    def __init__(self, records: Sequence[Record], image_size: int | None = None, cache: bool = False) -> None:
+        self.records = list(records)
+        self.image_size = image_size
+        self.cache = cache
+        self._pixels: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _decode(self, index: int) -> Image.Image:
+        record = self.records[index]
+        if record.image is None:
+            from medblip.errors import DataError
+
+            raise DataError(f"record {record.id}: no image (load the dataset with require_images=True)")
+        image = load_image(record.image)
+        if self.image_size is not None and image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+        return image
+
+    def image(self, index: int) -> Image.Image:
+        if not self.cache:
+            return self._decode(index)
+        pixels = self._pixels.get(index)
+        if pixels is None:
+            pixels = self._pixels[index] = np.asarray(self._decode(index), dtype=np.uint8)
+        return Image.fromarray(pixels, "RGB")
+
+    def preload(self) -> None:
+        """Decode every image now (only meaningful with ``cache=True``)."""
+        if self.cache:
+            for i in range(len(self)):
+                self.image(i)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, str]:
+        return self.image(index), self.records[index].caption
+
+
+class AdapterCollate:
+    """DataLoader ``collate_fn``: a list of (image, caption) -> the adapter's training batch.
+
+    A class rather than a lambda so DataLoader workers can pickle it.
+    """
+
+    def __init__(self, adapter: CaptionModel) -> None:
+        self.adapter = adapter
+
+    def __call__(self, items: list[tuple[Image.Image, str]]) -> dict[str, torch.Tensor]:
+        images = [im for im, _ in items]
+        captions = [cap for _, cap in items]
+        return self.adapter.collate(images, captions)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled record order of one epoch: depends on nothing but (n, seed, epoch)."""
+    gen = torch.Generator()
+    gen.manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen).tolist()
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of one epoch for one process, in a deterministic order that can skip ahead.
+
+    The epoch's permutation is cut into batches of ``batch_size``; under ``num_processes`` > 1 the
+    batch list is padded (wrapping around to its start) to a multiple of the process count and
+    process ``rank`` takes batches ``rank, rank + P, ...`` so every process runs the same number of
+    steps (a rank with one batch fewer would hang the others' gradient all-reduce). With ``P``
+    processes the global batch of step ``k`` is batches ``kP .. kP+P-1`` -- the same images a single
+    process with a ``P`` times larger batch would see. ``skip``: batches of *this process* already
+    consumed (resume).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, seed: int, epoch: int = 0,
+                 rank: int = 0, num_processes: int = 1, skip: int = 0) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = epoch
+        self.rank = rank
+        self.num_processes = num_processes
+        self.skip = skip
+
+    def _all_batches(self) -> list[list[int]]:
+        order = epoch_permutation(self.num_samples, self.seed, self.epoch)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        pad = (-len(batches)) % self.num_processes
+        batches += batches[:pad]
+        return batches
+
+    def batches_per_process(self) -> int:
+        total = math.ceil(self.num_samples / self.batch_size)
+        return math.ceil(total / self.num_processes)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        mine = self._all_batches()[self.rank::self.num_processes]
+        yield from mine[self.skip:]
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_process() - self.skip)
+
+
+def validation_subset(records: Sequence[Record], size: int | None, seed: int) -> list[Record]:
+    """A fixed validation subset (same records every evaluation, every resume), in load order."""
+    if size is None or size >= len(records):
+        return list(records)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    keep = sorted(torch.randperm(len(records), generator=gen)[:size].tolist())
+    return [records[i] for i in keep]
+
+
+def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

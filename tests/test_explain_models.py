@@ -1,0 +1,144 @@
+"""Explanations on tiny models of every family: shapes, normalisation, Grad-CAM, saved files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from medblip.errors import MedblipError
+from medblip.explain import ExplainSettings, explain_image, save_explanation
+from medblip.explain.attention import trace
+from medblip.explain.maps import word_key
+from medblip.models import CaptionModel, create_model, init_tiny, list_families
+
+FAMILIES = [f for f in ("blip", "vit-gpt2", "blip2", "instructblip") if f in list_families()]
+CAPTION = "CT of the chest showing a left lung nodule."
+IMAGE_SIZE = 32
+PATCH = 8  # tiny models: a 4 x 4 grid
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CaptionModel]:
+    out: dict[str, CaptionModel] = {}
+    for family in FAMILIES:
+        folder = init_tiny(family, tmp_path_factory.mktemp(f"x-{family}") / "m", image_size=IMAGE_SIZE,
+                           patch_size=PATCH, num_layers=2, num_heads=2, captions=[CAPTION])
+        out[family] = create_model(folder)
+    return out
+
+
+@pytest.fixture(params=FAMILIES)
+def adapter(request: pytest.FixtureRequest, tiny_models: dict[str, CaptionModel]) -> CaptionModel:
+    return tiny_models[request.param]
+
+
+def _image(size: tuple[int, int] = (120, 80)) -> Image.Image:
+    im = Image.new("RGB", size, (30, 30, 30))
+    ImageDraw.Draw(im).ellipse((70, 10, 100, 40), fill=(230, 230, 230))
+    return im
+
+
+@pytest.mark.parametrize("method", ["attention", "gradcam"])
+def test_token_and_word_maps_shapes_and_normalisation(adapter: CaptionModel, method: str) -> None:
+    image = _image()
+    expl = explain_image(adapter, image, CAPTION, ExplainSettings(method=method))
+    grid = (IMAGE_SIZE // PATCH, IMAGE_SIZE // PATCH)
+    assert expl.grid == grid
+    t = len(expl.tokens)
+    assert t > 0 and expl.token_maps.shape == (t, *grid) and len(expl.logprobs) == t
+    assert np.isfinite(expl.token_maps).all() and (expl.token_maps >= 0).all()
+    # special tokens are never explained; the caption's words are
+    specials = set(adapter.tokenizer.all_special_tokens)
+    assert not specials & set(expl.tokens)
+    assert "nodule" in [word_key(w) for w in expl.words]
+    assert expl.word_maps.shape == (len(expl.words), *grid)
+    heat = expl.heatmaps("word")
+    assert heat.shape == (len(expl.words), 80, 120)
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+    assert all(h.max() in (0.0, 1.0) and h.min() == 0.0 for h in heat)
+    if method == "attention" and adapter.family in ("blip", "vit-gpt2"):
+        # a decoder cross-attention row over patches sums to 1 minus the CLS weight
+        sums = expl.token_maps.sum(axis=(1, 2))
+        assert (sums > 0).all() and (sums <= 1.0 + 1e-5).all()
+
+
+def test_layer_head_selection_and_aggregates(adapter: CaptionModel) -> None:
+    image = _image()
+    last = explain_image(adapter, image, CAPTION, ExplainSettings(aggregate="last")).token_maps
+    one = explain_image(adapter, image, CAPTION, ExplainSettings(layers=[-1], heads=[0, 1])).token_maps
+    np.testing.assert_allclose(last, one, rtol=1e-5, atol=1e-7)
+    with pytest.raises(MedblipError, match="layer"):
+        explain_image(adapter, image, CAPTION, ExplainSettings(layers=[7]))
+
+
+def test_generated_caption_is_explained(adapter: CaptionModel) -> None:
+    expl = explain_image(adapter, _image(), None, ExplainSettings(max_new_tokens=6, min_new_tokens=3))
+    assert expl.caption_source == "generated" and expl.caption
+    assert expl.token_maps.shape[0] == len(expl.tokens) > 0
+
+
+def test_save_explanation_files(adapter: CaptionModel, tmp_path: Path) -> None:
+    image = _image()
+    expl = explain_image(adapter, image, CAPTION)
+    doc = save_explanation(expl, image, tmp_path, words=["nodule", "left"])
+    assert doc["panels"] == ["nodule", "left"]
+    maps = np.load(tmp_path / "token_maps.npy")
+    assert maps.shape == (len(expl.tokens), *expl.grid) and maps.dtype == np.float32
+    assert np.load(tmp_path / "word_maps.npy").shape == (len(expl.words), *expl.grid)
+    js = json.loads((tmp_path / "explanation.json").read_text())
+    assert js["tokens"] == expl.tokens and js["words"] == expl.words and js["settings"]["method"] == "attention"
+    for name in ["grid.png", *doc["files"]["overlays"]]:
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG"
+    with Image.open(tmp_path / doc["files"]["overlays"][0]) as im:
+        assert im.size == (120, 80)
+    with pytest.raises(MedblipError, match="not in the caption"):
+        save_explanation(expl, image, tmp_path / "x", words=["aneurysm"])
+
+
+def test_blip_attention_matches_adapter_cross_attentions(tiny_models: dict[str, CaptionModel]) -> None:
+    """The hook-based trace and the adapter's own output_attentions pass agree (rows shifted by one)."""
+    blip = tiny_models["blip"]
+    image = _image()
+    tr, maps = trace(blip, image, CAPTION, method="attention")
+    ids = blip.tokenize([CAPTION])["input_ids"]
+    ref = blip.cross_attentions([image], ids)
+    # row i of the decoder predicts token i+1: tokens 1..T-1 (before [SEP]) are explained
+    expect = np.mean([a[0].mean(0).numpy() for a in ref.attentions], axis=0)[: len(tr.tokens)]
+    np.testing.assert_allclose(maps.reshape(len(tr.tokens), -1), expect, rtol=1e-4, atol=1e-6)
+    assert ref.tokens[0][1 : len(tr.tokens) + 1] == tr.tokens
+
+
+def test_gradcam_is_attention_times_positive_gradient(tiny_models: dict[str, CaptionModel]) -> None:
+    """Grad-CAM of one token equals A * relu(dlogp/dA) computed by hand from the adapter's model."""
+    blip = tiny_models["blip"]
+    image = _image()
+    tr, cam = trace(blip, image, CAPTION, method="gradcam", layers=[-1])
+    batch = blip.collate([image], [CAPTION])
+    model = blip.base_model
+    with torch.enable_grad():
+        emb = model.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
+        out = model.text_decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 encoder_hidden_states=emb, output_attentions=True, return_dict=True)
+        att = out.cross_attentions[-1]
+        t = 2  # the third caption token, predicted at row 2
+        logp = torch.log_softmax(out.logits[0, t], -1)[batch["input_ids"][0, t + 1]]
+        (g,) = torch.autograd.grad(logp, att)
+    want = (att[0, :, t, 1:] * g[0, :, t, 1:].clamp(min=0)).mean(0).detach().numpy()
+    np.testing.assert_allclose(cam[t].reshape(-1), want, rtol=1e-4, atol=1e-9)
+    assert tr.logprobs[t] == pytest.approx(float(logp.detach()), abs=1e-5)
+
+
+def test_bad_inputs_are_one_line_errors(tiny_models: dict[str, CaptionModel]) -> None:
+    blip = tiny_models["blip"]
+    for settings, msg in ((ExplainSettings(method="saliency"), "unknown method"),
+                          (ExplainSettings(aggregate="median"), "unknown aggregate")):
+        with pytest.raises(MedblipError, match=msg):
+            explain_image(blip, _image(), CAPTION, settings)
+    with pytest.raises(MedblipError, match="empty caption"):
+        explain_image(blip, _image(), "   ")

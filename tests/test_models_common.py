@@ -1,0 +1,248 @@
+"""Family-generic adapter tests, run for every family on tiny models of the real transformers classes.
+
+Each family: init_tiny -> create_model from the folder -> collate/loss/backward -> a few optimizer
+steps with the loss decreasing -> save -> reload with the *plain* transformers classes -> identical
+greedy captions. Freezing: frozen parameters bit-identical after steps, trainable ones changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from medblip.errors import MedblipError
+from medblip.models import CaptionModel, create_model, init_tiny
+from medblip.models.instructblip import DEFAULT_INSTRUCTION as INSTRUCTION
+
+FAMILIES = ["blip", "vit-gpt2", "blip2", "instructblip"]
+CAPTIONS = [
+    "axial CT of the chest showing a left lung nodule",
+    "MRI of the brain showing a right lesion",
+    "radiograph of the knee with no fracture",
+    "ultrasound of the liver showing a cyst",
+    "CT of the abdomen showing a large right kidney mass",
+    "MRI spine sagittal with no abnormality",
+    "chest x-ray showing bilateral effusion",
+    "coronal CT of the pelvis showing a left fracture",
+]
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> object:
+    # Tiny models gain nothing from intra-op threads, and on a shared CPU the thread pool's contention
+    # makes them ~20x slower; restored afterwards so other tests are unaffected.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_images(n: int = 8, size: int = 48) -> list[Image.Image]:
+    """Distinct simple images: a grey background with a bright shape whose place/size varies."""
+    out = []
+    for i in range(n):
+        im = Image.new("RGB", (size, size), (20 + 10 * i, 20, 20))
+        d = ImageDraw.Draw(im)
+        x = 4 + (i * 5) % (size - 16)
+        d.ellipse((x, 8 + i, x + 10 + i, 20 + i), fill=(220, 220 - 20 * i, 200))
+        out.append(im)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {}
+
+
+def tiny_dir(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, family: str) -> Path:
+    if family not in tiny_dirs:
+        tiny_dirs[family] = init_tiny(family, tmp_path_factory.mktemp(f"tiny-{family}") / "model",
+                                      captions=CAPTIONS, image_size=32)
+    return tiny_dirs[family]
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def adapter(family: str, tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> CaptionModel:
+    return create_model(tiny_dir(tiny_dirs, tmp_path_factory, family))
+
+
+def train_steps(model: CaptionModel, steps: int = 5, lr: float = 3e-3) -> list[float]:
+    torch.manual_seed(0)
+    batch = model.collate(tiny_images(), CAPTIONS)
+    params = [p for p in model.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0) if params else None
+    model.train_mode()
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(batch)
+        losses.append(float(loss.detach()))
+        if opt is not None:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval_mode()
+    return losses
+
+
+def plain_reload_captions(family: str, folder: Path, images: list[Image.Image], max_new_tokens: int) -> list[str]:
+    """Greedy captions from the saved folder through plain transformers classes (no medblip code)."""
+    import transformers
+
+    if family == "blip":
+        proc = transformers.BlipProcessor.from_pretrained(folder)
+        model = transformers.BlipForConditionalGeneration.from_pretrained(folder).eval()
+        inputs = proc(images=images, return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens,
+                                 min_new_tokens=3)
+        return [t.strip() for t in proc.batch_decode(ids, skip_special_tokens=True)]
+    if family in ("blip2", "instructblip"):
+        # the processor's own text handling: <image> placeholders + the prompt/instruction
+        prefix = "Blip2" if family == "blip2" else "InstructBlip"
+        proc = getattr(transformers, f"{prefix}Processor").from_pretrained(folder)
+        model = getattr(transformers, f"{prefix}ForConditionalGeneration").from_pretrained(folder).eval()
+        text = "" if family == "blip2" else INSTRUCTION
+        inputs = proc(images=images, text=[text] * len(images), return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens,
+                                 min_new_tokens=3)
+        if not model.config.text_config.is_encoder_decoder:
+            ids = ids[:, inputs["input_ids"].shape[1]:]
+        return [t.strip() for t in proc.batch_decode(ids, skip_special_tokens=True)]
+    if family == "vit-gpt2":
+        image_processor = transformers.ViTImageProcessor.from_pretrained(folder)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        model = transformers.VisionEncoderDecoderModel.from_pretrained(folder).eval()
+        inputs = image_processor(images=images, return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens,
+                                 min_new_tokens=3)
+        return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    raise AssertionError(family)
+
+
+def test_collate_and_loss_backward(adapter: CaptionModel) -> None:
+    batch = adapter.collate(tiny_images(4), CAPTIONS[:4])
+    assert {"pixel_values", "input_ids", "attention_mask", "labels"} <= set(batch)
+    # encoder-decoder LMs (T5) have labels on the decoder side, with their own mask
+    label_mask = batch.get("decoder_attention_mask", batch["attention_mask"])
+    assert batch["labels"].shape == label_mask.shape
+    assert (batch["labels"][label_mask == 0] == -100).all()
+    adapter.train_mode()
+    loss = adapter.loss(batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.model.parameters())
+
+
+def test_train_save_reload_plain_identical(adapter: CaptionModel, family: str, tmp_path: Path) -> None:
+    adapter.apply_strategy("full")
+    losses = train_steps(adapter, steps=6)
+    assert losses[-1] < losses[0]
+    images = tiny_images(4)
+    # min_new_tokens: a barely trained tiny model may stop at once; compare real token sequences
+    ours = adapter.generate(images, num_beams=1, max_new_tokens=10, min_new_tokens=3)
+    assert all(ours)
+    adapter.save(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+    assert plain_reload_captions(family, tmp_path / "ckpt", images, 10) == ours
+    # and through the registry again
+    assert create_model(tmp_path / "ckpt").generate(images, num_beams=1, max_new_tokens=10,
+                                                    min_new_tokens=3) == ours
+
+
+def test_parameter_groups_partition(adapter: CaptionModel) -> None:
+    groups = adapter.parameter_groups()
+    names = [n for ns in groups.values() for n in ns]
+    assert len(names) == len(set(names)), "a parameter is in two groups"
+    assert set(names) == {n for n, _ in adapter.model.named_parameters()}
+
+
+def _strategy_cases(family: str) -> list[str]:
+    from medblip.models import get_family
+
+    return list(get_family(family).strategies)
+
+
+@pytest.mark.parametrize("strategy", ["full", "decoder_only", "encoder_only", "qformer_only", "lora", "none"])
+def test_strategy_freezes_exactly(adapter: CaptionModel, strategy: str) -> None:
+    if strategy not in adapter.strategies:
+        with pytest.raises(MedblipError, match="not supported"):
+            adapter.apply_strategy(strategy)
+        return
+    report = adapter.apply_strategy(strategy)
+    total = sum(p.numel() for p in adapter.model.parameters())
+    assert report.trainable_params + report.frozen_params == total
+    before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+    trainable = {n for n, p in adapter.model.named_parameters() if p.requires_grad}
+    train_steps(adapter, steps=2)
+    for n, p in adapter.model.named_parameters():
+        if n in trainable:
+            continue
+        assert torch.equal(p, before[n]), f"frozen {n} changed"
+        assert p.grad is None, f"frozen {n} has a gradient"
+    if strategy == "none":
+        assert report.trainable_params == 0 and not trainable
+        return
+    changed = [n for n in trainable if not torch.equal(adapter.model.get_parameter(n), before[n])]
+    # every trainable tensor that received a gradient moved (a few, e.g. unused position rows, may not)
+    assert len(changed) >= 0.5 * len(trainable)
+    # frozen groups stay in eval mode when the trainer switches to training
+    adapter.model.train()
+    for g in report.frozen_groups:
+        for m in adapter.group_modules()[g]:
+            if isinstance(m, torch.nn.Module):
+                assert not m.training, f"frozen group {g} was put in train mode"
+
+
+def test_no_graph_through_frozen_vision(adapter: CaptionModel) -> None:
+    if "decoder_only" not in adapter.strategies:
+        pytest.skip("family has no decoder_only")
+    report = adapter.apply_strategy("decoder_only")
+    assert "vision_encoder" in report.no_grad_groups
+    seen: list[bool] = []
+    vision = adapter.group_modules()["vision_encoder"][0]
+    vision.register_forward_hook(lambda m, i, o: seen.append(o[0].requires_grad if isinstance(o, tuple)
+                                                            else o.last_hidden_state.requires_grad))
+    adapter.train_mode()
+    loss = adapter.loss(adapter.collate(tiny_images(2), CAPTIONS[:2]))
+    loss.backward()
+    assert seen == [False]
+    assert all(p.grad is None for p in vision.parameters())
+    assert not adapter.encode_images(adapter.pixel_values(tiny_images(1))).requires_grad
+
+
+def test_generate_restores_train_mode(adapter: CaptionModel) -> None:
+    adapter.train_mode()
+    out = adapter.generate(tiny_images(2), num_beams=2, max_new_tokens=4)
+    assert len(out) == 2 and all(isinstance(s, str) for s in out)
+    assert adapter.model.training
+
+
+def test_wrong_strategy_is_one_line_error(adapter: CaptionModel) -> None:
+    with pytest.raises(MedblipError) as info:
+        adapter.apply_strategy("everything")
+    msg = str(info.value)
+    assert "everything" in msg and "supported" in msg and "\n" not in msg
+
+
+def test_save_after_lora_is_plain_and_leaves_model(adapter: CaptionModel, family: str, tmp_path: Path) -> None:
+    if "lora" not in adapter.strategies:
+        pytest.skip("family has no lora")
+    adapter.apply_strategy("lora", r=4)
+    # make the adapters non-zero (LoRA B starts at zero)
+    train_steps(adapter, steps=2, lr=1e-2)
+    images = tiny_images(3)
+    ours = adapter.generate(images, num_beams=1, max_new_tokens=8, min_new_tokens=3)
+    adapter.save(tmp_path / "merged")
+    assert adapter.is_peft, "save must not unwrap the live model"
+    assert plain_reload_captions(family, tmp_path / "merged", images, 8) == ours
+    assert adapter.generate(images, num_beams=1, max_new_tokens=8, min_new_tokens=3) == ours

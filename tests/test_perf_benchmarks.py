@@ -1,0 +1,61 @@
+"""Smoke runs of benchmarks/*.py on CPU with tiny shapes and minimal steps: JSON fields, no timings asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, out: Path, *args: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--json", str(out), "--threads", "1",
+                           *args], capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def _check_variant(r: dict, rate: str) -> None:
+    assert r[rate] > 0 and r["seconds"] > 0 and r["peak_memory_bytes"] > 0 and r["memory_kind"] == "rss"
+
+
+@pytest.mark.slow
+def test_train_throughput_smoke(tmp_path):
+    res = _run("train_throughput.py", tmp_path / "t.json", "--device", "cpu", "--shapes", "tiny", "--strategy",
+               "decoder_only", "--batch-size", "4", "--steps", "2", "--warmup", "1")
+    assert res["benchmark"] == "train_throughput" and res["strategy"] == "decoder_only"
+    assert set(res["results"]) == {"naive", "medblip"} and res["ratio"] > 0
+    for r in res["results"].values():
+        _check_variant(r, "images_per_second")
+    med = res["results"]["medblip"]
+    assert med["options"]["feature_cache"] and med["feature_cache"]["images"] == res["pool_images"]
+    assert "amortized_images_per_second_10_epochs" in med
+    assert {"torch", "transformers", "cpu", "date"} <= set(res["environment"])
+
+
+@pytest.mark.slow
+def test_caption_throughput_smoke(tmp_path):
+    res = _run("caption_throughput.py", tmp_path / "c.json", "--device", "cpu", "--shapes", "tiny", "--batch-size",
+               "4", "--batches", "1", "--warmup", "0", "--beams", "3", "--max-new-tokens", "6")
+    assert set(res["results"]) == {"naive", "medblip"} and res["ratio"] > 0
+    for r in res["results"].values():
+        _check_variant(r, "captions_per_second")
+    assert res["identical_captions"] == 1.0  # fp32 on CPU: the same captions
+    assert res["generation"] == {"num_beams": 3, "max_new_tokens": 6, "min_new_tokens": 6}
+
+
+@pytest.mark.slow
+def test_loader_throughput_smoke(tmp_path):
+    res = _run("loader_throughput.py", tmp_path / "l.json", "--images", "24", "--source-size", "96", "--batch-size",
+               "4", "--workers", "0", "--train-steps", "2")
+    assert set(res["loaders"]) == {"decode", "cached_uint8", "cached_pil"}
+    for r in res["loaders"].values():
+        assert r["images_per_second"] > 0 and r["ratio_to_consumption"] > 0
+    assert res["consumption"]["images_per_second"] > 0 and res["records"] == 24
+    assert res["cache_build"]["summary"]["train"]["status"] == "built"
