@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest_plugins = ["_train_fixtures"]  # tiny_blip_dir, small_synth_dir, trained_tiny_blip
+
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 
 

@@ -166,3 +166,11 @@ def test_shipped_lexicon_and_bad_lexicon_file(tmp_path: Path) -> None:
     incomplete.write_text('{"modalities": {}}')
     with pytest.raises(ConfigError, match="malformed lexicon"):
         load_lexicon(incomplete)
+
+
+def test_detokenised_hyphens_are_read_like_hyphens() -> None:
+    """BLIP's tokenizer decodes "x-ray" as "x - ray"; the extractor must read both the same way."""
+    spaced = extract_concepts("frontal x - ray of the chest shows a left - sided effusion")
+    joined = extract_concepts("frontal x-ray of the chest shows a left-sided effusion")
+    assert spaced.modality == joined.modality == "X-ray"
+    assert spaced.regions == joined.regions and spaced.laterality == joined.laterality == "left"

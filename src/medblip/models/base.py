@@ -149,6 +149,19 @@ def _no_grad_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         return type(self).forward(self, *args, **kwargs)
 
 
+def _with_signature(bound: Any, original: Any) -> Any:
+    import functools
+    import inspect
+
+    @functools.wraps(original)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return bound(*args, **kwargs)
+
+    sig = inspect.signature(original)
+    forward.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # drop self
+    return forward
+
+
 class CaptionModel(ABC):
     """A captioning model of one family, ready to generate, train and explain."""
 
@@ -271,7 +284,9 @@ class CaptionModel(ABC):
         member.eval()
         member.train = types.MethodType(_stay_eval, member)
         if no_grad:
-            member.forward = types.MethodType(_no_grad_forward, member)
+            bound = types.MethodType(_no_grad_forward, member)
+            # generate() validates its kwargs against inspect.signature(forward): keep the real one.
+            member.forward = _with_signature(bound, type(member).forward)
 
     def _unpin(self, member: Member) -> None:
         from torch import nn

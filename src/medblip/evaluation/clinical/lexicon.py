@@ -26,6 +26,20 @@ _BEFORE = r"(?<![a-z0-9])"
 _AFTER = r"(?![a-z0-9])"
 
 
+_SPACED_HYPHEN = re.compile(r"\s*-\s*")
+_SPACES = re.compile(r"\s+")
+
+
+def _canonical(phrase: str) -> str:
+    """"x - ray" and "x-ray", "lymph  node" and "lymph node" are one phrase."""
+    return _SPACED_HYPHEN.sub("-", _SPACES.sub(" ", phrase.strip()))
+
+
+def _flexible(phrase: str) -> str:
+    # Detokenised model output spaces hyphens out ("x - ray", "contrast - enhanced"): accept that.
+    return r"\s*-\s*".join(r"\s+".join(re.escape(w) for w in part.split(" ")) for part in phrase.split("-"))
+
+
 @dataclass(frozen=True)
 class Match:
     start: int
@@ -46,10 +60,13 @@ class PhraseMatcher:
     def __init__(self, phrases: Mapping[str, tuple[str, ...]], *, plurals: bool = False,
                  case_sensitive: Mapping[str, tuple[str, ...]] | None = None,
                  patterns: Mapping[str, tuple[str, ...]] | None = None) -> None:
-        self._labels = dict(phrases)
+        self._labels: dict[str, tuple[str, ...]] = {}
+        for phrase, labels in phrases.items():
+            key = _canonical(phrase)
+            self._labels[key] = tuple(dict.fromkeys(self._labels.get(key, ()) + tuple(labels)))
         ordered = sorted(self._labels, key=len, reverse=True)
         suffix = "(?:s|es)?" if plurals else ""
-        body = "|".join(re.escape(p) for p in ordered) or "(?!)"
+        body = "|".join(_flexible(p) for p in ordered) or "(?!)"
         self._regex = re.compile(f"{_BEFORE}(?P<p>{body}){suffix}{_AFTER}")
         self._extra: list[tuple[re.Pattern[str], tuple[str, ...], bool]] = []
         for pat, labels in (case_sensitive or {}).items():
@@ -58,7 +75,7 @@ class PhraseMatcher:
             self._extra.append((re.compile(pat), labels, False))
 
     def find(self, lowered: str, original: str) -> list[Match]:
-        found = [Match(m.start(), m.end(), m.group(0), self._labels[m.group("p")])
+        found = [Match(m.start(), m.end(), m.group(0), self._labels[_canonical(m.group("p"))])
                  for m in self._regex.finditer(lowered)]
         if not self._extra:
             return found
