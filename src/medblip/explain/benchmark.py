@@ -10,6 +10,7 @@ are averaged, mapped back onto the original image and scored against the lesion 
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -29,6 +30,20 @@ if TYPE_CHECKING:
 
 CAPTION_SOURCES = ("reference", "generated")
 DEFAULT_TOLERANCE = 0.05  # of the image's longer side, for the tolerant pointing game
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), exactly (n is at most a few thousand images)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p)
+            + (n - i) * math.log1p(-p) for i in range(k, n + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(x - top) for x in logs))
 
 
 def finding_terms(finding: str) -> list[list[str]]:
@@ -123,13 +138,19 @@ def evaluate_grounding(adapter: CaptionModel, data_dir: str | Path, *, split: st
     if not rows:
         raise MedblipError(f"no image of split {split!r} could be scored ({dict(skipped) or 'none loaded'})")
     summary = summarise(rows, tolerance, dict(skipped))
+    hits = sum(bool(r["model"]["hit"]) for r in rows)
+    # Exact one-sided binomial test: could a map that hits at the baseline's mean rate score this well?
+    significance = {name: binomial_tail(hits, len(rows), summary.scores[name]["hit"])
+                    for name in ("uniform", "centre")}
     by_finding = {f: summarise([r for r in rows if r["finding"] == f], tolerance).as_dict()
                   for f in sorted({r["finding"] for r in rows})}
     return {
         "model": adapter.name_or_path, "family": adapter.family, "data": str(data_dir), "split": split,
         "caption_source": caption_source, "settings": settings.as_dict(),
         "tolerance": f"{tolerance:g} of the longer image side",
-        "summary": summary.as_dict(), "by_finding": by_finding, "rows": rows,
+        "summary": summary.as_dict(), "hits": hits,
+        "p_value": {f"vs_{k}": v for k, v in significance.items()},
+        "by_finding": by_finding, "rows": rows,
     }
 
 
@@ -150,6 +171,10 @@ def grounding_markdown(result: dict[str, Any]) -> str:
     ]
     for name, key in (("model", "model"), ("uniform baseline", "uniform"), ("centre-bias baseline", "centre")):
         lines.append(f"| {name} | {sc[key]['hit']:.3f} | {sc[key]['hit_tol']:.3f} | {sc[key]['energy']:.3f} |")
+    if "p_value" in result:
+        pv = result["p_value"]
+        lines += ["", f"Pointing-game hits: {result['hits']} of {s['n']}; one-sided binomial p-value against a map "
+                      f"hitting at the baseline's rate: uniform {pv['vs_uniform']:.2g}, centre-bias {pv['vs_centre']:.2g}."]
     lines += ["", "Uniform pointing = expected hit rate of a random point (mask area fraction); centre-bias = "
               "Gaussian at the image centre (sigma a quarter of each side).", ""]
     if len(result["by_finding"]) > 1:

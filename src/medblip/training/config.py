@@ -125,6 +125,23 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     save_every_steps: int | None = Field(None, ge=1, description="write checkpoints/last every N optimizer steps")
     log_every: int = Field(10, ge=1, description="optimizer steps between metrics.jsonl / TensorBoard rows")
+    cache_features: Literal["auto", "on", "off"] = Field(
+        "auto", description="decoder_only on blip / vit-gpt2 (frozen encoder, no image augmentation): compute the "
+                            "vision encoder's features of the training images once and train the decoder from them "
+                            "every epoch (same losses; no image decoding or encoder forward after that pass). "
+                            "auto: whenever possible, unless the features would not fit in memory (set "
+                            "train.feature_cache_dir to keep them on disk); on: always, an error when impossible; "
+                            "off: never")
+    feature_cache_dir: str | None = Field(
+        None, description="keep the cached features on disk here (memory-mapped, reused by later runs and "
+                          "--resume while encoder, image size, processor and data are unchanged; the folder "
+                          "holds one cache: one for another model or data replaces it); None: in memory")
+
+    @field_validator("cache_features", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on / off as a boolean
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @property
     def effective_batch_size(self) -> int:

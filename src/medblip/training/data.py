@@ -30,12 +30,19 @@ class CaptionDataset(Dataset):
     processor then has nothing left to resize when it is the model's input size). ``cache``: keep the
     decoded, resized pixels (uint8) after first use so later epochs skip decoding; with DataLoader
     workers each worker holds its own copy, so call :meth:`preload` before the loader forks them.
+
+    ``with_ids``: items are ``(image, caption, record id)`` instead of ``(image, caption)`` (the
+    collated batch then carries ``ids``). ``load_images=False``: the image is ``None`` and no file is
+    read -- for training from cached encoder features, where a batch needs only its text and ids.
     """
 
-    def __init__(self, records: Sequence[Record], image_size: int | None = None, cache: bool = False) -> None:
+    def __init__(self, records: Sequence[Record], image_size: int | None = None, cache: bool = False, *,
+                 with_ids: bool = False, load_images: bool = True) -> None:
         self.records = list(records)
         self.image_size = image_size
         self.cache = cache
+        self.with_ids = with_ids
+        self.load_images = load_images
         self._pixels: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -61,28 +68,39 @@ class CaptionDataset(Dataset):
         return Image.fromarray(pixels, "RGB")
 
     def preload(self) -> None:
-        """Decode every image now (only meaningful with ``cache=True``)."""
-        if self.cache:
+        """Decode every image now (only meaningful with ``cache=True`` and images loaded)."""
+        if self.cache and self.load_images:
             for i in range(len(self)):
                 self.image(i)
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, str]:
-        return self.image(index), self.records[index].caption
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        record = self.records[index]
+        image = self.image(index) if self.load_images else None
+        return (image, record.caption, record.id) if self.with_ids else (image, record.caption)
 
 
 class AdapterCollate:
-    """DataLoader ``collate_fn``: a list of (image, caption) -> the adapter's training batch.
+    """DataLoader ``collate_fn``: a list of (image, caption[, id]) -> the adapter's training batch.
 
+    ``pixel_values``, ``input_ids``, ``attention_mask`` and ``labels`` (``adapter.collate``); items
+    with ids add ``ids`` (a list of record ids); items without images (``None``) give the text part
+    only (``adapter.tokenize``), for batches whose encoder features come from a cache.
     A class rather than a lambda so DataLoader workers can pickle it.
     """
 
     def __init__(self, adapter: CaptionModel) -> None:
         self.adapter = adapter
 
-    def __call__(self, items: list[tuple[Image.Image, str]]) -> dict[str, torch.Tensor]:
-        images = [im for im, _ in items]
-        captions = [cap for _, cap in items]
-        return self.adapter.collate(images, captions)
+    def __call__(self, items: list[tuple[Any, ...]]) -> dict[str, Any]:
+        images = [item[0] for item in items]
+        captions = [item[1] for item in items]
+        if all(im is None for im in images):
+            batch: dict[str, Any] = dict(self.adapter.tokenize(captions))  # type: ignore[attr-defined]
+        else:
+            batch = self.adapter.collate(images, captions)
+        if items and len(items[0]) > 2:
+            batch["ids"] = [item[2] for item in items]
+        return batch
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:

@@ -8,6 +8,7 @@ gloo on CPU). What it writes into the run folder (``config.output.dir``)::
     metrics.jsonl          one row per logged step / evaluation / epoch (also in tensorboard/)
     cost.json              wall time per epoch and total, images/s, peak memory
     result.json            how the run ended, best metric, checkpoint folders
+    (run.json and cost.json also say whether the feature cache was used, and what building it cost)
     checkpoints/last/      HF checkpoint + trainer_state.pt (resumable), see checkpoint.py
     checkpoints/best/      HF checkpoint with the best validation score
 
@@ -16,6 +17,15 @@ Exactness of ``--resume``: the batch order of every epoch is a function of (seed
 restores optimizer, scheduler, gradient scaler, every RNG, the position inside the epoch and the
 early-stopping bookkeeping. With ``train.deterministic`` and ``data.num_workers: 0`` on CPU a run
 killed and resumed ends with the same weights, bit for bit, as one that never stopped.
+
+Frozen-encoder feature cache (``train.cache_features``): under ``decoder_only`` on BLIP or ViT-GPT2
+the vision encoder is frozen and pinned in eval mode, so its output for a training image never
+changes. The trainer then encodes every training image once (:class:`~medblip.perf.feature_cache.FeatureCache`,
+in memory or under ``train.feature_cache_dir``) and each step runs only the decoder on the batch's
+cached features (:class:`~medblip.perf.feature_cache.DecoderFromFeatures`, the model's own forward
+after its vision encoder): the same losses and weights as the plain path, without image decoding or
+encoder forwards in the epochs. Validation, generation and checkpoints use the full ``adapter.model``,
+whose decoder is the one that trains.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from medblip.models.base import CaptionModel
+    from medblip.perf.feature_cache import FeatureCache
     from medblip.training.config import ExperimentConfig
 
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -96,6 +107,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
 
     from medblip.data import load_dataset
     from medblip.models import create_model
+    from medblip.perf.feature_cache import DecoderFromFeatures, decoder_only_loss_from_features
 
     tc = config.train
     run_dir = Path(config.output.dir)
@@ -173,6 +185,10 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
         return _zero_shot(adapter, val_ds, config, accelerator, run_dir, metrics_path, scorer, scorer_name,
                           strategy_info)
 
+    # -- frozen-encoder feature cache? (decoder_only: see the module doc) -----------------------------------
+    cache_info = _feature_cache_plan(adapter, tc, train_ds, fsdp, accelerator, source)
+    use_cache = bool(cache_info["used"])
+
     # -- optimizer and schedule ----------------------------------------------------------------------
     # No weight decay on biases and norm weights (1-d tensors), as in BERT/BLIP and nanoGPT.
     params = [(n, p) for n, p in adapter.model.named_parameters() if p.requires_grad]
@@ -192,7 +208,13 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
                               num_training_steps=total_steps)
     # The scheduler is stepped by hand once per optimizer step (not prepared): accelerate would step
     # it once per process, which would change the schedule with the process count.
-    model, optimizer = accelerator.prepare(adapter.model, optimizer)
+    if use_cache:
+        # Training runs the decoder alone (DDP-wrapped when distributed); validation and generation run
+        # on the full model, which gets the same mixed-precision forward it would get from prepare().
+        accelerator.prepare_model(adapter.model, evaluation_mode=True)
+        model, optimizer = accelerator.prepare(DecoderFromFeatures(adapter), optimizer)
+    else:
+        model, optimizer = accelerator.prepare(adapter.model, optimizer)
     trainable = [p for _, p in params]
 
     # -- where we are --------------------------------------------------------------------------------
@@ -202,6 +224,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
     best_metric: float | None = None
     best_step: int | None = None
     bad_evals = 0
+    cache_seconds = 0.0  # building the feature cache, over every segment of the run
     cost = CostMeter(num_processes=world)
     if state is not None:
         if state["world_size"] != world or state["batch_size"] != tc.batch_size or state["grad_accum"] != tc.grad_accum:
@@ -216,6 +239,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
         start_epoch, start_batch, global_step = state["epoch"], state["batch_in_epoch"], state["global_step"]
         best_metric, best_step, bad_evals = state["best_metric"], state["best_step"], state["bad_evals"]
         cost.load_state_dict(state["cost"])
+        cache_seconds = float(state.get("feature_cache_seconds", 0.0))
         # Last of all, so that nothing above (model init, LoRA init) consumes the restored streams.
         ckpt.set_rng_state(state["rng"][rank])
         if is_main:  # rows logged after the checkpoint will be logged again
@@ -230,7 +254,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "rng": rngs, "best_metric": best_metric, "best_step": best_step, "bad_evals": bad_evals,
             "data_order_seed": tc.seed, "world_size": world, "batch_size": tc.batch_size,
-            "grad_accum": tc.grad_accum, "cost": cost.state_dict(),
+            "grad_accum": tc.grad_accum, "cost": cost.state_dict(), "feature_cache_seconds": cache_seconds,
         }
 
     def save(name: str, epoch: int, batch_in_epoch: int, resumable: bool) -> None:
@@ -268,6 +292,23 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
             _log(row, metrics_path, writer, global_step)
         return row
 
+    # -- the feature cache: every training image through the frozen encoder, once ----------------------
+    feature_cache: FeatureCache | None = None
+    if use_cache:
+        t0 = time.perf_counter()
+        feature_cache, computed = _build_feature_cache(adapter, train_records, dc, tc, accelerator,
+                                                       show_progress=progress and is_main)
+        build = time.perf_counter() - t0
+        cache_seconds += build
+        cost.add_train(build, 0)  # part of what training costs (the epoch's train_seconds), not hidden
+        cache_info.update(records=len(feature_cache), computed=computed, build_seconds=round(build, 3),
+                          build_seconds_total=round(cache_seconds, 3), key=feature_cache.key,
+                          memory_bytes=feature_cache.nbytes())
+        # batches carry text and record ids only: no image is decoded in the epochs
+        train_ds = CaptionDataset(train_records, dc.image_size, with_ids=True, load_images=False)
+    if is_main:
+        _record_feature_cache(run_dir, cache_info, resumed=state is not None)
+
     # -- logging and signals ---------------------------------------------------------------------------
     writer = None
     if is_main:
@@ -298,12 +339,13 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
             skip = start_batch if epoch == start_epoch else 0
             sampler = EpochBatchSampler(len(train_ds), tc.batch_size, seed=tc.seed, epoch=epoch, rank=rank,
                                         num_processes=world, skip=skip)
-            if dc.cache_images and dc.num_workers > 0 and epoch == start_epoch:
+            workers = 0 if use_cache else dc.num_workers  # text-only batches: workers would only cost
+            if dc.cache_images and workers > 0 and epoch == start_epoch:
                 train_ds.preload()
             # A generator of its own, so creating the loader's iterator draws nothing from the global
             # torch RNG (dropout's): the resumed and the uninterrupted run stay in step.
             loader = torch.utils.data.DataLoader(
-                train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=dc.num_workers,
+                train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                 pin_memory=accelerator.device.type == "cuda",
                 generator=torch.Generator().manual_seed(tc.seed + epoch),
                 persistent_workers=False)
@@ -318,10 +360,14 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
                 boundary = i + 1 == window_start + window_size
                 sync = contextlib.nullcontext() if boundary or world == 1 else accelerator.no_sync(model)
                 with sync:
-                    loss = adapter.loss(batch, model=model)
+                    if feature_cache is not None:  # the decoder alone, on the batch's cached encoder features
+                        features = feature_cache.get(batch["ids"], device=accelerator.device)
+                        loss = decoder_only_loss_from_features(adapter, features, batch, model=model)
+                    else:
+                        loss = adapter.loss(batch, model=model)
                     accelerator.backward(loss / window_size)
                 window_loss += loss.detach().float()
-                window_images += int(batch["pixel_values"].shape[0])
+                window_images += int(batch["labels"].shape[0])
                 if not boundary:
                     continue
 
@@ -413,7 +459,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
         best_checkpoint=str(best_dir) if best_dir.exists() else None,
         last_checkpoint=str(last_dir) if last_dir.exists() else None,
         final_metrics={k: v for k, v in last_eval.items() if k not in ("step", "epoch", "split")},
-        strategy=strategy_info, cost=cost.summary(accelerator.device),
+        strategy=strategy_info, cost={**cost.summary(accelerator.device), "feature_cache": cache_info},
         signal=stop.name, exit_code=128 + stop.signum if status == "interrupted" and stop.signum else 0,
     )
     if is_main:
@@ -499,6 +545,179 @@ def _check_metric_name(tc: Any, scorer: Any, source: str) -> None:
     available = sorted(scorer(probe))
     if metric not in available:
         raise ConfigError(f"{where}: {metric!r} is not reported (available: val_loss, {', '.join(available)})")
+
+
+# -- the feature cache ----------------------------------------------------------------------------------
+
+#: auto keeps the features in memory only while all processes' copies take at most this share of it
+_CACHE_MEMORY_SHARE = 0.5
+
+
+def _feature_cache_plan(adapter: CaptionModel, tc: Any, images: CaptionDataset, fsdp: bool, accelerator: Any,
+                        source: str) -> dict[str, Any]:
+    """Whether to train from cached encoder features (``train.cache_features``): ``{"used": bool, ...}``.
+
+    ``on`` where it cannot work (strategy trains the encoder, unsupported family, FSDP) is a
+    :class:`ConfigError` naming the key; ``auto`` says why not in ``reason``. This trainer has no image
+    augmentation, so the encoder's output for an image is the same every epoch.
+    """
+    from medblip.perf.feature_cache import DecoderFromFeatures, use_feature_cache
+
+    mode = tc.cache_features
+    info: dict[str, Any] = {"mode": mode, "used": False, "directory": tc.feature_cache_dir}
+    if mode == "off":
+        return {**info, "reason": "train.cache_features is off"}
+    strategy = adapter.strategy.strategy if adapter.strategy else None
+    reasons: list[str] = []
+    try:
+        use_feature_cache(adapter, "on", augment=False)
+    except MedblipError as exc:
+        reasons.append(str(exc).removeprefix("cache_features: on is impossible: "))
+    if fsdp:
+        reasons.append("FSDP shards the model (use DDP)")
+    if not reasons:
+        inside = {id(p) for p in DecoderFromFeatures(adapter).parameters()}
+        outside = [n for n, p in adapter.model.named_parameters() if p.requires_grad and id(p) not in inside]
+        if outside:
+            reasons.append(f"parameter {outside[0]} trains but is not part of the decoder")
+    if reasons:
+        if mode == "on":
+            raise ConfigError(f"{source}: train.cache_features: on is impossible with strategy {strategy} on "
+                              f"family {adapter.family}: {'; '.join(reasons)}. It needs strategy decoder_only on "
+                              "blip or vit-gpt2; set train.cache_features to auto or off")
+        return {**info, "reason": "; ".join(reasons)}
+
+    # Room for the features: one image through the encoder gives their size.
+    with _rng_preserved():
+        probe = AdapterCollate(adapter)([images[0]])["pixel_values"]
+        from medblip.perf.feature_cache import encoder_fn
+
+        per_record = encoder_fn(adapter, autocast=accelerator.autocast)(probe)[0]
+    need = per_record.numel() * per_record.element_size() * len(images)
+    info["estimated_bytes"] = need
+    use = True
+    if tc.feature_cache_dir is None:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes on this machine, each with a copy
+        available = _available_memory()
+        if available is not None and need * local > _CACHE_MEMORY_SHARE * available:
+            why = (f"the features need {need * local / 2**30:.1f} GiB of memory ({local} process(es)), more than "
+                   f"{_CACHE_MEMORY_SHARE:.0%} of the {available / 2**30:.1f} GiB available; set "
+                   "train.feature_cache_dir to keep them on disk")
+            if mode == "on":
+                import sys
+
+                print(f"medblip: warning: train.cache_features is on but {why}", file=sys.stderr, flush=True)
+            else:
+                use = False
+                info["reason"] = why
+    if accelerator.num_processes > 1:  # every process must take the same path
+        agreed = accelerator.reduce(torch.tensor([int(use)], device=accelerator.device), reduction="sum")
+        if int(agreed.item()) != accelerator.num_processes and use:
+            use = False
+            info["reason"] = "another process cannot hold the features in memory"
+    info["used"] = use
+    return info
+
+
+def _build_feature_cache(adapter: CaptionModel, records: list[Any], dc: Any, tc: Any, accelerator: Any, *,
+                         show_progress: bool) -> tuple[FeatureCache, int]:
+    """Encode every training image once; returns the cache and how many images were encoded.
+
+    The key covers the encoder's weights, dtype and autocast, the image size, the processor's config,
+    the record ids and the data's file signatures: anything else is a different cache (on disk, a stale
+    one is deleted). Distributed: each process encodes its share and the features are gathered, so
+    every process holds them all (on disk the main process writes them, the others read).
+    """
+    import transformers
+    from tqdm.auto import tqdm
+
+    from medblip.data.cache import records_fingerprint
+    from medblip.perf.feature_cache import FeatureCache, encoder_fn
+
+    world, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    directory = tc.feature_cache_dir
+    writer = directory is None or is_main
+    ids = [r.id for r in records]
+
+    def open_cache(parts: Any = None) -> FeatureCache:
+        if parts is not None:  # the other processes, after the main one wrote the features
+            return FeatureCache(parts, directory, memory=False, prune_stale=False)
+        return FeatureCache.for_adapter(adapter, ids=ids, image_size=dc.image_size,
+                                        data_fingerprint=records_fingerprint(records), directory=directory,
+                                        extra={"mixed_precision": tc.mixed_precision,
+                                               "transformers": transformers.__version__},
+                                        memory=False, prune_stale=is_main)
+
+    with _rng_preserved():  # nothing here may move the streams dropout draws from
+        if directory is not None and not is_main:
+            accelerator.wait_for_everyone()  # the main process prunes stale caches first
+        cache = open_cache()
+        if directory is not None and is_main:
+            accelerator.wait_for_everyone()
+        todo = [i for i, rid in enumerate(ids) if rid not in cache]
+        size = tc.batch_size
+        chunks = [todo[k:k + size * world] for k in range(0, len(todo), size * world)]
+        # every process encodes `size` images per chunk (the last chunk's shares padded with its first image)
+        shares = [(c[rank * size:(rank + 1) * size] + [c[0]] * size)[:size] if world > 1 else c for c in chunks]
+        loader = torch.utils.data.DataLoader(
+            CaptionDataset(records, dc.image_size), batch_sampler=shares, collate_fn=AdapterCollate(adapter),
+            num_workers=dc.num_workers, generator=torch.Generator().manual_seed(0))
+        encode = encoder_fn(adapter, autocast=accelerator.autocast)
+        bar = tqdm(total=len(todo), disable=not show_progress, unit="img", desc="encoder features", leave=False)
+        for chunk, batch in zip(chunks, loader, strict=True):
+            features = encode(batch["pixel_values"])
+            if world > 1:
+                gathered = accelerator.gather(features.contiguous())  # (world * size, ...) in process order
+                rows = [r * size + j for r in range(world) for j in range(len(chunk[r * size:(r + 1) * size]))]
+                features = gathered[rows]
+            if writer:
+                cache.put([ids[i] for i in chunk], features)
+            bar.update(len(chunk))
+        bar.close()
+        if directory is not None:
+            accelerator.wait_for_everyone()
+            if not is_main:
+                cache = open_cache(cache.parts)
+        missing = [rid for rid in ids if rid not in cache]
+        if missing:
+            raise MedblipError(f"feature cache: no features for {len(missing)} record(s), e.g. {missing[0]!r}")
+    return cache, len(todo)
+
+
+def _record_feature_cache(run_dir: Path, info: dict[str, Any], *, resumed: bool) -> None:
+    """Add the feature cache's use and build time to run.json (to the latest resume entry on --resume)."""
+    import json
+
+    path = run_dir / "run.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    resumes = data.get("resumes") or []
+    (resumes[-1] if resumed and resumes else data)["feature_cache"] = info
+    atomic_write_json(path, data)
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable), None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _rng_preserved() -> Any:
+    """Every random generator as it was on entry, after the block (the training's dropout stays in step)."""
+    saved = ckpt.rng_state()
+    try:
+        yield
+    finally:
+        ckpt.set_rng_state(saved)
 
 
 def _full_params(model: Any, fsdp: bool, rank0_only: bool = True) -> Any:
