@@ -134,6 +134,23 @@ def eager_attention(model: Any) -> Iterator[None]:
 Member = Any  # an nn.Module or a bare nn.Parameter belonging to a parameter group
 
 
+def pretrained_kwargs(family: str, options: dict[str, Any], known: set[str] | frozenset[str], *, dtype: Any,
+                      local_files_only: bool | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check a family's load options; return the ``from_pretrained`` kwargs of its processor and model."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise MedblipError(f"unknown option {unknown[0]!r} for family {family}; known: {', '.join(sorted(known))}")
+    kw: dict[str, Any] = {}
+    if local_files_only is not None:
+        kw["local_files_only"] = local_files_only
+    model_kw = dict(kw)
+    if dtype is not None:
+        model_kw["dtype"] = dtype
+    if options.get("attn_implementation"):
+        model_kw["attn_implementation"] = options["attn_implementation"]
+    return kw, model_kw
+
+
 def _stay_eval(self: nn.Module, mode: bool = True) -> nn.Module:
     # Bound onto frozen modules as ``train``: the parent's ``train()`` recurses into children by
     # calling ``child.train(mode)``, so this keeps a frozen module (and its dropout) in eval mode.

@@ -15,7 +15,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from medblip.errors import MedblipError
-from medblip.models.base import CaptionModel, CrossAttentionOutput, GenerationSettings, Member
+from medblip.models.base import (
+    CaptionModel,
+    CrossAttentionOutput,
+    GenerationSettings,
+    Member,
+    pretrained_kwargs,
+)
 from medblip.models.registry import hub_errors, register_family
 
 if TYPE_CHECKING:
@@ -59,17 +65,8 @@ class BlipCaptioner(CaptionModel):
              local_files_only: bool | None = None, **options: Any) -> BlipCaptioner:
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise MedblipError(f"unknown option {unknown[0]!r} for family blip; known: {', '.join(sorted(_OPTIONS))}")
-        kw: dict[str, Any] = {}
-        if local_files_only is not None:
-            kw["local_files_only"] = local_files_only
-        model_kw = dict(kw)
-        if dtype is not None:
-            model_kw["dtype"] = dtype
-        if options.get("attn_implementation"):
-            model_kw["attn_implementation"] = options["attn_implementation"]
+        kw, model_kw = pretrained_kwargs("blip", options, _OPTIONS, dtype=dtype,
+                                         local_files_only=local_files_only)
         with hub_errors(source, local_files_only):
             processor = BlipProcessor.from_pretrained(source, **kw)
             model = BlipForConditionalGeneration.from_pretrained(source, **model_kw)

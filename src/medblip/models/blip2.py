@@ -30,6 +30,7 @@ from medblip.models.base import (
     GenerationSettings,
     Member,
     eager_attention,
+    pretrained_kwargs,
 )
 from medblip.models.registry import hub_errors, register_family
 
@@ -60,18 +61,8 @@ class QFormerCaptioner(CaptionModel):
              local_files_only: bool | None = None, **options: Any) -> QFormerCaptioner:
         import transformers
 
-        unknown = sorted(set(options) - cls.known_options)
-        if unknown:
-            raise MedblipError(f"unknown option {unknown[0]!r} for family {cls.family}; "
-                               f"known: {', '.join(sorted(cls.known_options))}")
-        kw: dict[str, Any] = {}
-        if local_files_only is not None:
-            kw["local_files_only"] = local_files_only
-        model_kw = dict(kw)
-        if dtype is not None:
-            model_kw["dtype"] = dtype
-        if options.get("attn_implementation"):
-            model_kw["attn_implementation"] = options["attn_implementation"]
+        kw, model_kw = pretrained_kwargs(cls.family, options, cls.known_options, dtype=dtype,
+                                         local_files_only=local_files_only)
         with hub_errors(source, local_files_only):
             processor = getattr(transformers, cls.processor_cls).from_pretrained(source, **kw)
             model = getattr(transformers, cls.model_cls).from_pretrained(source, **model_kw)

@@ -22,6 +22,7 @@ from medblip.models.base import (
     GenerationSettings,
     Member,
     eager_attention,
+    pretrained_kwargs,
 )
 from medblip.models.registry import hub_errors, register_family
 
@@ -98,17 +99,8 @@ class ViTGPT2Captioner(CaptionModel):
              local_files_only: bool | None = None, **options: Any) -> ViTGPT2Captioner:
         from transformers import VisionEncoderDecoderModel
 
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise MedblipError(f"unknown option {unknown[0]!r} for family vit-gpt2; known: {', '.join(sorted(_OPTIONS))}")
-        kw: dict[str, Any] = {}
-        if local_files_only is not None:
-            kw["local_files_only"] = local_files_only
-        model_kw = dict(kw)
-        if dtype is not None:
-            model_kw["dtype"] = dtype
-        if options.get("attn_implementation"):
-            model_kw["attn_implementation"] = options["attn_implementation"]
+        kw, model_kw = pretrained_kwargs("vit-gpt2", options, _OPTIONS, dtype=dtype,
+                                         local_files_only=local_files_only)
         with hub_errors(source, local_files_only):
             processor = VitGpt2Processor.from_pretrained(source, **kw)
             model = VisionEncoderDecoderModel.from_pretrained(source, **model_kw)
