@@ -13,15 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+# fixtures tiny_blip_dir, small_synth_dir: tests/_train_fixtures.py (conftest plugin)
+from _train_fixtures import experiment
 from medblip.errors import ConfigError
 from medblip.training import checkpoint as ckpt
 from medblip.training.config import ExperimentConfig, validate_config
 from medblip.training.trainer import train
-
-if "_train_fixtures" not in sys.modules:  # conftest has not registered them as a plugin (yet)
-    from _train_fixtures import experiment, small_synth_dir, tiny_blip_dir  # noqa: F401
-else:
-    from _train_fixtures import experiment
 
 # 48 training images, batch 4, 2 batches per step: 6 optimizer steps per epoch, 12 in all.
 QUICK = {"epochs": 2, "batch_size": 4, "grad_accum": 2, "lr": 1e-3, "warmup_steps": 1, "log_every": 1,

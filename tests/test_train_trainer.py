@@ -22,20 +22,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+# fixtures tiny_blip_dir, small_synth_dir, trained_tiny_blip: tests/_train_fixtures.py (conftest plugin)
+from _train_fixtures import experiment
 from medblip.errors import ConfigError, MedblipError
 from medblip.training import checkpoint as ckpt
 from medblip.training.config import ExperimentConfig, validate_config
 from medblip.training.trainer import TrainingDiverged, train
-
-if "_train_fixtures" not in sys.modules:  # conftest has not registered them as a plugin (yet)
-    from _train_fixtures import (  # noqa: F401
-        experiment,
-        small_synth_dir,
-        tiny_blip_dir,
-        trained_tiny_blip,
-    )
-else:
-    from _train_fixtures import experiment
 
 CLI = "import medblip.cli.train_cmd; from medblip.cli import main; main()"
 # 48 training images, batch 4, 2 batches per step: 6 optimizer steps per epoch, 12 in all.

@@ -159,23 +159,22 @@ def _stay_eval(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def _no_grad_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    import torch
-
-    with torch.no_grad():
-        return type(self).forward(self, *args, **kwargs)
-
-
-def _with_signature(bound: Any, original: Any) -> Any:
+def _no_grad_forward(member: nn.Module) -> Any:
+    """``member``'s own forward under no_grad, with its real signature: generate() validates its
+    kwargs against ``inspect.signature(forward)``."""
     import functools
     import inspect
 
+    import torch
+
+    original = type(member).forward
+
     @functools.wraps(original)
     def forward(*args: Any, **kwargs: Any) -> Any:
-        return bound(*args, **kwargs)
+        with torch.no_grad():
+            return original(member, *args, **kwargs)
 
-    sig = inspect.signature(original)
-    forward.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # drop self
+    forward.__signature__ = inspect.signature(original.__get__(member))  # bound: without self
     return forward
 
 
@@ -301,9 +300,7 @@ class CaptionModel(ABC):
         member.eval()
         member.train = types.MethodType(_stay_eval, member)
         if no_grad:
-            bound = types.MethodType(_no_grad_forward, member)
-            # generate() validates its kwargs against inspect.signature(forward): keep the real one.
-            member.forward = _with_signature(bound, type(member).forward)
+            member.forward = _no_grad_forward(member)
 
     def _unpin(self, member: Member) -> None:
         from torch import nn

@@ -561,7 +561,7 @@ def _feature_cache_plan(adapter: CaptionModel, tc: Any, images: CaptionDataset, 
     :class:`ConfigError` naming the key; ``auto`` says why not in ``reason``. This trainer has no image
     augmentation, so the encoder's output for an image is the same every epoch.
     """
-    from medblip.perf.feature_cache import DecoderFromFeatures, use_feature_cache
+    from medblip.perf.feature_cache import DecoderFromFeatures, encoder_fn, use_feature_cache
 
     mode = tc.cache_features
     info: dict[str, Any] = {"mode": mode, "used": False, "directory": tc.feature_cache_dir}
@@ -590,8 +590,6 @@ def _feature_cache_plan(adapter: CaptionModel, tc: Any, images: CaptionDataset, 
     # Room for the features: one image through the encoder gives their size.
     with _rng_preserved():
         probe = AdapterCollate(adapter)([images[0]])["pixel_values"]
-        from medblip.perf.feature_cache import encoder_fn
-
         per_record = encoder_fn(adapter, autocast=accelerator.autocast)(probe)[0]
     need = per_record.numel() * per_record.element_size() * len(images)
     info["estimated_bytes"] = need
