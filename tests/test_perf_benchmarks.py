@@ -30,9 +30,12 @@ def test_train_throughput_smoke(tmp_path):
     res = _run("train_throughput.py", tmp_path / "t.json", "--device", "cpu", "--shapes", "tiny", "--strategy",
                "decoder_only", "--batch-size", "4", "--steps", "2", "--warmup", "1")
     assert res["benchmark"] == "train_throughput" and res["strategy"] == "decoder_only"
-    assert set(res["results"]) == {"naive", "medblip"} and res["ratio"] > 0
+    assert set(res["results"]) == {"naive", "medblip", "trainer"} and res["ratio"] > 0 and res["ratio_trainer"] > 0
     for r in res["results"].values():
         _check_variant(r, "images_per_second")
+    trainer = res["results"]["trainer"]  # medblip.training.train on the same images, from the image cache
+    assert trainer["steps"] == 3 and trainer["options"]["image_cache"] and trainer["feature_cache"]["used"]
+    assert trainer["images_per_second_after_cache_build"] >= trainer["images_per_second"]
     med = res["results"]["medblip"]
     assert med["options"]["feature_cache"] and med["feature_cache"]["images"] == res["pool_images"]
     assert "amortized_images_per_second_10_epochs" in med

@@ -335,6 +335,61 @@ def test_two_process_ddp_matches_one_process(reference_run: Path, tiny_blip_dir:
     assert val_ddp[-1]["val_loss"] == pytest.approx(val_single[-1]["val_loss"], rel=1e-4)
 
 
+# -- data.image_cache -------------------------------------------------------------------------------------
+
+def test_image_cache_trains_like_decoding_files(reference_run: Path, tiny_blip_dir: Path, small_synth_dir: Path,
+                                                tmp_path: Path) -> None:
+    """data.image_cache (a `medblip data cache` folder) gives the pixels decoding does: the same run."""
+    from medblip.data.cache import build_image_cache
+
+    cache = tmp_path / "cache"
+    build_image_cache(small_synth_dir, cache, size=64)
+    out = tmp_path / "cached"
+    cfg = quick_config(tiny_blip_dir, small_synth_dir, out)
+    cfg.data.image_cache = str(cache)
+    assert run(cfg).status == "completed"
+    assert [r["loss"] for r in metric_rows(out)] == [r["loss"] for r in metric_rows(reference_run)]
+    assert_same_weights(out / "checkpoints" / "last", reference_run / "checkpoints" / "last")
+
+
+def test_stale_image_cache_is_a_config_error(tiny_blip_dir: Path, small_synth_dir: Path, tmp_path: Path) -> None:
+    from medblip.data.cache import build_image_cache
+
+    cache = tmp_path / "cache"
+    build_image_cache(small_synth_dir, cache, size=32)
+    cfg = quick_config(tiny_blip_dir, small_synth_dir, tmp_path / "run")
+    cfg.data.image_cache = str(cache)
+    with pytest.raises(ConfigError, match=r"data\.image_cache: .*size 32, wanted 64.*medblip data cache"):
+        run(cfg)
+
+
+# -- kernels ---------------------------------------------------------------------------------------------
+
+def test_sdpa_training_matches_eager(reference_run: Path, tiny_blip_dir: Path, small_synth_dir: Path,
+                                     tmp_path: Path) -> None:
+    """train.sdpa: on (the CUDA default) trains like eager attention: the same losses to float rounding."""
+    out = tmp_path / "sdpa"
+    result = run(quick_config(tiny_blip_dir, small_synth_dir, out, sdpa="on"))
+    assert result.status == "completed"
+    kernels = json.loads((out / "run.json").read_text())["distributed"]["kernels"]
+    assert kernels["sdpa"] and kernels["sdpa_modules"] > 0 and not kernels["tf32"]  # tf32 is CUDA-only
+    assert not json.loads((reference_run / "run.json").read_text())["distributed"]["kernels"]["sdpa"]  # auto, CPU
+    fast, eager = metric_rows(out), metric_rows(reference_run)
+    assert [r["step"] for r in fast] == [r["step"] for r in eager]
+    for a, b in zip(fast, eager, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
+    assert_checkpoints_load(out)
+
+
+def test_sdpa_on_without_a_module_that_can_use_it_is_a_config_error(
+        tiny_blip_dir: Path, small_synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medblip.perf.attention as attention
+
+    monkeypatch.setattr(attention, "enable_sdpa", lambda model: 0)  # as for a family with none
+    with pytest.raises(ConfigError, match=r"train\.sdpa: on"):
+        run(quick_config(tiny_blip_dir, small_synth_dir, tmp_path / "run", sdpa="on"))
+
+
 # -- learning -------------------------------------------------------------------------------------------
 
 def _test_agreement(trained: Any) -> tuple[dict[str, Any], float]:
@@ -367,9 +422,11 @@ def test_tiny_blip_learns_modality(trained_tiny_blip: Any) -> None:
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="known gap (issue 3): within the CPU budget the tiny BLIP does not learn "
-                                       "the lesion side (0.34-0.43 vs 0.42 majority rate, also at 96 px or 16 "
-                                       "epochs); strict, so a recipe that learns it turns this into a failure "
-                                       "to update")
+                                       "the lesion side (0.31-0.49 vs 0.42 majority rate with 96 px, 16-24 epochs, "
+                                       "4000 images, batch 8-32, sin-cos position init, flip-and-swap "
+                                       "augmentation). A from-scratch ViT probe given the side label directly stays "
+                                       "at chance too, where a 3-layer CNN reaches 0.69: the limit is the "
+                                       "from-scratch ViT encoder. Strict, so a recipe that learns it shows up")
 def test_tiny_blip_learns_side(trained_tiny_blip: Any) -> None:
     agreement, majority = _test_agreement(trained_tiny_blip)
     assert agreement["side"]["agreement"] >= majority + 0.15, (agreement["side"], majority)

@@ -69,6 +69,10 @@ class DataConfig(_Section):
                                 "cache hold exactly what the model sees. None keeps the file's size")
     cache_images: bool = Field(False, description="keep decoded images in memory after the first epoch")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the training process)")
+    image_cache: str | None = Field(
+        None, description="folder made by `medblip data cache` (same data, size = data.image_size): images are read "
+                          "from its memory-mapped uint8 arrays instead of being decoded and resized every epoch; a "
+                          "stale cache (changed image, other size) is an error")
 
 
 class LoraConfig(_Section):
@@ -137,7 +141,15 @@ class TrainConfig(_Section):
                           "--resume while encoder, image size, processor and data are unchanged; the folder "
                           "holds one cache: one for another model or data replaces it); None: in memory")
 
-    @field_validator("cache_features", mode="before")
+    sdpa: Literal["auto", "on", "off"] = Field(
+        "auto", description="run attention through torch's scaled_dot_product_attention (flash / memory-efficient "
+                            "kernels on CUDA; BLIP's eager-only modules are switched per instance, weights and "
+                            "checkpoints unchanged). Losses agree with eager attention to float rounding. auto: on "
+                            "CUDA unless train.deterministic; on: everywhere (an error if the model has no module "
+                            "that can use it); off: never")
+    tf32: bool = Field(True, description="TF32 matmuls for the work that stays fp32 (Ampere+ GPUs; no effect on CPU)")
+
+    @field_validator("cache_features", "sdpa", mode="before")
     @classmethod
     def _on_off(cls, value: Any) -> Any:
         # YAML 1.1 reads a bare on / off as a boolean

@@ -31,14 +31,19 @@ class CaptionDataset(Dataset):
     decoded, resized pixels (uint8) after first use so later epochs skip decoding; with DataLoader
     workers each worker holds its own copy, so call :meth:`preload` before the loader forks them.
 
+    ``image_cache``: a :class:`~medblip.data.cache.CachedImageDataset` over the same records, in the
+    same order (``data.image_cache``): pixels come from its memory-mapped uint8 array instead of
+    decoding and resizing the file.
+
     ``with_ids``: items are ``(image, caption, record id)`` instead of ``(image, caption)`` (the
     collated batch then carries ``ids``). ``load_images=False``: the image is ``None`` and no file is
     read -- for training from cached encoder features, where a batch needs only its text and ids.
     """
 
     def __init__(self, records: Sequence[Record], image_size: int | None = None, cache: bool = False, *,
-                 with_ids: bool = False, load_images: bool = True) -> None:
+                 with_ids: bool = False, load_images: bool = True, image_cache: Any = None) -> None:
         self.records = list(records)
+        self.image_cache = image_cache
         self.image_size = image_size
         self.cache = cache
         self.with_ids = with_ids
@@ -49,6 +54,8 @@ class CaptionDataset(Dataset):
         return len(self.records)
 
     def _decode(self, index: int) -> Image.Image:
+        if self.image_cache is not None:
+            return Image.fromarray(self.image_cache.pixels(index), "RGB")
         record = self.records[index]
         if record.image is None:
             from medblip.errors import DataError

@@ -26,6 +26,11 @@ cached features (:class:`~medblip.perf.feature_cache.DecoderFromFeatures`, the m
 after its vision encoder): the same losses and weights as the plain path, without image decoding or
 encoder forwards in the epochs. Validation, generation and checkpoints use the full ``adapter.model``,
 whose decoder is the one that trains.
+
+Kernels (``train.sdpa``, ``train.tf32``, ``train.mixed_precision``): on CUDA a run uses the fast
+step's kernels by default -- scaled-dot-product attention, TF32 for fp32 matmuls, fused AdamW -- so
+it gets the throughput ``benchmarks/train_throughput.py`` reports; CPU runs stay on eager attention.
+run.json records what was used (``distributed.kernels``).
 """
 
 from __future__ import annotations
@@ -36,14 +41,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from medblip.errors import ConfigError, MedblipError
+from medblip.errors import ConfigError, DataError, MedblipError
 from medblip.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from medblip.runinfo import run_metadata, set_seed
 from medblip.training import checkpoint as ckpt
@@ -101,6 +106,54 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
     config's file name, for error messages. ``should_stop(global_step)``: asked after every optimizer
     step; True stops the run like SIGTERM does (resumable checkpoint, status "interrupted").
     """
+    with _tf32_restored():  # train.tf32 switches a process-wide flag; a caller's setting comes back after
+        return _train(config, resume=resume, source=source, progress=progress, should_stop=should_stop)
+
+
+@contextlib.contextmanager
+def _tf32_restored() -> Iterator[None]:
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _image_cache(dc: Any, split: str, records: list[Any], source: str) -> Any:
+    """``data.image_cache``: the cached split's rows for ``records`` (None without a cache or records)."""
+    if dc.image_cache is None or not records:
+        return None
+    from medblip.data.cache import CachedImageDataset
+
+    try:
+        return CachedImageDataset(dc.image_cache, split, records, size=dc.image_size)
+    except DataError as exc:
+        raise ConfigError(f"{source}: data.image_cache: {exc}") from None
+
+
+def _fast_kernels(adapter: CaptionModel, tc: Any, device: torch.device, source: str) -> dict[str, Any]:
+    """``train.sdpa`` and ``train.tf32``: the attention kernel and matmul precision the run uses.
+
+    These are the fast step's kernels (:mod:`medblip.perf.fast_train`, what the throughput benchmark
+    measures), so a run gets what the benchmark reports. ``auto`` keeps CPU runs and deterministic
+    runs on eager attention, whose numbers the exact-resume and DDP tests compare bit for bit.
+    """
+    from medblip.perf.attention import enable_sdpa
+
+    want = tc.sdpa == "on" or (tc.sdpa == "auto" and device.type == "cuda" and not tc.deterministic)
+    switched = enable_sdpa(adapter) if want else 0
+    if tc.sdpa == "on" and not switched:
+        raise ConfigError(f"{source}: train.sdpa: on, but no attention module of this {adapter.family} model "
+                          "can use scaled_dot_product_attention; set train.sdpa: auto or off")
+    tf32 = bool(tc.tf32 and device.type == "cuda")
+    if tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return {"sdpa": bool(switched), "sdpa_modules": switched, "tf32": tf32}
+
+
+def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: bool,
+           should_stop: Callable[[int], bool] | None) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, gather_object
     from tqdm.auto import tqdm
@@ -155,8 +208,10 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
     if training and not train_records:
         raise ConfigError(f"{source}: data.path: no {dc.train_split!r} records in {dc.path} "
                           f"(splits found: {', '.join(dataset.splits) or 'none'})")
-    train_ds = CaptionDataset(train_records, dc.image_size, cache=dc.cache_images)
-    val_ds = CaptionDataset(val_records, dc.image_size, cache=dc.cache_images)
+    train_ds = CaptionDataset(train_records, dc.image_size, cache=dc.cache_images,
+                              image_cache=_image_cache(dc, dc.train_split, train_records, source))
+    val_ds = CaptionDataset(val_records, dc.image_size, cache=dc.cache_images,
+                            image_cache=_image_cache(dc, dc.val_split, val_records, source))
 
     # -- model and strategy ------------------------------------------------------------------------
     # A resumed full / partial fine-tune reloads its own HF checkpoint; a LoRA run rebuilds the base
@@ -170,11 +225,12 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
         ckpt.load_trainable(adapter, last_dir)
     if tc.gradient_checkpointing:
         adapter.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kernels = _fast_kernels(adapter, tc, accelerator.device, source)
     strategy_info = report.as_dict() if hasattr(report, "as_dict") else asdict(report)
 
     if is_main:
         atomic_write_text(run_dir / "config.resolved.yaml", config.to_yaml())
-        _write_run_json(run_dir, config, strategy_info, accelerator, state)
+        _write_run_json(run_dir, config, strategy_info, accelerator, state, kernels)
     metrics_path = run_dir / "metrics.jsonl"
     settings = config.generation_settings()
     scorer, scorer_name = _caption_scorer()
@@ -630,6 +686,7 @@ def _build_feature_cache(adapter: CaptionModel, records: list[Any], dc: Any, tc:
     from tqdm.auto import tqdm
 
     from medblip.data.cache import records_fingerprint
+    from medblip.perf.attention import sdpa_enabled
     from medblip.perf.feature_cache import FeatureCache, encoder_fn
 
     world, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
@@ -643,6 +700,7 @@ def _build_feature_cache(adapter: CaptionModel, records: list[Any], dc: Any, tc:
         return FeatureCache.for_adapter(adapter, ids=ids, image_size=dc.image_size,
                                         data_fingerprint=records_fingerprint(records), directory=directory,
                                         extra={"mixed_precision": tc.mixed_precision,
+                                               "sdpa": sdpa_enabled(adapter),
                                                "transformers": transformers.__version__},
                                         memory=False, prune_stale=is_main)
 
@@ -768,12 +826,12 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _write_run_json(run_dir: Path, config: ExperimentConfig, strategy: dict[str, Any], accelerator: Any,
-                    state: dict[str, Any] | None) -> None:
+                    state: dict[str, Any] | None, kernels: dict[str, Any]) -> None:
     import json
 
     path = run_dir / "run.json"
     dist = {"num_processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
-            "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device)}
+            "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device), "kernels": kernels}
     if state is not None and path.is_file():
         info = json.loads(path.read_text(encoding="utf-8"))
         resumes = info.setdefault("resumes", [])
