@@ -235,8 +235,8 @@ def run_trainer(adapter: Any, args: argparse.Namespace, pil: list[Any], captions
         result = train(config, progress=False)
         cost = json.loads((root / "run" / "cost.json").read_text(encoding="utf-8"))
         kernels = json.loads((root / "run" / "run.json").read_text(encoding="utf-8"))["distributed"]["kernels"]
-        losses = [json.loads(line)["loss"] for line in (root / "run" / "metrics.jsonl").read_text().splitlines()
-                  if line and '"loss"' in line and '"split": "train"' in line]
+        rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines() if line]
+        losses = [r["loss"] for r in rows if r.get("split") == "train" and "loss" in r]
     out = {"images_per_second": cost["images_per_second"], "seconds": cost["train_seconds"],
            "wall_seconds": cost["wall_seconds"], "steps": result.global_step,
            "peak_memory_bytes": cost.get("peak_memory_bytes", 0), "memory_kind": cost.get("peak_memory_kind"),

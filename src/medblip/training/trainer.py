@@ -208,9 +208,10 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     if training and not train_records:
         raise ConfigError(f"{source}: data.path: no {dc.train_split!r} records in {dc.path} "
                           f"(splits found: {', '.join(dataset.splits) or 'none'})")
-    train_ds = CaptionDataset(train_records, dc.image_size, cache=dc.cache_images,
+    in_memory = dc.cache_images and dc.image_cache is None  # a memory-mapped cache needs no second copy
+    train_ds = CaptionDataset(train_records, dc.image_size, cache=in_memory,
                               image_cache=_image_cache(dc, dc.train_split, train_records, source))
-    val_ds = CaptionDataset(val_records, dc.image_size, cache=dc.cache_images,
+    val_ds = CaptionDataset(val_records, dc.image_size, cache=in_memory,
                             image_cache=_image_cache(dc, dc.val_split, val_records, source))
 
     # -- model and strategy ------------------------------------------------------------------------
