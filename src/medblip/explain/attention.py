@@ -199,7 +199,6 @@ def trace(adapter: CaptionModel, image: Image.Image, caption: str, *, method: st
 
     The token maps are aggregated but not normalised (see :mod:`medblip.explain.maps`).
     """
-    import torch
 
     if method not in METHODS:
         raise MedblipError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -220,19 +219,13 @@ def trace(adapter: CaptionModel, image: Image.Image, caption: str, *, method: st
     if spec.kind == "qformer":
         kwargs["output_attentions"] = True
 
-    was_training = model.training
-    adapter.eval_mode()
-    try:
-        with eager_attention(model), _recording(model, spec.cross_modules) as store, torch.set_grad_enabled(need_grad):
-            out = model(**kwargs)
-            logits = out.logits
-            if not store:
-                raise MedblipError(f"{adapter.family}: the model returned no cross-attention weights")
-            return _maps_from(adapter, spec, model, out, logits, labels, batch, store, method, layers, heads,
-                              aggregate_how)
-    finally:
-        if was_training:
-            adapter.train_mode()
+    with adapter.inference(grad=need_grad), eager_attention(model), _recording(model, spec.cross_modules) as store:
+        out = model(**kwargs)
+        logits = out.logits
+        if not store:
+            raise MedblipError(f"{adapter.family}: the model returned no cross-attention weights")
+        return _maps_from(adapter, spec, model, out, logits, labels, batch, store, method, layers, heads,
+                          aggregate_how)
 
 
 def _maps_from(adapter: CaptionModel, spec: FamilySpec, model: Any, out: Any, logits: torch.Tensor,

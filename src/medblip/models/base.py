@@ -134,9 +134,13 @@ def eager_attention(model: Any) -> Iterator[None]:
 Member = Any  # an nn.Module or a bare nn.Parameter belonging to a parameter group
 
 
-def pretrained_kwargs(family: str, options: dict[str, Any], known: set[str] | frozenset[str], *, dtype: Any,
-                      local_files_only: bool | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check a family's load options; return the ``from_pretrained`` kwargs of its processor and model."""
+def load_pretrained(family: str, source: str, processor_class: Any, model_class: Any, options: dict[str, Any],
+                    known: set[str] | frozenset[str], *, dtype: Any, device: Any,
+                    local_files_only: bool | None) -> tuple[Any, Any]:
+    """Check a family's load options, then ``from_pretrained`` its processor and model (in eval mode,
+    on ``device``); hub and file errors become one-line :class:`MedblipError` s."""
+    from medblip.models.registry import hub_errors
+
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise MedblipError(f"unknown option {unknown[0]!r} for family {family}; known: {', '.join(sorted(known))}")
@@ -148,7 +152,26 @@ def pretrained_kwargs(family: str, options: dict[str, Any], known: set[str] | fr
         model_kw["dtype"] = dtype
     if options.get("attn_implementation"):
         model_kw["attn_implementation"] = options["attn_implementation"]
-    return kw, model_kw
+    with hub_errors(source, local_files_only):
+        processor = processor_class.from_pretrained(source, **kw)
+        model = model_class.from_pretrained(source, **model_kw)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    return processor, model
+
+
+#: parameter groups of the two-part families (BLIP, ViT-GPT2): strategy -> groups left trainable
+ENCODER_DECODER_GROUPS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "full": ("vision_encoder", "text_decoder"),
+    "decoder_only": ("text_decoder",),
+    "encoder_only": ("vision_encoder",),
+}
+
+
+def patch_grid(pixel_values: torch.Tensor, patch_size: int) -> tuple[int, int]:
+    return pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size
 
 
 def _stay_eval(self: nn.Module, mode: bool = True) -> nn.Module:
@@ -326,17 +349,24 @@ class CaptionModel(ABC):
     def generate_ids(self, images: list[Image.Image], settings: GenerationSettings | None = None,
                      **overrides: Any) -> tuple[torch.Tensor, int]:
         """Raw generated sequences and how many leading positions are prompt (not caption)."""
-        import torch
-
         if not isinstance(images, list | tuple):
             images = [images]
         settings, extra = (settings or GenerationSettings()).updated(**overrides)
         kwargs = {**settings.generate_kwargs(), **extra}
+        with self.inference():
+            return self._generate(list(images), settings, kwargs)
+
+    @contextlib.contextmanager
+    def inference(self, *, grad: bool = False) -> Iterator[None]:
+        """Eval mode (frozen groups stay pinned) and, unless ``grad``, no_grad for the duration; a
+        model that was training is put back in training mode afterwards."""
+        import torch
+
         was_training = self.model.training
-        self.model.eval()
+        self.eval_mode()
         try:
-            with torch.no_grad():
-                return self._generate(list(images), settings, kwargs)
+            with torch.set_grad_enabled(grad):
+                yield
         finally:
             if was_training:
                 self.train_mode()
@@ -352,8 +382,16 @@ class CaptionModel(ABC):
 
     # -- training --------------------------------------------------------------------------------
     @abstractmethod
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Teacher-forcing inputs of the captions: input_ids, attention_mask, labels (-100 = ignored)."""
+
     def collate(self, images: list[Image.Image], captions: list[str]) -> dict[str, torch.Tensor]:
-        """Processor + tokenizer: pixel_values, input_ids, attention_mask and labels (-100 = ignored)."""
+        """Processor + tokenizer: pixel_values plus :meth:`tokenize`'s tensors (on the CPU)."""
+        if len(images) != len(captions):
+            raise MedblipError(f"collate: {len(images)} images but {len(captions)} captions")
+        pv = self.processor.image_processor(images=[im.convert("RGB") for im in images],
+                                            return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pv, **self.tokenize(captions)}
 
     def loss(self, batch: dict[str, torch.Tensor], *, model: Any = None) -> torch.Tensor:
         """The family's own captioning loss for a collated batch.

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from medblip.errors import MedblipError
 from medblip.models.base import (
+    ENCODER_DECODER_GROUPS,
     CaptionModel,
     CrossAttentionOutput,
     GenerationSettings,
     Member,
-    pretrained_kwargs,
+    load_pretrained,
+    patch_grid,
 )
-from medblip.models.registry import hub_errors, register_family
+from medblip.models.registry import register_family
 
 if TYPE_CHECKING:
     import torch
@@ -47,12 +48,7 @@ class BlipCaptioner(CaptionModel):
 
     strategies = ("none", "full", "decoder_only", "encoder_only", "lora")
     group_order = ("vision_encoder", "text_decoder")
-    strategy_groups = {
-        "none": (),
-        "full": ("vision_encoder", "text_decoder"),
-        "decoder_only": ("text_decoder",),
-        "encoder_only": ("vision_encoder",),
-    }
+    strategy_groups = ENCODER_DECODER_GROUPS
     # query/value of the decoder's self- and cross-attention; add "qkv" + group vision_encoder for
     # the ViT's fused attention projection.
     lora_targets = ("query", "value")
@@ -65,14 +61,8 @@ class BlipCaptioner(CaptionModel):
              local_files_only: bool | None = None, **options: Any) -> BlipCaptioner:
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
-        kw, model_kw = pretrained_kwargs("blip", options, _OPTIONS, dtype=dtype,
-                                         local_files_only=local_files_only)
-        with hub_errors(source, local_files_only):
-            processor = BlipProcessor.from_pretrained(source, **kw)
-            model = BlipForConditionalGeneration.from_pretrained(source, **model_kw)
-        if device is not None:
-            model = model.to(device)
-        model.eval()
+        processor, model = load_pretrained("blip", source, BlipProcessor, BlipForConditionalGeneration, options,
+                                           _OPTIONS, dtype=dtype, device=device, local_files_only=local_files_only)
         if options.get("prompt") is True:
             options["prompt"] = ZERO_SHOT_PROMPT
         return cls(model, processor, source, **options)
@@ -127,13 +117,6 @@ class BlipCaptioner(CaptionModel):
             labels[:, :n_prompt] = -100
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
-    def collate(self, images: list[Image.Image], captions: list[str]) -> dict[str, torch.Tensor]:
-        if len(images) != len(captions):
-            raise MedblipError(f"collate: {len(images)} images but {len(captions)} captions")
-        pv = self.processor.image_processor(images=[im.convert("RGB") for im in images],
-                                            return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pv, **self.tokenize(captions)}
-
     # -- explanation -----------------------------------------------------------------------------
     def cross_attentions(self, images: list[Image.Image], token_ids: torch.Tensor,
                          attention_mask: torch.Tensor | None = None) -> CrossAttentionOutput:
@@ -145,31 +128,20 @@ class BlipCaptioner(CaptionModel):
         ``cls_attention`` (per layer, batch x heads x text_len: the weight on the image CLS token,
         which the patch maps leave out) and ``self_attentions``.
         """
-        import torch
-
         base = self.base_model
         token_ids = token_ids.to(self.device).clone()
         token_ids[:, 0] = base.config.text_config.bos_token_id
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
         pixel_values = self.pixel_values(images)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                image_embeds = base.vision_model(pixel_values=pixel_values).last_hidden_state
-                out = base.text_decoder(input_ids=token_ids, attention_mask=attention_mask,
-                                        encoder_hidden_states=image_embeds, output_attentions=True,
-                                        return_dict=True)
-        finally:
-            if was_training:
-                self.train_mode()
-        patch = int(base.config.vision_config.patch_size)
-        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-        cross = [a[..., 1:].float().cpu() for a in out.cross_attentions]
+        with self.inference():
+            image_embeds = base.vision_model(pixel_values=pixel_values).last_hidden_state
+            out = base.text_decoder(input_ids=token_ids, attention_mask=attention_mask,
+                                    encoder_hidden_states=image_embeds, output_attentions=True,
+                                    return_dict=True)
         return CrossAttentionOutput(
-            attentions=cross,
-            grid=grid,
+            attentions=[a[..., 1:].float().cpu() for a in out.cross_attentions],
+            grid=patch_grid(pixel_values, int(base.config.vision_config.patch_size)),
             token_ids=token_ids.cpu(),
             tokens=self._tokens(token_ids),
             extra={

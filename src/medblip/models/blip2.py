@@ -23,16 +23,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from medblip.errors import MedblipError
 from medblip.models.base import (
     CaptionModel,
     CrossAttentionOutput,
     GenerationSettings,
     Member,
     eager_attention,
-    pretrained_kwargs,
+    load_pretrained,
+    patch_grid,
 )
-from medblip.models.registry import hub_errors, register_family
+from medblip.models.registry import register_family
 
 if TYPE_CHECKING:
     import torch
@@ -61,14 +61,9 @@ class QFormerCaptioner(CaptionModel):
              local_files_only: bool | None = None, **options: Any) -> QFormerCaptioner:
         import transformers
 
-        kw, model_kw = pretrained_kwargs(cls.family, options, cls.known_options, dtype=dtype,
-                                         local_files_only=local_files_only)
-        with hub_errors(source, local_files_only):
-            processor = getattr(transformers, cls.processor_cls).from_pretrained(source, **kw)
-            model = getattr(transformers, cls.model_cls).from_pretrained(source, **model_kw)
-        if device is not None:
-            model = model.to(device)
-        model.eval()
+        processor, model = load_pretrained(cls.family, source, getattr(transformers, cls.processor_cls),
+                                           getattr(transformers, cls.model_cls), options, cls.known_options,
+                                           dtype=dtype, device=device, local_files_only=local_files_only)
         return cls(model, processor, source, **options)
 
     # -- structure -------------------------------------------------------------------------------
@@ -168,12 +163,7 @@ class QFormerCaptioner(CaptionModel):
                 "decoder_attention_mask": decoder_mask}
 
     def collate(self, images: list[Image.Image], captions: list[str]) -> dict[str, torch.Tensor]:
-        if len(images) != len(captions):
-            raise MedblipError(f"collate: {len(images)} images but {len(captions)} captions")
-        pv = self.processor.image_processor(images=[im.convert("RGB") for im in images],
-                                            return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pv, **self.tokenize(captions),
-                **self._qformer_inputs(len(captions), self._prompt())}
+        return {**super().collate(images, captions), **self._qformer_inputs(len(captions), self._prompt())}
 
     def _forward_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         keys = ("pixel_values", "input_ids", "attention_mask", "labels", "decoder_attention_mask",
@@ -211,25 +201,18 @@ class QFormerCaptioner(CaptionModel):
             if attention_mask is not None:
                 attention_mask = torch.cat([torch.ones_like(prefix), attention_mask.to(self.device)], dim=1)
         prompt = self._prompt()
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad(), eager_attention(base):
-                image_embeds = base.vision_model(pixel_values=pixel_values).last_hidden_state
-                query = base.query_tokens.expand(image_embeds.shape[0], -1, -1)
-                qf_kwargs = self._qformer_call_inputs(len(images), prompt, query)
-                qf = base.qformer(query_embeds=query, encoder_hidden_states=image_embeds,
-                                  encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long,
-                                                                    device=self.device),
-                                  output_attentions=True, return_dict=True, **qf_kwargs)
-                query_out = qf.last_hidden_state[:, :q].to(image_embeds.dtype)
-                lm_inputs = base.language_projection(query_out)
-                lm_attn, text_ids = self._lm_query_attention(token_ids, attention_mask, lm_inputs, prompt)
-        finally:
-            if was_training:
-                self.train_mode()
-        patch = int(base.config.vision_config.patch_size)
-        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        with self.inference(), eager_attention(base):
+            image_embeds = base.vision_model(pixel_values=pixel_values).last_hidden_state
+            query = base.query_tokens.expand(image_embeds.shape[0], -1, -1)
+            qf_kwargs = self._qformer_call_inputs(len(images), prompt, query)
+            qf = base.qformer(query_embeds=query, encoder_hidden_states=image_embeds,
+                              encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long,
+                                                                device=self.device),
+                              output_attentions=True, return_dict=True, **qf_kwargs)
+            query_out = qf.last_hidden_state[:, :q].to(image_embeds.dtype)
+            lm_inputs = base.language_projection(query_out)
+            lm_attn, text_ids = self._lm_query_attention(token_ids, attention_mask, lm_inputs, prompt)
+        grid = patch_grid(pixel_values, int(base.config.vision_config.patch_size))
         qf_cross = [a[:, :, :q, 1:].float().cpu() for a in (qf.cross_attentions or ()) if a is not None]
         token_maps: list[torch.Tensor] = []
         if qf_cross and lm_attn:

@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from medblip.errors import MedblipError
 from medblip.models.base import (
+    ENCODER_DECODER_GROUPS,
     CaptionModel,
     CrossAttentionOutput,
     GenerationSettings,
     Member,
     eager_attention,
-    pretrained_kwargs,
+    load_pretrained,
+    patch_grid,
 )
-from medblip.models.registry import hub_errors, register_family
+from medblip.models.registry import register_family
 
 if TYPE_CHECKING:
     import torch
@@ -85,12 +87,7 @@ class ViTGPT2Captioner(CaptionModel):
 
     strategies = ("none", "full", "decoder_only", "encoder_only")
     group_order = ("vision_encoder", "text_decoder")
-    strategy_groups = {
-        "none": (),
-        "full": ("vision_encoder", "text_decoder"),
-        "decoder_only": ("text_decoder",),
-        "encoder_only": ("vision_encoder",),
-    }
+    strategy_groups = ENCODER_DECODER_GROUPS
     model_class_name = "VisionEncoderDecoderModel"
     processor_class_name = "VitGpt2Processor"
 
@@ -99,11 +96,8 @@ class ViTGPT2Captioner(CaptionModel):
              local_files_only: bool | None = None, **options: Any) -> ViTGPT2Captioner:
         from transformers import VisionEncoderDecoderModel
 
-        kw, model_kw = pretrained_kwargs("vit-gpt2", options, _OPTIONS, dtype=dtype,
-                                         local_files_only=local_files_only)
-        with hub_errors(source, local_files_only):
-            processor = VitGpt2Processor.from_pretrained(source, **kw)
-            model = VisionEncoderDecoderModel.from_pretrained(source, **model_kw)
+        processor, model = load_pretrained("vit-gpt2", source, VitGpt2Processor, VisionEncoderDecoderModel, options,
+                                           _OPTIONS, dtype=dtype, device=device, local_files_only=local_files_only)
         if getattr(model.config.decoder, "model_type", None) != "gpt2":
             raise MedblipError(f"{source}: vit-gpt2 expects a GPT-2 decoder, found "
                                f"{getattr(model.config.decoder, 'model_type', None)!r}")
@@ -116,9 +110,6 @@ class ViTGPT2Captioner(CaptionModel):
                 cfg.pad_token_id = tok.pad_token_id
             if getattr(cfg, "eos_token_id", None) is None:
                 cfg.eos_token_id = tok.eos_token_id
-        if device is not None:
-            model = model.to(device)
-        model.eval()
         return cls(model, processor, source, **options)
 
     # -- groups ----------------------------------------------------------------------------------
@@ -165,13 +156,6 @@ class ViTGPT2Captioner(CaptionModel):
             attention_mask[i, : len(r)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
-    def collate(self, images: list[Image.Image], captions: list[str]) -> dict[str, torch.Tensor]:
-        if len(images) != len(captions):
-            raise MedblipError(f"collate: {len(images)} images but {len(captions)} captions")
-        pv = self.processor.image_processor(images=[im.convert("RGB") for im in images],
-                                            return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pv, **self.tokenize(captions)}
-
     def _forward_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {"pixel_values": batch["pixel_values"], "decoder_input_ids": batch["input_ids"],
                 "decoder_attention_mask": batch["attention_mask"], "labels": batch["labels"]}
@@ -185,33 +169,23 @@ class ViTGPT2Captioner(CaptionModel):
         :meth:`tokenize`). Per layer (batch, heads, text_len, patches), the ViT CLS removed;
         ``extra["cls_attention"]`` holds the CLS weight. Attention runs eagerly for this call.
         """
-        import torch
-
         base = self.base_model
         token_ids = token_ids.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
         pixel_values = self.pixel_values(images)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad(), eager_attention(base):
-                hidden = base.encoder(pixel_values=pixel_values).last_hidden_state
-                # the same projection condition as VisionEncoderDecoderModel.forward
-                if (base.config.encoder.hidden_size != base.config.decoder.hidden_size
-                        and getattr(base.config.decoder, "cross_attention_hidden_size", None) is None):
-                    hidden = base.enc_to_dec_proj(hidden)
-                out = base.decoder(input_ids=token_ids, attention_mask=attention_mask,
-                                   encoder_hidden_states=hidden, output_attentions=True, use_cache=False,
-                                   return_dict=True)
-        finally:
-            if was_training:
-                self.train_mode()
-        patch = int(base.config.encoder.patch_size)
-        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        with self.inference(), eager_attention(base):
+            hidden = base.encoder(pixel_values=pixel_values).last_hidden_state
+            # the same projection condition as VisionEncoderDecoderModel.forward
+            if (base.config.encoder.hidden_size != base.config.decoder.hidden_size
+                    and getattr(base.config.decoder, "cross_attention_hidden_size", None) is None):
+                hidden = base.enc_to_dec_proj(hidden)
+            out = base.decoder(input_ids=token_ids, attention_mask=attention_mask,
+                               encoder_hidden_states=hidden, output_attentions=True, use_cache=False,
+                               return_dict=True)
         return CrossAttentionOutput(
             attentions=[a[..., 1:].float().cpu() for a in out.cross_attentions],
-            grid=grid,
+            grid=patch_grid(pixel_values, int(base.config.encoder.patch_size)),
             token_ids=token_ids.cpu(),
             tokens=self._tokens(token_ids),
             extra={"cls_attention": [a[..., 0].float().cpu() for a in out.cross_attentions]},

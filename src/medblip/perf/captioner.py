@@ -162,21 +162,15 @@ class FastCaptioner:
         adapter = self.adapter
         settings, extra = (settings or GenerationSettings()).updated(**overrides)
         reason = self.unsupported(settings, extra)
-        was_training = adapter.model.training
-        adapter.model.eval()
-        try:
-            with self._context():
-                if reason is not None:
-                    self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
-                    if images is None:
-                        raise ValueError(f"FastCaptioner: {reason} needs images, not pixel_values")
-                    return adapter._generate(list(images), settings, {**settings.generate_kwargs(), **extra})
-                if pixel_values is None:
-                    pixel_values = adapter.pixel_values(list(images or []))
-                return self._blip(pixel_values.to(adapter.device, dtype=adapter.dtype), settings, extra)
-        finally:
-            if was_training:
-                adapter.train_mode()
+        with adapter.inference(), self._context():
+            if reason is not None:
+                self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+                if images is None:
+                    raise ValueError(f"FastCaptioner: {reason} needs images, not pixel_values")
+                return adapter._generate(list(images), settings, {**settings.generate_kwargs(), **extra})
+            if pixel_values is None:
+                pixel_values = adapter.pixel_values(list(images or []))
+            return self._blip(pixel_values.to(adapter.device, dtype=adapter.dtype), settings, extra)
 
     def generate(self, images: list[Image.Image] | None = None, settings: GenerationSettings | None = None, *,
                  pixel_values: torch.Tensor | None = None, **overrides: Any) -> list[str]:
