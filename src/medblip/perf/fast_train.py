@@ -26,6 +26,7 @@ from medblip.perf.feature_cache import (
     decoder_only_loss_from_features,
     encoder_fn,
 )
+from medblip.perf.tf32 import restore_tf32, set_tf32
 
 if TYPE_CHECKING:
     from medblip.models.base import CaptionModel
@@ -71,10 +72,7 @@ class FastTrainStep:
         self.module: Any = self.decoder if self.decoder is not None else adapter.model
         if compile:
             self.module = torch.compile(self.module)
-        self._tf32: bool | None = None
-        if self.device.type == "cuda":
-            self._tf32 = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = True
+        self._tf32 = set_tf32(True) if self.device.type == "cuda" else None
         adapter.train_mode()
 
     def close(self) -> None:
@@ -82,7 +80,7 @@ class FastTrainStep:
         if self.sdpa:
             disable_sdpa(self.adapter)
         if self._tf32 is not None:
-            torch.backends.cuda.matmul.allow_tf32 = self._tf32
+            restore_tf32(self._tf32)
 
     def pixel_values(self, batch: dict[str, Any]) -> torch.Tensor:
         if "pixel_values" in batch:

@@ -41,7 +41,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ import torch
 
 from medblip.errors import ConfigError, DataError, MedblipError
 from medblip.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from medblip.perf.tf32 import set_tf32, tf32_restored
 from medblip.runinfo import run_metadata, set_seed
 from medblip.training import checkpoint as ckpt
 from medblip.training.cost import CostMeter
@@ -106,17 +107,8 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
     config's file name, for error messages. ``should_stop(global_step)``: asked after every optimizer
     step; True stops the run like SIGTERM does (resumable checkpoint, status "interrupted").
     """
-    with _tf32_restored():  # train.tf32 switches a process-wide flag; a caller's setting comes back after
+    with tf32_restored():  # train.tf32 switches a process-wide flag; a caller's setting comes back after
         return _train(config, resume=resume, source=source, progress=progress, should_stop=should_stop)
-
-
-@contextlib.contextmanager
-def _tf32_restored() -> Iterator[None]:
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _image_cache(dc: Any, split: str, records: list[Any], source: str) -> Any:
@@ -147,8 +139,7 @@ def _fast_kernels(adapter: CaptionModel, tc: Any, device: torch.device, source: 
                           "can use scaled_dot_product_attention; set train.sdpa: auto or off")
     tf32 = bool(tc.tf32 and device.type == "cuda")
     if tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        set_tf32(True)
     return {"sdpa": bool(switched), "sdpa_modules": switched, "tf32": tf32}
 
 
