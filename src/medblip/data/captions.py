@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -70,8 +70,7 @@ def caption_words(text: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # Reading text files line by line without letting one bad byte stop the whole file.
 
-@dataclass(frozen=True)
-class TextLine:
+class TextLine(NamedTuple):
     lineno: int
     text: str
     bad_utf8: bool  # the line had bytes that are not UTF-8; ``text`` holds them as U+FFFD

@@ -16,11 +16,11 @@ from typing import Any
 from medblip.data.captions import CaptionOptions, iter_text_lines, normalize_caption
 from medblip.data.records import (
     EMPTY_CAPTION,
-    INVALID_UTF8,
     MALFORMED_LINE,
     Record,
     RecordCollector,
     canonical_split,
+    data_lines,
 )
 from medblip.data.rocov2 import iter_csv_rows
 from medblip.errors import DataError
@@ -49,16 +49,9 @@ def find_manifest(root: Path) -> Path | None:
 
 def _iter_jsonl(path: Path, collector: RecordCollector) -> Iterator[tuple[str, dict[str, Any]]]:
     report = collector.report
-    for line in iter_text_lines(path):
-        where = f"{path}:{line.lineno}"
-        if not line.text.strip():
-            report.warn("blank line", where)
-            continue
-        if line.bad_utf8:
-            report.drop(INVALID_UTF8, f"{where}: {line.text[:60]!r}")
-            continue
+    for where, text in data_lines(path, iter_text_lines(path), report):
         try:
-            obj = json.loads(line.text)
+            obj = json.loads(text)
         except json.JSONDecodeError as exc:
             report.drop(INVALID_JSON, f"{where}: {exc.msg} at column {exc.colno}")
             continue
@@ -81,14 +74,7 @@ def _iter_csv(path: Path, collector: RecordCollector) -> Iterator[tuple[str, dic
         raise DataError(f"{path}:1: expected a header with columns image and caption, "
                         f"found {', '.join(header) or 'nothing'}")
     header = [h.lower() if h.lower() in ("image", "caption", "id", "split") else h for h in header]
-    for lineno, row, bad in rows:
-        where = f"{path}:{lineno}"
-        if not any(f.strip() for f in row):
-            report.warn("blank line", where)
-            continue
-        if bad:
-            report.drop(INVALID_UTF8, f"{where}: {','.join(row)[:60]!r}")
-            continue
+    for where, row in data_lines(path, rows, report):
         if len(row) != len(header):
             report.drop(MALFORMED_LINE, f"{where}: expected {len(header)} columns, got {len(row)}")
             continue

@@ -135,6 +135,24 @@ class LoadReport:
         }
 
 
+def data_lines(path: Path, lines: Iterable[tuple[int, Any, bool]], report: LoadReport) -> Iterator[tuple[str, Any]]:
+    """``(where, value)`` for the lines (text) or CSV rows (fields) of ``path`` that hold data.
+
+    ``lines``: ``(line number, text or fields, had bad UTF-8)``. A blank one is counted as a
+    warning; one with bytes that are not UTF-8 is dropped and counted (its caption would be corrupt).
+    """
+    for lineno, value, bad in lines:
+        where = f"{path}:{lineno}"
+        if not (value.strip() if isinstance(value, str) else any(f.strip() for f in value)):
+            report.warn("blank line", where)
+            continue
+        if bad:
+            shown = value if isinstance(value, str) else ",".join(value)
+            report.drop(INVALID_UTF8, f"{where}: {shown[:60]!r}")
+            continue
+        yield where, value
+
+
 @dataclass
 class Dataset:
     """Records in load order plus the report of how they were loaded."""

@@ -24,6 +24,7 @@ from medblip.data.records import (
     Record,
     RecordCollector,
     canonical_split,
+    data_lines,
 )
 from medblip.errors import DataError
 
@@ -166,18 +167,11 @@ def _load_subset(split: str, subset: str, folder: Path, options: CaptionOptions,
         report.warn("images folder missing", f"{images_dir} (text-only release: run ROCO's fetch script)")
 
     captions_path = folder / CAPTIONS_FILE
-    for line in iter_text_lines(captions_path):
-        where = f"{captions_path}:{line.lineno}"
-        if not line.text.strip():
-            report.warn("blank line", where)
-            continue
-        if line.bad_utf8:
-            report.drop(INVALID_UTF8, f"{where}: {line.text[:60]!r}")
-            continue
-        rid, tab, caption = line.text.partition("\t")
+    for where, text in data_lines(captions_path, iter_text_lines(captions_path), report):
+        rid, tab, caption = text.partition("\t")
         rid = rid.strip()
         if not tab or not rid:
-            report.drop(MALFORMED_LINE, f"{where}: expected 'ID<TAB>caption', got {line.text[:60]!r}")
+            report.drop(MALFORMED_LINE, f"{where}: expected 'ID<TAB>caption', got {text[:60]!r}")
             continue
         if "\t" in caption:
             report.warn("tab inside caption (replaced by a space)", where)

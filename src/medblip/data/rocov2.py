@@ -29,6 +29,7 @@ from medblip.data.records import (
     Record,
     RecordCollector,
     canonical_split,
+    data_lines,
 )
 from medblip.errors import DataError
 
@@ -133,14 +134,7 @@ def _load_split(root: Path, split: str, path: Path, options: CaptionOptions,
         report.warn("images folder missing", f"{root}/{prefix}/ or {root}/{prefix}_images/")
     width = len(first[1])
 
-    for lineno, row, bad in rows:
-        where = f"{path}:{lineno}"
-        if not any(f.strip() for f in row):
-            report.warn("blank line", where)
-            continue
-        if bad:
-            report.drop(INVALID_UTF8, f"{where}: {','.join(row)[:60]!r}")
-            continue
+    for where, row in data_lines(path, rows, report):
         if len(row) <= max(id_col, cap_col):
             report.drop(MALFORMED_LINE, f"{where}: expected {width} columns, got {len(row)}")
             continue
