@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from medblip.data.synth.canvas import Frame, Shape, blur, ellipse, paint, random_wobble, smooth_noise, to_full
-from medblip.data.synth.rendered import Rendered, lesion_radius, lesion_wobble, windowed
+from medblip.data.synth.rendered import Rendered, brain_lesion_centre, lesion_radius, lesion_wobble, windowed
 from medblip.data.synth.scene import Scene
 
 AIR, FAT, FLUID, MUSCLE, BONE = -1000.0, -100.0, 8.0, 50.0, 700.0
@@ -210,15 +210,7 @@ def _head(scene: Scene, frame: Frame, hu: np.ndarray, rng: np.random.Generator) 
         paint(hu, ellipse(frame, px - nx * 0.1, py - ny * 0.1, half * 1.4, 0.075, rot=tang), 60.0)  # haematoma
         return to_full(frame, zone)
     r = lesion_radius(scene)
-    ranges = {"frontal": ((0.15, 0.38), (-0.62, -0.35)), "parietal": ((0.3, 0.48), (-0.15, 0.2)),
-              "temporal": ((0.45, 0.55), (-0.05, 0.18)), "occipital": ((0.12, 0.32), (0.48, 0.62))}
-    (x0, x1), (y0, y1) = next(v for k, v in ranges.items() if k in loc)
-    lx, ly = s * rng.uniform(x0, x1), rng.uniform(y0, y1)
-    # Pull the centre inwards so the lesion stays inside the skull.
-    rho = math.hypot(lx / (hx - t), ly / (hy - t))
-    room = 1.0 - r / min(hx - t, hy - t) - 0.05
-    if rho > room > 0:
-        lx, ly = lx * room / rho, ly * room / rho
+    lx, ly = brain_lesion_centre(scene, rng, hx - t, hy - t)
     if scene.finding == "cyst":
         lesion = ellipse(frame, lx, ly, r, r * rng.uniform(0.8, 1.0), rot=rng.uniform(0, 3))
         paint(hu, lesion, 7.0)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from medblip.data.synth.canvas import Frame, blur, ellipse, paint, random_wobble, smooth_noise, to_full
-from medblip.data.synth.rendered import Rendered, lesion_radius, lesion_wobble
+from medblip.data.synth.rendered import Rendered, brain_lesion_centre, lesion_radius, lesion_wobble
 from medblip.data.synth.scene import Scene
 
 # Signal per tissue and sequence: scalp fat, cortical bone, marrow, CSF, grey, white, lesion, oedema.
@@ -54,17 +54,8 @@ def render_mri(scene: Scene, frame: Frame, rng: np.random.Generator) -> Rendered
 
     lesion = None
     if scene.has_finding:
-        s = scene.side_sign
         r = lesion_radius(scene)
-        loc = scene.location or ""
-        ranges = {"frontal": ((0.15, 0.38), (-0.62, -0.35)), "parietal": ((0.3, 0.48), (-0.15, 0.2)),
-                  "temporal": ((0.45, 0.55), (-0.05, 0.18)), "occipital": ((0.12, 0.32), (0.48, 0.62))}
-        (x0, x1), (y0, y1) = next(v for k, v in ranges.items() if k in loc)
-        lx, ly = s * rng.uniform(x0, x1), rng.uniform(y0, y1)
-        rho = math.hypot(lx / (hx - t), ly / (hy - t))
-        room = 1.0 - r / min(hx - t, hy - t) - 0.05
-        if rho > room > 0:
-            lx, ly = lx * room / rho, ly * room / rho
+        lx, ly = brain_lesion_centre(scene, rng, hx - t, hy - t)
         if scene.finding == "cyst":
             shape = ellipse(frame, lx, ly, r, r * rng.uniform(0.8, 1.0), rot=rng.uniform(0, 3))
             paint(img, shape, sig["csf"] if scene.technique != "FLAIR" else 0.12)
