@@ -52,11 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is available")
+    device = bu.bench_device(args.device, args.threads)
     variants = (args.variants.split(",") if args.variants else
                 (["naive", "naive_bf16", "medblip"] if device.type == "cuda" else ["naive", "medblip"]))
     min_new = args.max_new_tokens if args.min_new_tokens is None else args.min_new_tokens
@@ -134,20 +130,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r["captions_per_second_mean"] = bs * args.batches / r["seconds"]
         result["results"][name] = r
     res = result["results"]
+    bu.add_ratios(result, "captions_per_second")
     if "medblip" in res and "naive" in res:
-        result["ratio"] = res["medblip"]["captions_per_second"] / res["naive"]["captions_per_second"]
         same = sum(a == b for a, b in zip(captions["naive"], captions["medblip"], strict=True))
         result["identical_captions"] = same / max(1, len(captions["naive"]))
-    if "medblip" in res and "naive_bf16" in res:
-        result["ratio_vs_naive_bf16"] = res["medblip"]["captions_per_second"] / res["naive_bf16"]["captions_per_second"]
     result["example_captions"] = {k: v[:2] for k, v in captions.items()}
     bu.print_table(f"caption throughput: {adapter.family} {args.shapes}, batch {bs}, {args.beams} beams, "
                    f"{args.max_new_tokens} new tokens on {result['environment'].get('gpu') or result['environment']['cpu']}",
                    list(res.items()), "captions_per_second", "captions/s")
-    if "ratio" in result:
-        print(f"  ratio medblip / naive: {result['ratio']:.2f}x; identical captions: {result['identical_captions']:.0%}")
-    if "ratio_vs_naive_bf16" in result:
-        print(f"  ratio medblip / naive_bf16: {result['ratio_vs_naive_bf16']:.2f}x")
+    bu.print_ratios(result)
+    if "identical_captions" in result:
+        print(f"  identical captions medblip / naive: {result['identical_captions']:.0%}")
     bu.write_json(args.json, result)
     return result
 

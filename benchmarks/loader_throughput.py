@@ -124,9 +124,7 @@ def measure_loader(dataset: Any, collate: Any, *, batch_size: int, workers: int,
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = bu.bench_device(args.device, args.threads)
     workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     from medblip.data import load_dataset
     from medblip.data.cache import CachedImageDataset, ImageCache, build_image_cache

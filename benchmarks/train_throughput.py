@@ -253,11 +253,7 @@ def run_trainer(adapter: Any, args: argparse.Namespace, pil: list[Any], captions
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device is available")
+    device = bu.bench_device(args.device, args.threads)
     torch.manual_seed(args.seed)
     variants = (args.variants.split(",") if args.variants else
                 (["naive", "naive_bf16", "medblip", "trainer"] if device.type == "cuda"
@@ -291,12 +287,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             raise SystemExit(f"unknown variant {name!r}")
     res = result["results"]
-    if "medblip" in res and "naive" in res:
-        result["ratio"] = res["medblip"]["images_per_second"] / res["naive"]["images_per_second"]
+    bu.add_ratios(result, "images_per_second")
     if "trainer" in res and "naive" in res:  # both rates are means over the timed run
         result["ratio_trainer"] = res["trainer"]["images_per_second"] / res["naive"]["images_per_second_mean"]
-    if "medblip" in res and "naive_bf16" in res:
-        result["ratio_vs_naive_bf16"] = res["medblip"]["images_per_second"] / res["naive_bf16"]["images_per_second"]
     bu.print_table(f"train throughput: {adapter.family} {args.shapes} {args.strategy} batch {args.batch_size} "
                    f"on {result['environment'].get('gpu') or result['environment']['cpu']}",
                    list(res.items()), "images_per_second", "images/s")
@@ -304,12 +297,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fc = res["medblip"]["feature_cache"]
         print(f"  feature cache build: {fc['build_images_per_second']:.1f} images/s; amortised over 1/3/10 epochs: "
               + " / ".join(f"{res['medblip'][f'amortized_images_per_second_{e}_epochs']:.1f}" for e in (1, 3, 10)))
-    if "ratio" in result:
-        print(f"  ratio medblip / naive: {result['ratio']:.2f}x")
-    if "ratio_vs_naive_bf16" in result:
-        print(f"  ratio medblip / naive_bf16: {result['ratio_vs_naive_bf16']:.2f}x")
-    if "ratio_trainer" in result:
-        print(f"  ratio trainer / naive (mean rates): {result['ratio_trainer']:.2f}x")
+    bu.print_ratios(result)
     bu.write_json(args.json, result)
     return result
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,31 @@ def write_image(image_bytes: Callable[..., bytes]) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """One intra-op thread for the test, restored afterwards: tiny models gain nothing from a thread
+    pool, and on a shared CPU the pool's contention makes them many times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def medblip_cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., int]:
+    """``medblip_cli(*argv)`` runs ``medblip ARGV`` in-process as the console script does; returns the exit status."""
+    def run(*argv: str) -> int:
+        from medblip.cli import main
+
+        monkeypatch.setattr(sys, "argv", ["medblip", *argv])
+        try:
+            main()
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        return 0
+
+    return run

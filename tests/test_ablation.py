@@ -24,18 +24,10 @@ from medblip.experiments.ablation import (
 )
 from medblip.training.config import validate_config
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 runner = CliRunner()
 STRATEGIES = ["full", "decoder_only", "encoder_only", "lora"]
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Any:
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared CPU: much faster than a contended pool
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

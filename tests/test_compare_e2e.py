@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 import medblip.cli.evaluate_cmd  # noqa: F401  (registers evaluate/compare on the app)
-
-
-def cli(monkeypatch, *argv: str) -> int:
-    """Run ``medblip ARGV`` in-process like the console script; returns the exit status."""
-    from medblip.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["medblip", *argv])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def _has_family(name: str) -> bool:
@@ -78,12 +65,12 @@ def _config(bench, out, **extra) -> str:
 
 
 @pytest.mark.slow
-def test_compare_end_to_end(bench, tmp_path, monkeypatch, capsys):
+def test_compare_end_to_end(bench, tmp_path, medblip_cli, capsys):
     from PIL import Image
 
     out = tmp_path / "cmp"
     config = _config(bench, out)
-    assert cli(monkeypatch, "compare", config, "--no-progress") == 0
+    assert medblip_cli("compare", config, "--no-progress") == 0
     printed = capsys.readouterr()
     for name in ("comparison.md", "comparison.csv", "comparison.json", "comparison.png", "run.json"):
         assert (out / name).is_file(), name
@@ -138,7 +125,7 @@ def test_compare_end_to_end(bench, tmp_path, monkeypatch, capsys):
 
     # a rerun resumes every model system: no captions are generated again
     lines = (out / "systems" / "tiny-blip" / "predictions.jsonl").read_text()
-    assert cli(monkeypatch, "compare", config, "--no-progress") == 0
+    assert medblip_cli("compare", config, "--no-progress") == 0
     printed = capsys.readouterr()
     assert printed.err.count("resuming") == 2
     assert (out / "systems" / "tiny-blip" / "predictions.jsonl").read_text() == lines

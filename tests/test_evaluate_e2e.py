@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 import pytest
 
 import medblip.cli.evaluate_cmd  # noqa: F401  (registers evaluate/compare on the app)
 from medblip.evaluation.predict import evaluate, read_predictions_file
-
-
-def cli(monkeypatch, *argv: str) -> int:
-    """Run ``medblip ARGV`` in-process like the console script; returns the exit status."""
-    from medblip.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["medblip", *argv])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
 
 FAST = {"num_beams": 1, "max_new_tokens": 6}
 # METEOR starts a Java process per scoring (10-40 s); the evaluation core tests cover it
@@ -49,12 +35,12 @@ def _test_ids(bench) -> list[str]:
 
 
 @pytest.mark.slow
-def test_cli_evaluate_writes_every_file_and_resumes(bench, tmp_path, monkeypatch, capsys):
+def test_cli_evaluate_writes_every_file_and_resumes(bench, tmp_path, medblip_cli, capsys):
     out = tmp_path / "run"
     argv = ["evaluate", "--model", str(bench["model"]), "--data", str(bench["data"]),
             "--split", "test", "--batch-size", "4", "--num-beams", "1", "--max-new-tokens", "6",
             "--repetition-penalty", "1.1", "--bootstrap", "20", "--no-meteor", "--out", str(out), "--no-progress"]
-    assert cli(monkeypatch, *argv) == 0
+    assert medblip_cli(*argv) == 0
     printed = capsys.readouterr()
     for name in ("predictions.jsonl", "metrics.json", "metrics.md", "run.json"):
         assert (out / name).is_file(), name
@@ -74,7 +60,7 @@ def test_cli_evaluate_writes_every_file_and_resumes(bench, tmp_path, monkeypatch
     assert md.strip() and md.strip().splitlines()[0] in printed.out  # the table is printed
 
     # a rerun generates nothing: every id is already there
-    assert cli(monkeypatch, *argv) == 0
+    assert medblip_cli(*argv) == 0
     printed = capsys.readouterr()
     assert "resuming" in printed.err and f"0 captioned now, {len(ids)} resumed" in printed.err
     assert len((out / "predictions.jsonl").read_text().splitlines()) == len(ids)

@@ -17,6 +17,8 @@ from medblip.errors import MedblipError
 from medblip.models import CaptionModel, create_model, init_tiny
 from medblip.models.instructblip import DEFAULT_INSTRUCTION as INSTRUCTION
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 FAMILIES = ["blip", "vit-gpt2", "blip2", "instructblip"]
 CAPTIONS = [
     "axial CT of the chest showing a left lung nodule",
@@ -28,16 +30,6 @@ CAPTIONS = [
     "chest x-ray showing bilateral effusion",
     "coronal CT of the pelvis showing a left fracture",
 ]
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> object:
-    # Tiny models gain nothing from intra-op threads, and on a shared CPU the thread pool's contention
-    # makes them ~20x slower; restored afterwards so other tests are unaffected.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_images(n: int = 8, size: int = 48) -> list[Image.Image]:

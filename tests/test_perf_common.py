@@ -11,6 +11,8 @@ from PIL import Image
 
 from medblip.models import CaptionModel, create_model, init_tiny
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 CAPTIONS = [
     "axial CT of the chest showing a left lung nodule",
     "MRI of the brain",
@@ -21,15 +23,6 @@ CAPTIONS = [
     "chest x-ray showing bilateral effusion",
     "coronal CT of the pelvis showing a left fracture",
 ]
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> object:
-    # Tiny models gain nothing from intra-op threads; on a shared CPU the pool's contention slows them.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,12 @@ def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield JSON objects; a malformed line raises ``DataError`` naming file and line."""
+    for _, obj in read_jsonl_lines(path):
+        yield obj
+
+
+def read_jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` per non-blank line; a malformed line raises ``DataError`` naming file and line."""
     from medblip.errors import DataError
 
     path = Path(path)
@@ -104,7 +110,7 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield obj
+            yield lineno, obj

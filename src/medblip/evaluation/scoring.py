@@ -35,6 +35,7 @@ from medblip.evaluation.tokenization import (
     resolve_java,
     tokenize_all,
 )
+from medblip.io import read_jsonl_lines
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +94,9 @@ def read_predictions(path: str | Path, *, id_key: str = "id", references_key: st
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: predictions file not found")
-    rows: list[dict[str, Any]] = []
-    lines: list[int] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append(obj)
-            lines.append(lineno)
+    numbered = list(read_jsonl_lines(path))
+    lines = [lineno for lineno, _ in numbered]
+    rows = [obj for _, obj in numbered]
     parse_rows(rows, id_key=id_key, references_key=references_key, prediction_key=prediction_key,
                source=str(path), line_numbers=lines)
     return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import tempfile
 import threading
 import time
@@ -298,6 +299,35 @@ def print_table(title: str, rows: list[tuple[str, dict[str, Any]]], rate_key: st
             continue
         mem = r.get("peak_memory_bytes", 0) / 2**20
         print(f"  {name:<14} {r[rate_key]:10.2f} {unit}   peak {mem:9.1f} MiB ({r.get('memory_kind', '')})")
+
+
+def bench_device(name: str, threads: int | None) -> torch.device:
+    """The device a benchmark runs on (exits with a message when CUDA is asked for and absent)."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--device {name}: no CUDA device is available")
+    return device
+
+
+#: result key -> what a benchmark's ratio compares (printed when the result has it)
+RATIOS = {"ratio": "medblip / naive", "ratio_vs_naive_bf16": "medblip / naive_bf16",
+          "ratio_trainer": "trainer / naive (mean rates)"}
+
+
+def add_ratios(result: dict[str, Any], rate_key: str) -> None:
+    """medblip's rate over the naive baselines' that ran (``result["results"][name][rate_key]``)."""
+    res = result["results"]
+    for key, baseline in (("ratio", "naive"), ("ratio_vs_naive_bf16", "naive_bf16")):
+        if "medblip" in res and baseline in res:
+            result[key] = res["medblip"][rate_key] / res[baseline][rate_key]
+
+
+def print_ratios(result: dict[str, Any]) -> None:
+    for key, label in RATIOS.items():
+        if key in result:
+            print(f"  ratio {label}: {result[key]:.2f}x")
 
 
 def dumps(obj: Any) -> str:
