@@ -12,7 +12,9 @@ from medblip.errors import MedblipError
 from medblip.models import CaptionModel, create_model, init_tiny
 from medblip.models.blip2 import Blip2Captioner
 from medblip.models.instructblip import DEFAULT_INSTRUCTION, InstructBlipCaptioner
-from test_models_common import CAPTIONS, single_thread, tiny_images  # noqa: F401  (autouse fixture)
+from test_models_common import CAPTIONS, tiny_images
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CASES = [("blip2", "opt"), ("blip2", "t5"), ("instructblip", "t5"), ("instructblip", "opt")]
 

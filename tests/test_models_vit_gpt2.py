@@ -10,7 +10,9 @@ from safetensors.torch import load_file
 
 from medblip.models import CaptionModel, create_model, init_tiny
 from medblip.models.vit_gpt2 import ViTGPT2Captioner, VitGpt2Processor
-from test_models_common import CAPTIONS, single_thread, tiny_images  # noqa: F401  (autouse fixture)
+from test_models_common import CAPTIONS, tiny_images
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

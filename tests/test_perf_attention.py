@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from medblip.perf.attention import disable_sdpa, enable_sdpa, sdpa_attention, sdpa_enabled
-from test_perf_common import CAPTIONS, load, noise_images, perf_dirs, single_thread  # noqa: F401
+from test_perf_common import CAPTIONS, load, noise_images, perf_dirs  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _loss_and_grads(adapter, batch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from medblip.perf.batching import (
@@ -13,7 +14,9 @@ from medblip.perf.batching import (
     pad_to_multiple,
     padding_fraction,
 )
-from test_perf_common import CAPTIONS, load, noise_images, perf_dirs, single_thread  # noqa: F401
+from test_perf_common import CAPTIONS, load, noise_images, perf_dirs  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_pixel_normalizer_equals_processor(perf_dirs):  # noqa: F811

@@ -8,7 +8,9 @@ import torch
 
 from medblip.perf.batching import PixelNormalizer
 from medblip.perf.captioner import FastCaptioner
-from test_perf_common import load, noise_images, perf_dirs, single_thread, spice_up  # noqa: F401
+from test_perf_common import load, noise_images, perf_dirs, spice_up  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,9 @@ from medblip.data import Dataset, LoadReport, Record, load_dataset, load_image
 from medblip.data.cache import CachedImageDataset, ImageCache, build_image_cache, records_fingerprint
 from medblip.errors import DataError
 from medblip.perf.batching import PixelNormalizer, UInt8Collate
-from test_perf_common import CAPTIONS, load, perf_dirs, single_thread  # noqa: F401
+from test_perf_common import CAPTIONS, load, perf_dirs  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SIZES = [(40, 30), (64, 64), (25, 50), (32, 32), (90, 45)]
 

@@ -15,7 +15,9 @@ from medblip.perf.feature_cache import (
     feature_key,
     use_feature_cache,
 )
-from test_perf_common import CAPTIONS, load, noise_images, perf_dirs, single_thread  # noqa: F401
+from test_perf_common import CAPTIONS, load, noise_images, perf_dirs  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 IDS = [f"r{i}" for i in range(8)]
 
