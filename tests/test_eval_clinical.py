@@ -68,6 +68,14 @@ def test_finding_present_wins_over_negated_mentions() -> None:
     ("CTA shows occlusion of the basilar artery", "CT", ["CT", "angiography"]),
     ("MR angiography of the renal arteries", "MRI", ["MRI", "angiography"]),
     ("Digital subtraction angiography of the left ICA", "angiography", ["angiography"]),
+    ("Cerebral DSA, lateral projection", "angiography", ["angiography"]),
+    # uncased tokenizers (BLIP's) write acronyms in lower case: those that are not ordinary words still count
+    ("cerebral dsa, anteroposterior projection : saccular aneurysm", "angiography", ["angiography"]),
+    ("axr shows dilated loops", "X-ray", ["X-ray"]),
+    ("trus guided biopsy of the prostate", "ultrasound", ["ultrasound"]),
+    ("tte shows a pericardial effusion", "echocardiography", ["echocardiography"]),
+    ("a cat sat on the table", None, []),  # ... unlike CAT, US, MR, TOE
+    ("the big toe was swollen", None, []),
     ("FDG PET-CT of the whole body", "PET", ["PET", "CT"]),
     ("Bone scan shows increased uptake", "scintigraphy", ["scintigraphy"]),
     ("SPECT/CT of the parathyroid", "SPECT", ["SPECT", "CT"]),
