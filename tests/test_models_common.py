@@ -238,3 +238,24 @@ def test_save_after_lora_is_plain_and_leaves_model(adapter: CaptionModel, family
     assert adapter.is_peft, "save must not unwrap the live model"
     assert plain_reload_captions(family, tmp_path / "merged", images, 8) == ours
     assert adapter.generate(images, num_beams=1, max_new_tokens=8, min_new_tokens=3) == ours
+
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_vision_init_std(family: str, tmp_path: Path) -> None:
+    """--vision-init-std sets the vision tower's random weights; the default is the transformers
+    config's (1e-10 for the BLIP families, whose from-scratch ViT starts near zero)."""
+    def vision_stds(path: Path) -> list[float]:
+        model = create_model(path)
+        return [float(p.detach().float().std()) for p in model._vision_module().parameters() if p.dim() >= 2]
+
+    kw = {"captions": CAPTIONS, "image_size": 32}
+    live = vision_stds(init_tiny(family, tmp_path / "live", vision_init_std=0.02, **kw))
+    assert live and all(0.01 < s < 0.05 for s in live), live
+    default = vision_stds(init_tiny(family, tmp_path / "default", **kw))
+    if family == "vit-gpt2":
+        assert all(0.01 < s < 0.05 for s in default), default
+    else:
+        assert max(default) < 1e-6, default
+    with pytest.raises(MedblipError, match="vision init std"):
+        init_tiny(family, tmp_path / "bad", vision_init_std=2.0, **kw)

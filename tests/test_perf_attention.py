@@ -47,7 +47,8 @@ def test_attention_weights_still_recorded_under_sdpa(perf_dirs):  # noqa: F811
         assert out.loss is not None
     assert not sdpa_enabled(adapter)
     for a, b in zip(ref.attentions, got.attentions, strict=True):
-        assert torch.equal(a, b)
+        # the vision encoder ran under SDPA: the same maps up to float rounding
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_vit_gpt2_uses_native_sdpa(perf_dirs):  # noqa: F811

@@ -32,13 +32,18 @@ def init_tiny_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed for the random weights."),
     language_model: str | None = typer.Option(None, "--language-model",
                                               help="blip2/instructblip only: opt (decoder-only) or t5."),
+    vision_init_std: float | None = typer.Option(
+        None, "--vision-init-std",
+        help="Std of the vision tower's random weights (default: the transformers config's; 1e-10 for BLIP "
+             "families, whose from-scratch ViT then starts near zero; 0.02 is the original BLIP/ViT init)."),
 ) -> None:
     """Write a tiny randomly initialised model of the family's real transformers classes."""
     from medblip.models import create_model, init_tiny
 
     path = init_tiny(family.value, out, captions=captions, image_size=image_size, seed=seed,
                      vocab_size=vocab_size, patch_size=patch_size, hidden_size=hidden_size,
-                     num_layers=num_layers, num_heads=num_heads, language_model=language_model)
+                     num_layers=num_layers, num_heads=num_heads, language_model=language_model,
+                     vision_init_std=vision_init_std)
     model = create_model(path)
     total = sum(model.parameter_counts().values())
     typer.echo(f"wrote tiny {model.family} ({type(model.base_model).__name__}, {total:,} parameters) to {path}")

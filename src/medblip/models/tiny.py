@@ -131,6 +131,14 @@ class TinySpec:
     vocab_size: int = 512
     max_text_length: int = 128
     num_query_tokens: int = 4  # BLIP-2 / InstructBLIP
+    # Std of the vision tower's random weights. BLIP families: None keeps the transformers config's initializer_range (1e-10: real
+    # checkpoints overwrite every weight, so a from-scratch ViT starts with all weights ~0 and grows
+    # them); 0.02 is the original BLIP/ViT std. The synthetic learning recipe (demo, tests) is measured
+    # with the default: at its 8-epoch budget 0.02 is no better (docs/MODELS_READY.md has the numbers).
+    vision_init_std: float | None = None
+
+    def vision_init(self) -> dict[str, float]:
+        return {} if self.vision_init_std is None else {"initializer_range": self.vision_init_std}
 
     @property
     def ffn(self) -> int:
@@ -143,6 +151,8 @@ class TinySpec:
             raise MedblipError(f"hidden size {self.hidden_size} is not divisible by {self.num_heads} heads")
         if min(self.image_size, self.patch_size, self.hidden_size, self.num_layers, self.num_heads) < 1:
             raise MedblipError("tiny model sizes must be positive")
+        if self.vision_init_std is not None and not 0 < self.vision_init_std < 1:
+            raise MedblipError(f"vision init std must be in (0, 1), got {self.vision_init_std}")
 
 
 def _blip(out: Path, corpus: list[str], spec: TinySpec) -> None:
@@ -159,7 +169,7 @@ def _blip(out: Path, corpus: list[str], spec: TinySpec) -> None:
     config = BlipConfig(
         vision_config={"hidden_size": h, "intermediate_size": spec.ffn, "num_hidden_layers": spec.num_layers,
                        "num_attention_heads": spec.num_heads, "image_size": spec.image_size,
-                       "patch_size": spec.patch_size},
+                       "patch_size": spec.patch_size, **spec.vision_init()},
         text_config={"vocab_size": len(tokenizer), "hidden_size": h, "intermediate_size": spec.ffn,
                      "num_hidden_layers": spec.num_layers, "num_attention_heads": spec.num_heads,
                      "encoder_hidden_size": h, "max_position_embeddings": spec.max_text_length,
@@ -203,7 +213,7 @@ def _vit_config(spec: TinySpec) -> Any:
 
     return ViTConfig(hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
                      num_attention_heads=spec.num_heads, intermediate_size=spec.ffn,
-                     image_size=spec.image_size, patch_size=spec.patch_size)
+                     image_size=spec.image_size, patch_size=spec.patch_size, **spec.vision_init())
 
 
 def _vit_gpt2(out: Path, corpus: list[str], spec: TinySpec) -> None:
@@ -303,7 +313,8 @@ def _add_image_token(tok: Any) -> int:
 def _qformer_configs(spec: TinySpec) -> tuple[dict[str, Any], dict[str, Any]]:
     h = spec.hidden_size
     vision = {"hidden_size": h, "intermediate_size": spec.ffn, "num_hidden_layers": spec.num_layers,
-              "num_attention_heads": spec.num_heads, "image_size": spec.image_size, "patch_size": spec.patch_size}
+              "num_attention_heads": spec.num_heads, "image_size": spec.image_size, "patch_size": spec.patch_size,
+              **spec.vision_init()}
     qformer = {"hidden_size": h, "intermediate_size": spec.ffn, "num_hidden_layers": spec.num_layers,
                "num_attention_heads": spec.num_heads, "cross_attention_frequency": 1, "encoder_hidden_size": h}
     return vision, qformer
@@ -372,13 +383,15 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
               image_size: int = 64, seed: int = 0, vocab_size: int = 512, patch_size: int | None = None,
               hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2,
               intermediate_size: int | None = None, max_text_length: int = 128,
-              num_query_tokens: int = 4, language_model: str | None = None) -> Path:
+              num_query_tokens: int = 4, language_model: str | None = None,
+              vision_init_std: float | None = None) -> Path:
     """Write a tiny randomly initialised ``family`` checkpoint (model + processor) to ``out``.
 
     ``captions``: tokenizer training text (an iterable, or a file with one caption per line) added to
     a built-in radiology corpus. ``patch_size`` defaults to ``image_size // 8``. ``language_model``
     (BLIP-2 / InstructBLIP): ``"opt"`` (decoder-only, BLIP-2's default) or ``"t5"`` (Flan-T5 style,
-    InstructBLIP's default). The folder is written
+    InstructBLIP's default). ``vision_init_std``: std of the vision tower's random weights (default:
+    the transformers config's: 1e-10 for BLIP families, 0.02 for ViT; see :class:`TinySpec`). The folder is written
     to a temporary sibling first and moved into place, so ``out`` is never half-written.
     """
     import torch
@@ -395,7 +408,8 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
     spec = TinySpec(image_size=image_size, patch_size=patch_size or max(1, image_size // 8),
                     hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
                     intermediate_size=intermediate_size, vocab_size=vocab_size,
-                    max_text_length=max_text_length, num_query_tokens=num_query_tokens)
+                    max_text_length=max_text_length, num_query_tokens=num_query_tokens,
+                    vision_init_std=vision_init_std)
     spec.check()
     if language_model is not None:
         if family not in ("blip2", "instructblip"):
