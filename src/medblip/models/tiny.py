@@ -131,9 +131,9 @@ class TinySpec:
     vocab_size: int = 512
     max_text_length: int = 128
     num_query_tokens: int = 4  # BLIP-2 / InstructBLIP
-    # Std of the vision tower's random weights. BLIP families: None keeps the transformers config's initializer_range (1e-10: real
-    # checkpoints overwrite every weight, so a from-scratch ViT starts with all weights ~0 and grows
-    # them); 0.02 is the original BLIP/ViT std. The synthetic learning recipe (demo, tests) is measured
+    # Std of the vision tower's random weights. None keeps the transformers config's initializer_range:
+    # for BLIP families 1e-10 (real checkpoints overwrite every weight), so a from-scratch ViT starts
+    # with all weights ~0 and grows them; 0.02 is the original BLIP/ViT std. The synthetic learning recipe (demo, tests) is measured
     # with the default: at its 8-epoch budget 0.02 is no better (docs/MODELS_READY.md has the numbers).
     vision_init_std: float | None = None
 
