@@ -240,7 +240,6 @@ def test_save_after_lora_is_plain_and_leaves_model(adapter: CaptionModel, family
     assert adapter.generate(images, num_beams=1, max_new_tokens=8, min_new_tokens=3) == ours
 
 
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_vision_init_std(family: str, tmp_path: Path) -> None:
     """--vision-init-std sets the vision tower's random weights; the default is the transformers

@@ -10,7 +10,7 @@
 ``perf.fast_generate`` / ``captioner``  ``FastCaptioner(adapter).generate(images)``: same captions
                                        as ``adapter.generate``, cross-attention K/V once per image
 ``perf.fast_train``                    ``FastTrainStep``: bf16 + SDPA + fused AdamW (+ feature cache)
-``perf.tf32``                          ``set_tf32`` / ``restore_tf32`` / ``tf32_restored``: the
+``perf.tf32``                          ``set_tf32`` / ``restore_tf32`` / ``tf32_restored`` / ``tf32_flags``: the
                                        process-wide TF32 switch, restorable
 ``perf.bench_utils``                   models of real shapes from random weights, timing, memory
 =====================================  ===========================================================
@@ -29,7 +29,7 @@ _EXPORTS = {
     "FeatureCache": "feature_cache", "decoder_only_loss_from_features": "feature_cache",
     "DecoderFromFeatures": "feature_cache", "encoder_fn": "feature_cache", "use_feature_cache": "feature_cache",
     "FastCaptioner": "captioner", "FastTrainStep": "fast_train", "make_adamw": "fast_train",
-    "set_tf32": "tf32", "restore_tf32": "tf32", "tf32_restored": "tf32",
+    "set_tf32": "tf32", "restore_tf32": "tf32", "tf32_restored": "tf32", "tf32_flags": "tf32",
 }
 
 __all__ = sorted(_EXPORTS)
