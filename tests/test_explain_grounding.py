@@ -1,4 +1,4 @@
-"""Grounding on a tiny BLIP that has *learned* the synthetic benchmark (the trainer's learning-test model).
+"""Grounding on a tiny BLIP that has *learned* the synthetic benchmark (the full demo's recipe).
 
 The finding words' maps must point inside the true lesion masks clearly more often than a uniform map
 (the mask's area fraction) and a centre-bias map do; a random model must not (the score measures the
@@ -27,7 +27,7 @@ def test_trained_model_points_at_the_lesion(trained_tiny_blip: Any) -> None:
     """Cross-attention of the finding words: pointing-game hits well beyond what either baseline's
     hit rate explains (exact binomial test), strict and with the tolerance.
 
-    Measured with the learning recipe: 7 hits of 115 findings (0.061) vs 0.014 uniform and 0.0
+    Measured with the full demo's recipe: 7 hits of 115 findings (0.061) vs 0.014 uniform and 0.0
     centre-bias, p = 0.001; lesions cover ~1.4% of a 64 px image, one 8 px patch.
     """
     result = _grounding(trained_tiny_blip.model_dir, trained_tiny_blip.data_dir, "attention")

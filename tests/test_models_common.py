@@ -258,3 +258,20 @@ def test_tiny_vision_init_std(family: str, tmp_path: Path) -> None:
         assert max(default) < 1e-6, default
     with pytest.raises(MedblipError, match="vision init std"):
         init_tiny(family, tmp_path / "bad", vision_init_std=2.0, **kw)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_position_init_std(family: str, tmp_path: Path) -> None:
+    """--position-init-std redraws only the vision tower's position embeddings; every other weight
+    (the text/Q-Former/LM position tables included) is the one the same seed gives without it."""
+    kw = {"captions": CAPTIONS, "image_size": 32, "vision_init_std": 0.02}
+    plain = dict(create_model(init_tiny(family, tmp_path / "plain", **kw)).base_model.named_parameters())
+    loud = dict(create_model(init_tiny(family, tmp_path / "loud", position_init_std=1.0, **kw))
+                .base_model.named_parameters())
+    assert plain.keys() == loud.keys()
+    changed = sorted(name for name in plain if not torch.equal(plain[name], loud[name]))
+    assert len(changed) == 1 and "position_embedding" in changed[0] and not changed[0].endswith(".weight"), changed
+    assert 0.8 < float(loud[changed[0]].detach().std()) < 1.2
+    assert float(plain[changed[0]].detach().std()) < 0.05
+    with pytest.raises(MedblipError, match="position init std"):
+        init_tiny(family, tmp_path / "bad", position_init_std=0.0, **kw)

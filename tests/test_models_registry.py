@@ -101,9 +101,14 @@ def test_cli_init_tiny_and_info(tmp_path: Path) -> None:
     caps.write_text("CT of the chest showing pneumothorax\nMRI of the brain\n")
     runner = CliRunner()
     res = runner.invoke(app, ["model", "init-tiny", "--family", "blip", "--out", str(tmp_path / "m"),
-                              "--image-size", "16", "--captions", str(caps), "--seed", "1"])
+                              "--image-size", "16", "--captions", str(caps), "--seed", "1",
+                              "--vision-init-std", "0.02", "--position-init-std", "1.0"])
     assert res.exit_code == 0, res.output
-    assert "pneumothorax" in create_model(tmp_path / "m").tokenizer.get_vocab()
+    tiny = create_model(tmp_path / "m")
+    assert "pneumothorax" in tiny.tokenizer.get_vocab()
+    vision = tiny.base_model.vision_model
+    assert 0.01 < float(vision.encoder.layers[0].mlp.fc1.weight.detach().std()) < 0.05
+    assert float(vision.embeddings.position_embedding.detach().std()) > 0.5
     res = runner.invoke(app, ["model", "info", str(tmp_path / "m"), "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)

@@ -64,6 +64,25 @@ def test_study_configs_follow_common_practice() -> None:
         assert load_config(CONFIGS / f"{name}.yaml").strategy.name == "none"
 
 
+def test_learn_config_is_the_learning_recipe() -> None:
+    """configs/synth_blip_learn.yaml is the CLI form of medblip.experiments.demo.LEARN, which the
+    learning and grounding tests train: the same training values, data size and model input."""
+    from medblip.experiments.demo import LEARN
+
+    cfg = load_config(CONFIGS / "synth_blip_learn.yaml")
+    assert {k: getattr(cfg.train, k) for k in LEARN["train"]} == LEARN["train"]
+    assert cfg.data.image_size == LEARN["blip"]["image_size"] == LEARN["synth"]["size"]
+    assert cfg.strategy.name == "full"
+    header = (CONFIGS / "synth_blip_learn.yaml").read_text(encoding="utf-8")
+    synth, blip = LEARN["synth"], LEARN["blip"]
+    assert f"--n {synth['n']} --size {synth['size']} --seed {synth['seed']}" in header
+    assert "--splits " + ",".join(str(f) for f in synth["splits"]) in header
+    for flag, key in (("--patch-size", "patch_size"), ("--hidden-size", "hidden_size"), ("--layers", "num_layers"),
+                      ("--heads", "num_heads"), ("--vision-init-std", "vision_init_std"),
+                      ("--position-init-std", "position_init_std")):
+        assert f"{flag} {blip[key]}" in header, flag
+
+
 def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
     raw = _minimal(tmp_path)
     raw["train"] = {"lrr": 1e-4}

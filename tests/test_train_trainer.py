@@ -392,14 +392,18 @@ def test_sdpa_on_without_a_module_that_can_use_it_is_a_config_error(
 
 # -- learning -------------------------------------------------------------------------------------------
 
-def _test_agreement(trained: Any) -> tuple[dict[str, Any], float]:
-    """Greedy captions of the held-out test split scored against facts.jsonl; and the side majority rate."""
+@pytest.fixture(scope="module")
+def learned(learned_tiny_blip: Any) -> dict[str, Any]:
+    """Greedy captions of the held-out test split scored against facts.jsonl, with the majority rates
+    a caption that ignored the image would get."""
     from collections import Counter
 
     from medblip.data import load_dataset, load_image
+    from medblip.evaluation.clinical import extract_concepts
     from medblip.evaluation.clinical.validation import facts_agreement
     from medblip.models import create_model
 
+    trained = learned_tiny_blip
     model = create_model(trained.model_dir)
     test = load_dataset(trained.data_dir, splits=["test"]).split("test")
     captions: dict[str, str] = {}
@@ -407,28 +411,33 @@ def _test_agreement(trained: Any) -> tuple[dict[str, Any], float]:
         chunk = test[i:i + 32]
         preds = model.generate([load_image(r.image) for r in chunk], num_beams=1, max_new_tokens=40)
         captions.update({r.id: p for r, p in zip(chunk, preds, strict=True)})
-    agreement = facts_agreement(captions, trained.facts, fields=("modality", "side"))
-    sides = Counter(trained.facts[r.id]["side"] for r in test)
-    return agreement, max(sides.values()) / len(test)
+    facts = {r.id: trained.facts[r.id] for r in test}
+    lateral = [i for i, f in facts.items() if f["side"] in ("left", "right")]
+    return {
+        "agreement": facts_agreement(captions, trained.facts, fields=("modality", "side")),
+        "side_majority": max(Counter(f["side"] for f in facts.values()).values()) / len(facts),
+        # Of the images with a lesion on one side: the caption names that side (not the other, not none)
+        "lateral": sum(extract_concepts(captions[i]).laterality == facts[i]["side"] for i in lateral) / len(lateral),
+        "lateral_majority": max(Counter(facts[i]["side"] for i in lateral).values()) / len(lateral),
+        "n": len(test),
+    }
 
 
 @pytest.mark.slow
-def test_tiny_blip_learns_modality(trained_tiny_blip: Any) -> None:
-    """Trained from scratch on the synthetic benchmark (~1.5 min of one CPU thread), greedy captions of
-    the held-out test split name the modality of >= 90% of the images."""
-    agreement, _ = _test_agreement(trained_tiny_blip)
-    assert agreement["modality"]["agreement"] >= 0.9, agreement["modality"]
+def test_tiny_blip_learns_modality(learned: dict[str, Any]) -> None:
+    """Trained from scratch on the synthetic benchmark (the LEARN recipe, ~3 min on 2 CPU threads),
+    greedy captions of the held-out test split name the modality of >= 90% of the images."""
+    assert learned["n"] >= 400
+    assert learned["agreement"]["modality"]["agreement"] >= 0.9, learned["agreement"]["modality"]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known gap (issue 3): within the CPU budget the tiny BLIP does not learn "
-                                       "the lesion side (0.39-0.49 vs a 0.42 majority rate over batch 8-32, 8-32 epochs, "
-                                       "96 px, 4000 images, patch 8/16, sin-cos or std-1 position embeddings, "
-                                       "flip-and-swap augmentation, a live 0.02 vision init). A from-scratch BLIP ViT "
-                                       "trained on the side label itself reaches only 0.54 on these 1440 images (0.59 "
-                                       "on 4000, with 55 s of direct supervision), where a 3-layer CNN reaches 0.69: "
-                                       "the limit is the from-scratch ViT encoder. Strict, so a recipe that learns it "
-                                       "shows up")
-def test_tiny_blip_learns_side(trained_tiny_blip: Any) -> None:
-    agreement, majority = _test_agreement(trained_tiny_blip)
-    assert agreement["side"]["agreement"] >= majority + 0.15, (agreement["side"], majority)
+def test_tiny_blip_learns_side(learned: dict[str, Any]) -> None:
+    """... and the lesion's side clearly better than chance. Over all test images (no lesion: no side)
+    at least 15 points above the majority side, which a caption that ignored the image would score;
+    over the images with a one-sided lesion, at least 15 points above their majority side too.
+    Measured (data seed 0): 0.64 vs 0.43 over all, 0.79 vs 0.55 on one-sided lesions. The model never
+    writes a normal caption, so images without a lesion always count against it."""
+    side = learned["agreement"]["side"]["agreement"]
+    assert side >= learned["side_majority"] + 0.15, (learned["agreement"]["side"], learned["side_majority"])
+    assert learned["lateral"] >= learned["lateral_majority"] + 0.15, (learned["lateral"], learned["lateral_majority"])

@@ -36,6 +36,10 @@ def init_tiny_cmd(
         None, "--vision-init-std",
         help="Std of the vision tower's random weights (default: the transformers config's; 1e-10 for BLIP "
              "families, whose from-scratch ViT then starts near zero; 0.02 is the original BLIP/ViT init)."),
+    position_init_std: float | None = typer.Option(
+        None, "--position-init-std",
+        help="Std of the vision tower's position embeddings (default: as the rest of the tower). 1.0 lets a "
+             "from-scratch ViT learn where things are within a short run (the synthetic side-learning recipe)."),
 ) -> None:
     """Write a tiny randomly initialised model of the family's real transformers classes."""
     from medblip.models import create_model, init_tiny
@@ -43,7 +47,7 @@ def init_tiny_cmd(
     path = init_tiny(family.value, out, captions=captions, image_size=image_size, seed=seed,
                      vocab_size=vocab_size, patch_size=patch_size, hidden_size=hidden_size,
                      num_layers=num_layers, num_heads=num_heads, language_model=language_model,
-                     vision_init_std=vision_init_std)
+                     vision_init_std=vision_init_std, position_init_std=position_init_std)
     model = create_model(path)
     total = sum(model.parameter_counts().values())
     typer.echo(f"wrote tiny {model.family} ({type(model.base_model).__name__}, {total:,} parameters) to {path}")

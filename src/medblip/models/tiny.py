@@ -133,9 +133,14 @@ class TinySpec:
     num_query_tokens: int = 4  # BLIP-2 / InstructBLIP
     # Std of the vision tower's random weights. None keeps the transformers config's initializer_range:
     # for BLIP families 1e-10 (real checkpoints overwrite every weight), so a from-scratch ViT starts
-    # with all weights ~0 and grows them; 0.02 is the original BLIP/ViT std. The synthetic learning recipe (demo, tests) is measured
-    # with the default: at its 8-epoch budget 0.02 is no better (docs/MODELS_READY.md has the numbers).
+    # with all weights ~0 and grows them; 0.02 is the original BLIP/ViT std. The demo's recipe keeps the
+    # default (at its 8-epoch budget 0.02 is no better); the learning recipe, which must learn the lesion's
+    # side, uses 0.02 with position_init_std=1.0 (docs/MODELS_READY.md has the numbers).
     vision_init_std: float | None = None
+    # Std of the ViT's learned position embeddings (None: as the rest of the vision tower). At 0.02 the
+    # patch content drowns them and a short from-scratch run never learns *where* a lesion is; at 1.0
+    # position is as loud as content, which the side-learning recipe needs (docs/MODELS_READY.md).
+    position_init_std: float | None = None
 
     def vision_init(self) -> dict[str, float]:
         return {} if self.vision_init_std is None else {"initializer_range": self.vision_init_std}
@@ -153,6 +158,23 @@ class TinySpec:
             raise MedblipError("tiny model sizes must be positive")
         if self.vision_init_std is not None and not 0 < self.vision_init_std < 1:
             raise MedblipError(f"vision init std must be in (0, 1), got {self.vision_init_std}")
+        if self.position_init_std is not None and not 0 < self.position_init_std <= 10:
+            raise MedblipError(f"position init std must be in (0, 10], got {self.position_init_std}")
+
+    def init_positions(self, model: Any) -> None:
+        """Redraw the vision tower's position embeddings at ``position_init_std`` (torch's global RNG,
+        seeded by :func:`init_tiny`). Text position embeddings (``...weight`` of an ``nn.Embedding``) are kept."""
+        if self.position_init_std is None:
+            return
+        import torch
+
+        found = [p for name, p in model.named_parameters()
+                 if name.endswith(("embeddings.position_embedding", "embeddings.position_embeddings"))]
+        if not found:  # pragma: no cover - every supported family has one
+            raise MedblipError(f"{type(model).__name__} has no vision position embeddings to initialise")
+        with torch.no_grad():
+            for p in found:
+                p.normal_(0.0, self.position_init_std)
 
 
 def _blip(out: Path, corpus: list[str], spec: TinySpec) -> None:
@@ -179,6 +201,7 @@ def _blip(out: Path, corpus: list[str], spec: TinySpec) -> None:
     )
     model = BlipForConditionalGeneration(config)
     model.generation_config.max_length = spec.max_text_length
+    spec.init_positions(model)
     model.save_pretrained(out)
     processor.save_pretrained(out)
 
@@ -233,6 +256,7 @@ def _vit_gpt2(out: Path, corpus: list[str], spec: TinySpec) -> None:
     model = VisionEncoderDecoderModel(config=config)
     gen = model.generation_config
     gen.decoder_start_token_id = gen.pad_token_id = gen.eos_token_id = gen.bos_token_id = eos
+    spec.init_positions(model)
     model.save_pretrained(out)
     VitGpt2Processor(_vit_image_processor(spec.image_size), tokenizer).save_pretrained(out)
 
@@ -331,6 +355,7 @@ def _blip2(out: Path, corpus: list[str], spec: TinySpec, language_model: str = "
                          num_query_tokens=spec.num_query_tokens, image_token_index=image_token)
     model = Blip2ForConditionalGeneration(config)
     _lm_generation_ids(model, tok)
+    spec.init_positions(model)
     model.save_pretrained(out)
     Blip2Processor(_blip_image_processor(spec.image_size), tok,
                    num_query_tokens=spec.num_query_tokens).save_pretrained(out)
@@ -367,6 +392,7 @@ def _instructblip(out: Path, corpus: list[str], spec: TinySpec, language_model: 
                                 num_query_tokens=spec.num_query_tokens, image_token_index=image_token)
     model = InstructBlipForConditionalGeneration(config)
     _lm_generation_ids(model, tok)
+    spec.init_positions(model)
     model.save_pretrained(out)
     InstructBlipProcessor(_blip_image_processor(spec.image_size), tok, qtok,
                           num_query_tokens=spec.num_query_tokens).save_pretrained(out)
@@ -384,15 +410,16 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
               hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2,
               intermediate_size: int | None = None, max_text_length: int = 128,
               num_query_tokens: int = 4, language_model: str | None = None,
-              vision_init_std: float | None = None) -> Path:
+              vision_init_std: float | None = None, position_init_std: float | None = None) -> Path:
     """Write a tiny randomly initialised ``family`` checkpoint (model + processor) to ``out``.
 
     ``captions``: tokenizer training text (an iterable, or a file with one caption per line) added to
     a built-in radiology corpus. ``patch_size`` defaults to ``image_size // 8``. ``language_model``
     (BLIP-2 / InstructBLIP): ``"opt"`` (decoder-only, BLIP-2's default) or ``"t5"`` (Flan-T5 style,
     InstructBLIP's default). ``vision_init_std``: std of the vision tower's random weights (default:
-    the transformers config's: 1e-10 for BLIP families, 0.02 for ViT; see :class:`TinySpec`). The folder is written
-    to a temporary sibling first and moved into place, so ``out`` is never half-written.
+    the transformers config's: 1e-10 for BLIP families, 0.02 for ViT; see :class:`TinySpec`).
+    ``position_init_std``: std of the vision tower's position embeddings (default: as the rest). The
+    folder is written to a temporary sibling first and moved into place, so ``out`` is never half-written.
     """
     import torch
 
@@ -409,7 +436,7 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
                     hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
                     intermediate_size=intermediate_size, vocab_size=vocab_size,
                     max_text_length=max_text_length, num_query_tokens=num_query_tokens,
-                    vision_init_std=vision_init_std)
+                    vision_init_std=vision_init_std, position_init_std=position_init_std)
     spec.check()
     if language_model is not None:
         if family not in ("blip2", "instructblip"):
