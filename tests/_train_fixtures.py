@@ -27,11 +27,6 @@ from medblip.experiments.demo import FULL as DEMO_FULL
 from medblip.experiments.demo import LEARN
 from medblip.training.config import ExperimentConfig, validate_config
 
-#: The interpretability tests' recipe: the full demo's, so that they prove what the demo shows.
-GROUNDING_RECIPE = DEMO_FULL
-#: The learning tests' recipe (also configs/synth_blip_learn.yaml).
-LEARN_RECIPE = LEARN
-
 
 @dataclass(frozen=True)
 class TrainedTinyBlip:
@@ -104,9 +99,11 @@ def train_recipe(root: Path, recipe: dict[str, Any]) -> TrainedTinyBlip:
 
 @pytest.fixture(scope="session")
 def trained_tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> TrainedTinyBlip:
-    return train_recipe(tmp_path_factory.mktemp("trained-tiny-blip"), GROUNDING_RECIPE)
+    # The full demo's recipe, so that the interpretability tests prove what the demo shows.
+    return train_recipe(tmp_path_factory.mktemp("trained-tiny-blip"), DEMO_FULL)
 
 
 @pytest.fixture(scope="session")
 def learned_tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> TrainedTinyBlip:
-    return train_recipe(tmp_path_factory.mktemp("learned-tiny-blip"), LEARN_RECIPE)
+    # The learning recipe; configs/synth_blip_learn.yaml is its CLI form.
+    return train_recipe(tmp_path_factory.mktemp("learned-tiny-blip"), LEARN)

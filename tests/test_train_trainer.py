@@ -399,7 +399,6 @@ def learned(learned_tiny_blip: Any) -> dict[str, Any]:
     from collections import Counter
 
     from medblip.data import load_dataset, load_image
-    from medblip.evaluation.clinical import extract_concepts
     from medblip.evaluation.clinical.validation import facts_agreement
     from medblip.models import create_model
 
@@ -411,14 +410,14 @@ def learned(learned_tiny_blip: Any) -> dict[str, Any]:
         chunk = test[i:i + 32]
         preds = model.generate([load_image(r.image) for r in chunk], num_beams=1, max_new_tokens=40)
         captions.update({r.id: p for r, p in zip(chunk, preds, strict=True)})
-    facts = {r.id: trained.facts[r.id] for r in test}
-    lateral = [i for i, f in facts.items() if f["side"] in ("left", "right")]
+    sides = {r.id: trained.facts[r.id]["side"] for r in test}
+    lateral = {i: c for i, c in captions.items() if sides[i] in ("left", "right")}
     return {
         "agreement": facts_agreement(captions, trained.facts, fields=("modality", "side")),
-        "side_majority": max(Counter(f["side"] for f in facts.values()).values()) / len(facts),
+        "side_majority": max(Counter(sides.values()).values()) / len(sides),
         # Of the images with a lesion on one side: the caption names that side (not the other, not none)
-        "lateral": sum(extract_concepts(captions[i]).laterality == facts[i]["side"] for i in lateral) / len(lateral),
-        "lateral_majority": max(Counter(facts[i]["side"] for i in lateral).values()) / len(lateral),
+        "lateral": facts_agreement(lateral, trained.facts, fields=("side",))["side"]["agreement"],
+        "lateral_majority": max(Counter(sides[i] for i in lateral).values()) / len(lateral),
         "n": len(test),
     }
 
