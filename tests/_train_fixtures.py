@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from medblip.experiments.demo import FULL as DEMO_FULL
 from medblip.experiments.demo import LEARN
+from medblip.perf.threads import torch_threads
 from medblip.training.config import ExperimentConfig, validate_config
 
 
@@ -86,12 +86,8 @@ def train_recipe(root: Path, recipe: dict[str, Any]) -> TrainedTinyBlip:
     generate(data, **recipe["synth"])
     # The tokenizer is trained on the benchmark's own captions, so captions are short token sequences.
     model = init_tiny("blip", root / "init", captions=train_captions(data), **recipe["blip"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))  # the recipes' times are measured with 2 threads
-    try:
+    with torch_threads(min(2, os.cpu_count() or 1)):  # the recipes' times are measured with 2 threads
         result = train(experiment(model, data, root / "run", **recipe["train"]), progress=False)
-    finally:
-        torch.set_num_threads(threads)
     assert result.status == "completed" and result.best_checkpoint
     return TrainedTinyBlip(model_dir=Path(result.best_checkpoint), data_dir=data, run_dir=root / "run",
                            facts=load_facts(data))

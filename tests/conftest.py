@@ -79,12 +79,10 @@ def write_image(image_bytes: Callable[..., bytes]) -> Callable[..., Path]:
 def single_thread() -> Iterator[None]:
     """One intra-op thread for the test, restored afterwards: tiny models gain nothing from a thread
     pool, and on a shared CPU the pool's contention makes them many times slower."""
-    import torch
+    from medblip.perf.threads import torch_threads
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture

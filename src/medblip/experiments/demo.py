@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from medblip.errors import ConfigError, MedblipError
 from medblip.io import atomic_write_json, atomic_write_text
+from medblip.perf.threads import torch_threads
 
 if TYPE_CHECKING:
     from medblip.experiments.ablation import AblationResult
@@ -141,20 +142,6 @@ def _fingerprint(opts: DemoOptions) -> dict[str, Any]:
     return {"quick": opts.quick, "model": opts.model,
             "data": str(opts.data.expanduser().resolve()) if opts.data else None,
             "recipe": "real" if opts.real else ("quick" if opts.quick else "full")}
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Tiny models on a small CPU: one intra-op thread is several times faster than a contended pool."""
-    import torch
-
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @contextlib.contextmanager
@@ -398,7 +385,7 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
 
     save()
     st = _Stages(9, log, stages, save)
-    with _cpu_only(opts.device), _torch_threads(None if opts.real else 1):
+    with _cpu_only(opts.device), torch_threads(None if opts.real else 1):
         return _pipeline(opts, out, recipe, st, notes, resolved, save, log)
 
 

@@ -12,6 +12,7 @@
 ``perf.fast_train``                    ``FastTrainStep``: bf16 + SDPA + fused AdamW (+ feature cache)
 ``perf.tf32``                          ``set_tf32`` / ``restore_tf32`` / ``tf32_restored`` / ``tf32_flags``: the
                                        process-wide TF32 switch, restorable
+``perf.threads``                       ``torch_threads(n)``: torch's intra-op thread count for a block, restored
 ``perf.bench_utils``                   models of real shapes from random weights, timing, memory
 =====================================  ===========================================================
 
@@ -30,6 +31,7 @@ _EXPORTS = {
     "DecoderFromFeatures": "feature_cache", "encoder_fn": "feature_cache", "use_feature_cache": "feature_cache",
     "FastCaptioner": "captioner", "FastTrainStep": "fast_train", "make_adamw": "fast_train",
     "set_tf32": "tf32", "restore_tf32": "tf32", "tf32_restored": "tf32", "tf32_flags": "tf32",
+    "torch_threads": "threads",
 }
 
 __all__ = sorted(_EXPORTS)
