@@ -177,7 +177,7 @@ class TinySpec:
                 p.normal_(0.0, self.position_init_std)
 
 
-def _blip(out: Path, corpus: list[str], spec: TinySpec) -> None:
+def _blip(corpus: list[str], spec: TinySpec) -> tuple[Any, Any]:
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
 
     vocab = wordpiece_vocab(corpus, spec.vocab_size, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
@@ -201,9 +201,7 @@ def _blip(out: Path, corpus: list[str], spec: TinySpec) -> None:
     )
     model = BlipForConditionalGeneration(config)
     model.generation_config.max_length = spec.max_text_length
-    spec.init_positions(model)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    return model, processor
 
 
 def _blip_image_processor(image_size: int) -> Any:
@@ -239,7 +237,7 @@ def _vit_config(spec: TinySpec) -> Any:
                      image_size=spec.image_size, patch_size=spec.patch_size, **spec.vision_init())
 
 
-def _vit_gpt2(out: Path, corpus: list[str], spec: TinySpec) -> None:
+def _vit_gpt2(corpus: list[str], spec: TinySpec) -> tuple[Any, Any]:
     from transformers import GPT2Config, GPT2Tokenizer, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
     from medblip.models.vit_gpt2 import VitGpt2Processor
@@ -256,9 +254,7 @@ def _vit_gpt2(out: Path, corpus: list[str], spec: TinySpec) -> None:
     model = VisionEncoderDecoderModel(config=config)
     gen = model.generation_config
     gen.decoder_start_token_id = gen.pad_token_id = gen.eos_token_id = gen.bos_token_id = eos
-    spec.init_positions(model)
-    model.save_pretrained(out)
-    VitGpt2Processor(_vit_image_processor(spec.image_size), tokenizer).save_pretrained(out)
+    return model, VitGpt2Processor(_vit_image_processor(spec.image_size), tokenizer)
 
 
 def unigram_vocab(corpus: list[str], vocab_size: int, specials: list[str]) -> list[tuple[str, float]]:
@@ -344,7 +340,7 @@ def _qformer_configs(spec: TinySpec) -> tuple[dict[str, Any], dict[str, Any]]:
     return vision, qformer
 
 
-def _blip2(out: Path, corpus: list[str], spec: TinySpec, language_model: str = "opt") -> None:
+def _blip2(corpus: list[str], spec: TinySpec, language_model: str = "opt") -> tuple[Any, Any]:
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor
 
     tok, text_cfg = _LMS[language_model](corpus, spec)
@@ -355,10 +351,8 @@ def _blip2(out: Path, corpus: list[str], spec: TinySpec, language_model: str = "
                          num_query_tokens=spec.num_query_tokens, image_token_index=image_token)
     model = Blip2ForConditionalGeneration(config)
     _lm_generation_ids(model, tok)
-    spec.init_positions(model)
-    model.save_pretrained(out)
-    Blip2Processor(_blip_image_processor(spec.image_size), tok,
-                   num_query_tokens=spec.num_query_tokens).save_pretrained(out)
+    return model, Blip2Processor(_blip_image_processor(spec.image_size), tok,
+                                 num_query_tokens=spec.num_query_tokens)
 
 
 def _lm_generation_ids(model: Any, tok: Any) -> None:
@@ -371,7 +365,7 @@ def _lm_generation_ids(model: Any, tok: Any) -> None:
         gen.decoder_start_token_id = tok.pad_token_id
 
 
-def _instructblip(out: Path, corpus: list[str], spec: TinySpec, language_model: str = "t5") -> None:
+def _instructblip(corpus: list[str], spec: TinySpec, language_model: str = "t5") -> tuple[Any, Any]:
     from transformers import (
         BertTokenizer,
         InstructBlipConfig,
@@ -392,16 +386,16 @@ def _instructblip(out: Path, corpus: list[str], spec: TinySpec, language_model: 
                                 num_query_tokens=spec.num_query_tokens, image_token_index=image_token)
     model = InstructBlipForConditionalGeneration(config)
     _lm_generation_ids(model, tok)
-    spec.init_positions(model)
-    model.save_pretrained(out)
-    InstructBlipProcessor(_blip_image_processor(spec.image_size), tok, qtok,
-                          num_query_tokens=spec.num_query_tokens).save_pretrained(out)
+    return model, InstructBlipProcessor(_blip_image_processor(spec.image_size), tok, qtok,
+                                        num_query_tokens=spec.num_query_tokens)
 
 
 _BUILDERS = {"blip": _blip, "vit-gpt2": _vit_gpt2, "blip2": _blip2, "instructblip": _instructblip}
 
 
 def register_tiny_builder(family: str, fn: Any) -> None:
+    """``fn(corpus, spec, **extra) -> (model, processor)``: an unsaved random model and its processor;
+    :func:`init_tiny` applies the spec's position init and saves both."""
     _BUILDERS[family] = fn
 
 
@@ -452,7 +446,10 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             extra = {"language_model": language_model} if language_model else {}
-            _BUILDERS[family](tmp, _corpus(captions, seed), spec, **extra)
+            model, processor = _BUILDERS[family](_corpus(captions, seed), spec, **extra)
+            spec.init_positions(model)
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
         atomic_replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
