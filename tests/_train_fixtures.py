@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from medblip.experiments.demo import FULL as DEMO_FULL
 from medblip.experiments.demo import LEARN
@@ -74,6 +75,19 @@ def small_synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train-synth") / "synth"
     generate(out, 60, seed=0, size=64, splits=(0.8, 0.1, 0.1), workers=1)
     return out
+
+
+def train_one_thread(cfg: ExperimentConfig, **kw: Any) -> Any:
+    """``medblip.training.train`` on one thread (results must not depend on threads), no progress bar;
+    torch's thread count and deterministic-algorithms flag (which ``train.deterministic`` sets) restored."""
+    from medblip.training.trainer import train
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        with torch_threads(1):
+            return train(cfg, progress=False, **kw)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def train_recipe(root: Path, recipe: dict[str, Any]) -> TrainedTinyBlip:

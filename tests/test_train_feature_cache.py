@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 
 # fixtures tiny_blip_dir, small_synth_dir: tests/_train_fixtures.py (conftest plugin)
 from _train_fixtures import experiment
+from _train_fixtures import train_one_thread as run
 from medblip.errors import ConfigError
 from medblip.training import checkpoint as ckpt
 from medblip.training.config import ExperimentConfig, validate_config
-from medblip.training.trainer import train
 
 # 48 training images, batch 4, 2 batches per step: 6 optimizer steps per epoch, 12 in all.
 QUICK = {"epochs": 2, "batch_size": 4, "grad_accum": 2, "lr": 1e-3, "warmup_steps": 1, "log_every": 1,
@@ -28,17 +28,6 @@ QUICK = {"epochs": 2, "batch_size": 4, "grad_accum": 2, "lr": 1e-3, "warmup_step
 def config(model: Path, data: Path, out: Path, strategy: str = "decoder_only", **train: Any) -> ExperimentConfig:
     raw = experiment(model, data, out, **{**QUICK, **train}).model_dump()
     return validate_config({**raw, "strategy": {"name": strategy}})
-
-
-def run(cfg: ExperimentConfig, **kw: Any) -> Any:
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    try:
-        return train(cfg, progress=False, **kw)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
 
 
 def rows(run_dir: Path, split: str = "train") -> list[dict[str, Any]]:

@@ -24,10 +24,11 @@ from safetensors.torch import load_file
 
 # fixtures tiny_blip_dir, small_synth_dir, trained_tiny_blip: tests/_train_fixtures.py (conftest plugin)
 from _train_fixtures import experiment
+from _train_fixtures import train_one_thread as run
 from medblip.errors import ConfigError, MedblipError
 from medblip.training import checkpoint as ckpt
 from medblip.training.config import ExperimentConfig, validate_config
-from medblip.training.trainer import TrainingDiverged, train
+from medblip.training.trainer import TrainingDiverged
 
 CLI = "import medblip.cli.train_cmd; from medblip.cli import main; main()"
 # 48 training images, batch 4, 2 batches per step: 6 optimizer steps per epoch, 12 in all.
@@ -37,26 +38,8 @@ QUICK = {"epochs": 2, "batch_size": 4, "grad_accum": 2, "lr": 1e-3, "warmup_step
 
 # -- helpers -----------------------------------------------------------------------------------------
 
-class _OneThread:
-    """Single-threaded, deterministic torch for the duration (results must not depend on threads)."""
-
-    def __enter__(self) -> None:
-        self.threads = torch.get_num_threads()
-        self.deterministic = torch.are_deterministic_algorithms_enabled()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc: Any) -> None:
-        torch.set_num_threads(self.threads)
-        torch.use_deterministic_algorithms(self.deterministic)
-
-
 def quick_config(model: Path, data: Path, out: Path, **overrides: Any) -> ExperimentConfig:
     return experiment(model, data, out, **{**QUICK, **overrides})
-
-
-def run(cfg: ExperimentConfig, **kw: Any) -> Any:
-    with _OneThread():
-        return train(cfg, progress=False, **kw)
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
