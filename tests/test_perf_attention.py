@@ -61,3 +61,39 @@ def test_vit_gpt2_uses_native_sdpa(perf_dirs):  # noqa: F811
         got = float(adapter.loss(batch))
     assert sdpa_enabled(adapter)
     assert abs(got - ref) < 1e-5
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generate_under_sdpa_equals_eager(perf_dirs, beams):  # noqa: F811
+    """transformers' generate with its KV cache under the SDPA patch (the trainer's validation on CUDA):
+    the same captions as eager. The cache argument was renamed between transformers releases
+    (past_key_values -> cache); a patch that dropped it would caption from the last token alone."""
+    from test_perf_common import spice_up
+
+    adapter = spice_up(load(perf_dirs, "blip"))
+    images = noise_images(6)
+    ref = adapter.generate(images, num_beams=beams, max_new_tokens=12)
+    assert len(set(ref)) > 2
+    with sdpa_attention(adapter):
+        assert sdpa_enabled(adapter)
+        assert adapter.generate(images, num_beams=beams, max_new_tokens=12) == ref
+
+
+def test_an_attention_layout_that_disagrees_stays_eager(perf_dirs, monkeypatch):  # noqa: F811
+    """If a transformers release changes what the attention module computes, the patch is not applied
+    (one warning per class) rather than silently changing the model."""
+    from transformers.models.blip.modeling_blip import BlipAttention
+
+    import medblip.perf.attention as attention
+
+    def skewed(self, hidden_states, **kwargs):
+        out, w = attention._blip_vision_sdpa(self, hidden_states, **kwargs)
+        return out * 1.5, w
+
+    monkeypatch.setitem(attention._patch_table.__globals__, "_blip_vision_sdpa", skewed)
+    adapter = load(perf_dirs, "blip")
+    with pytest.warns(RuntimeWarning, match="SDPA left off for BlipAttention"):
+        switched = enable_sdpa(adapter)
+    assert switched > 0  # the text modules still switch
+    assert not any(m.__dict__.get("_medblip_sdpa") for m in adapter.base_model.modules() if isinstance(m, BlipAttention))
+    disable_sdpa(adapter)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import types
+import warnings
 from typing import Any
 
 import torch
@@ -29,13 +30,21 @@ from torch.nn import functional as F  # noqa: N812
 _PATCHED = "_medblip_sdpa"
 
 
-def _weights_requested() -> bool:
-    """Whether transformers' output recorder is collecting attention weights right now."""
+def _collector() -> Any:
+    """transformers' record of the attention weights being collected (private; None where it moved)."""
     try:
         from transformers.utils.output_capturing import _active_collector
-    except ImportError:  # pragma: no cover - other transformers versions: be safe, stay exact
-        return False
-    collected = _active_collector.get()
+    except ImportError:
+        return None
+    return _active_collector
+
+
+def _weights_requested() -> bool:
+    """Whether transformers' output recorder is collecting attention weights right now."""
+    collector = _collector()
+    if collector is None:  # enable_sdpa patches nothing then; stay exact if called anyway
+        return True
+    collected = collector.get()
     return bool(collected) and any("attention" in k for k in collected)
 
 
@@ -51,47 +60,65 @@ def _blip_vision_sdpa(self: nn.Module, hidden_states: torch.Tensor, **kwargs: An
     return self.projection(ctx), None
 
 
+#: the KV-cache argument of BlipTextSelfAttention.forward, by transformers release (5.23: past_key_values, 5.24: cache)
+_CACHE_ARGS = ("cache", "past_key_values")
+
+
 def _blip_text_sdpa(self: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     encoder_hidden_states: torch.Tensor | None = None,
-                    encoder_attention_mask: torch.Tensor | None = None, past_key_values: Any = None,
-                    **kwargs: Any) -> tuple[torch.Tensor, Any]:
-    if _weights_requested():
+                    encoder_attention_mask: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    # With a KV cache (transformers' generate) the module's own forward runs: the cache's bookkeeping
+    # is transformers' business and changes between releases. Training and teacher forcing have none.
+    if _weights_requested() or any(kwargs.get(name) is not None for name in _CACHE_ARGS):
         return type(self).forward(self, hidden_states, attention_mask=attention_mask,
                                   encoder_hidden_states=encoder_hidden_states,
-                                  encoder_attention_mask=encoder_attention_mask,
-                                  past_key_values=past_key_values, **kwargs)
-    from transformers.cache_utils import EncoderDecoderCache
-
+                                  encoder_attention_mask=encoder_attention_mask, **kwargs)
     head = self.attention_head_size
     q = self.query(hidden_states).view(*hidden_states.shape[:-1], -1, head).transpose(1, 2)
     is_cross = encoder_hidden_states is not None
     mask = encoder_attention_mask if is_cross else attention_mask
-    # The KV-cache logic is transformers' own (BlipTextSelfAttention.forward), unchanged.
-    is_updated = False
-    cache = None
-    if past_key_values is not None:
-        if isinstance(past_key_values, EncoderDecoderCache):
-            is_updated = past_key_values.is_updated.get(self.layer_idx)
-            cache = past_key_values.cross_attention_cache if is_cross else past_key_values.self_attention_cache
-        else:
-            cache = past_key_values
     current = encoder_hidden_states if is_cross else hidden_states
-    if is_cross and past_key_values is not None and is_updated:
-        k = cache.layers[self.layer_idx].keys
-        v = cache.layers[self.layer_idx].values
-    else:
-        k = self.key(current).view(*current.shape[:-1], -1, head).transpose(1, 2)
-        v = self.value(current).view(*current.shape[:-1], -1, head).transpose(1, 2)
-        if past_key_values is not None:
-            k, v = cache.update(k, v, self.layer_idx)
-            if is_cross and isinstance(past_key_values, EncoderDecoderCache):
-                past_key_values.is_updated[self.layer_idx] = True
+    k = self.key(current).view(*current.shape[:-1], -1, head).transpose(1, 2)
+    v = self.value(current).view(*current.shape[:-1], -1, head).transpose(1, 2)
     if mask is not None:
         mask = mask.to(device=q.device, dtype=q.dtype) if mask.is_floating_point() else mask.to(q.device)
     p = self.dropout.p if self.training else 0.0
     ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=1.0 / math.sqrt(head))
     ctx = ctx.transpose(1, 2).reshape(*hidden_states.shape[:-1], self.all_head_size)
     return ctx, None
+
+
+def _agrees(module: nn.Module, fn: Any) -> str | None:
+    """Why ``fn`` would not reproduce ``module``'s own forward (None: it does), on a random probe.
+
+    The patched forwards read transformers' attention modules from inside; a release that renames a
+    projection or changes what the module returns must leave the module eager, never make it wrong.
+    """
+    param = next(module.parameters(), None)
+    width = getattr(module, "embed_dim", None) or getattr(module, "all_head_size", None)
+    if param is None or width is None:
+        return "unknown attention layout"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 5, int(width), generator=g).to(param.device, param.dtype)
+    kwargs: dict[str, Any] = {}
+    key = getattr(module, "key", None)
+    if isinstance(key, nn.Linear) and key.in_features != int(width):  # a cross-attention module
+        kwargs["encoder_hidden_states"] = torch.randn(1, 7, key.in_features, generator=g).to(param.device, param.dtype)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            want = type(module).forward(module, x, **kwargs)[0]
+            got = fn(module, x, **kwargs)[0]
+        if want.shape != got.shape:
+            return f"output shape {tuple(got.shape)} != {tuple(want.shape)}"
+        error = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
+        tolerance = 1e-4 if param.dtype == torch.float32 else 5e-2
+        return None if error <= tolerance else f"outputs differ by {error:.1e} (relative)"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        module.train(was_training)
 
 
 def _patch_table() -> dict[type, Any]:
@@ -122,11 +149,19 @@ def enable_sdpa(model: Any) -> int:
     eager-only attention modules are patched per instance. Idempotent.
     """
     model = _unwrap(model)
-    table = _patch_table()
+    table = _patch_table() if _collector() is not None else {}
+    checked: dict[type, str | None] = {}
     count = 0
     for module in model.modules():
         fn = table.get(type(module))
         if fn is None:
+            continue
+        if type(module) not in checked:
+            checked[type(module)] = problem = _agrees(module, fn)
+            if problem is not None:
+                warnings.warn(f"medblip: SDPA left off for {type(module).__name__} ({problem}); it stays eager",
+                              RuntimeWarning, stacklevel=2)
+        if checked[type(module)] is not None:
             continue
         if not module.__dict__.get(_PATCHED):
             module.forward = types.MethodType(fn, module)

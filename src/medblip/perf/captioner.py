@@ -14,6 +14,7 @@ n-gram blocking, other logits processors configured on the model), go to the ada
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -112,12 +113,34 @@ class FastCaptioner:
         self._decoder: BlipFastDecoder | None = None
         self._graph: _GraphStep | None = None
         self.fallbacks: dict[str, int] = {}
+        #: why the lean loop cannot serve this model at all (checked here, once), else None
+        self.layout_problem: str | None = None
+        self._checked_lm: Any = None
+        if adapter.family == "blip":
+            self._decoder_for(adapter.base_model.text_decoder)
+
+    def _decoder_for(self, text_decoder: Any) -> BlipFastDecoder | None:
+        """The lean decoder for ``text_decoder``, checked against the model's own forward when built."""
+        if self._checked_lm is not text_decoder:
+            self._checked_lm = text_decoder
+            decoder = BlipFastDecoder(text_decoder, static=self.static)
+            self.layout_problem = decoder.check()
+            if self.layout_problem is not None:
+                warnings.warn(f"medblip: fast captioner off ({self.layout_problem}); captioning with "
+                              "transformers' generate", RuntimeWarning, stacklevel=3)
+                self._decoder = self._graph = None
+            else:
+                self._decoder = decoder
+                self._graph = _GraphStep(decoder) if self.cuda_graphs else None
+        return self._decoder
 
     # -- support ---------------------------------------------------------------------------------
     def unsupported(self, settings: GenerationSettings, extra: dict[str, Any]) -> str | None:
         """Why these settings need transformers' generate (None: the fast loop handles them)."""
         if self.adapter.family != "blip":
             return f"family {self.adapter.family}"
+        if self._decoder_for(self.adapter.base_model.text_decoder) is None:
+            return "fast decoder unavailable"
         if settings.do_sample:
             return "sampling"
         if settings.repetition_penalty != 1.0:
@@ -182,9 +205,8 @@ class FastCaptioner:
         adapter = self.adapter
         base = adapter.base_model
         cfg = self._decode_config(settings, extra)
-        if self._decoder is None or self._decoder.lm is not base.text_decoder:
-            self._decoder = BlipFastDecoder(base.text_decoder, static=self.static)
-            self._graph = _GraphStep(self._decoder) if self.cuda_graphs else None
+        decoder = self._decoder_for(base.text_decoder)
+        assert decoder is not None  # unsupported() sent the other case to generate
         image_embeds = base.vision_model(pixel_values=pixel_values).last_hidden_state
         b = pixel_values.shape[0]
         prompt_text = adapter._prompt(settings)
@@ -197,5 +219,5 @@ class FastCaptioner:
         else:
             prompt = torch.full((b, 1), bos, dtype=torch.long, device=adapter.device)
             skip = 0
-        ids = decode(self._decoder, image_embeds, prompt, cfg, step_fn=self._graph)
+        ids = decode(decoder, image_embeds, prompt, cfg, step_fn=self._graph)
         return ids, skip

@@ -148,11 +148,11 @@ class BlipFastDecoder:
         if self.static:
             assert t == 1 and isinstance(start, torch.Tensor)
             pos = start.view(1, 1)
-            x = emb.word_embeddings(input_ids) + emb.position_embeddings(pos)
         else:
-            x = emb(input_ids=input_ids, past_key_values_length=int(start))  # + LayerNorm, dropout
-        if self.static:
-            x = emb.dropout(emb.LayerNorm(x))
+            pos = torch.arange(int(start), int(start) + t, device=input_ids.device).view(1, t)
+        # BlipTextEmbeddings.forward spelled out: its cache-offset argument is private and was renamed
+        # between transformers releases (past_key_values_length -> cache_length).
+        x = emb.dropout(emb.LayerNorm(emb.word_embeddings(input_ids) + emb.position_embeddings(pos)))
         for i, layer in enumerate(self.layers):
             sa = layer.attention.self
             q = sa.query(x).view(r, t, self.heads, self.head_dim).transpose(1, 2)
@@ -179,6 +179,42 @@ class BlipFastDecoder:
             x = layer.crossattention.output(a.transpose(1, 2).reshape(r, t, self.hidden), x)
             x = layer.output(layer.intermediate(x), x)
         return self.lm.cls(x[:, -1, :])
+
+    def check(self) -> str | None:
+        """Why this loop would not reproduce the text decoder (None: it does), checked on a random probe.
+
+        The loop reads transformers' BLIP text modules from inside (their submodule names and what
+        each computes), which no release promises to keep. So before it captions anything, the last
+        position's logits for a 3-token prompt against 3 random image tokens are compared with the
+        model's own forward; a layout or computation this loop does not know gives a reason, never a
+        wrong caption or a TypeError in the middle of a run.
+        """
+        lm = self.lm
+        cfg = lm.config
+        try:
+            param = next(lm.parameters())
+            width = int(getattr(cfg, "encoder_hidden_size", None) or cfg.hidden_size)
+            g = torch.Generator().manual_seed(0)
+            image = torch.randn(1, 3, width, generator=g).to(param.device, param.dtype)
+            ids = torch.randint(0, int(cfg.vocab_size), (1, 3), generator=g).to(param.device)
+            was_training = lm.training
+            lm.eval()
+            try:
+                with torch.no_grad():
+                    want = lm(input_ids=ids, encoder_hidden_states=image, return_dict=True).logits[:, -1].float()
+                    probe = BlipFastDecoder(lm, static=False)
+                    probe.set_image(image)
+                    probe.allocate(1, ids.shape[1], image.dtype, image.device)
+                    got = probe.forward(ids, 0).float()
+            finally:
+                lm.train(was_training)
+        except Exception as exc:  # any mismatch of the internal layout this loop relies on
+            return f"unsupported BLIP text-decoder layout ({type(exc).__name__}: {exc})"
+        error = float((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
+        tolerance = 1e-4 if param.dtype == torch.float32 else 5e-2
+        if not error <= tolerance:
+            return f"its logits differ from {type(lm).__name__}'s by {error:.1e} (relative; tolerance {tolerance:g})"
+        return None
 
     def open_position(self, position: int) -> None:
         """Static mode: let attention see cache position ``position`` from now on."""
