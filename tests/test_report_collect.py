@@ -170,7 +170,7 @@ def test_ablation_formats(tmp_path: Path) -> None:
 
 
 def test_embedded_image_bytes_become_a_thumbnail(tmp_path: Path) -> None:
-    from medblip.reports.html import _Assets
+    from medblip.reports.build import _Assets
 
     buf = io.BytesIO()
     Image.new("RGB", (640, 320), (200, 30, 30)).save(buf, format="JPEG")

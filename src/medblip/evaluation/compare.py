@@ -41,6 +41,7 @@ from medblip.evaluation.predict import (
     score_and_write,
     seconds_per_image,
 )
+from medblip.formatting import fmt_num, fmt_p
 from medblip.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from medblip.runinfo import set_seed
 
@@ -576,15 +577,7 @@ def paired_pvalues(rows_ref: Sequence[Mapping[str, Any]], rows_sys: Sequence[Map
 
 # -- writers ---------------------------------------------------------------------------------------
 def _fmt(x: float | None, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return f"{x:.{digits}f}"
-
-
-def _fmt_p(p: float | None) -> str:
-    if p is None:
-        return "-"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    return fmt_num(x, digits, missing="-")
 
 
 def comparison_markdown(comp: Comparison, *, alpha: float = 0.05) -> str:
@@ -610,7 +603,7 @@ def comparison_markdown(comp: Comparison, *, alpha: float = 0.05) -> str:
             if v.ci_low is not None and v.ci_high is not None:
                 cell += f" [{_fmt(v.ci_low)}, {_fmt(v.ci_high)}]"
             if s.name != comp.reference:
-                cell += f" p={_fmt_p(v.p_value)}" + ("*" if v.p_value is not None and v.p_value < alpha else "")
+                cell += f" p={fmt_p(v.p_value, missing='-')}" + ("*" if v.p_value is not None and v.p_value < alpha else "")
             cells.append(cell)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines.append("| generation s/image | " + " | ".join(_fmt(s.seconds_per_image) for s in comp.systems) + " |")

@@ -35,6 +35,7 @@ from medblip.evaluation.tokenization import (
     resolve_java,
     tokenize_all,
 )
+from medblip.formatting import fmt_num
 from medblip.io import read_jsonl_lines
 
 log = logging.getLogger(__name__)
@@ -374,7 +375,7 @@ def paired_test(rows_a: Iterable[Mapping[str, Any]], rows_b: Iterable[Mapping[st
 
 # -- output -------------------------------------------------------------------------------------------
 def _fmt(x: Any, digits: int = 4) -> str:
-    return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
+    return fmt_num(x, digits, missing="-")
 
 
 def metrics_markdown(result: Mapping[str, Any], title: str | None = None) -> str:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medblip.errors import ConfigError, MedblipError
+from medblip.formatting import fmt_bytes, fmt_num, fmt_params, fmt_pct, fmt_ratio, fmt_seconds, metric_cell
 from medblip.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -353,33 +354,6 @@ def headline_metric(metric_names: Sequence[str]) -> str | None:
     return next((m for m in HEADLINE if m in metric_names), metric_names[0] if metric_names else None)
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return f"{x:.{digits}f}"
-
-
-def fmt_params(n: Any) -> str:
-    if not isinstance(n, int | float):
-        return "-"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(int(n))
-
-
-def fmt_bytes(n: Any) -> str:
-    if not isinstance(n, int | float):
-        return "-"
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
-def fmt_seconds(s: Any) -> str:
-    if not isinstance(s, int | float):
-        return "-"
-    return f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 120 else f"{s:.1f} s"
-
-
 def ablation_markdown(doc: Mapping[str, Any]) -> str:
     rows = doc["strategies"]
     metrics = doc["metrics"]
@@ -398,25 +372,16 @@ def ablation_markdown(doc: Mapping[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        share = f"{100 * r['trainable_fraction']:.1f}%" if r.get("trainable_fraction") is not None else "-"
-        rel = f"{r['relative_time']:.2f}x" if r.get("relative_time") is not None else "-"
-        lines.append(f"| {r['strategy']} | {fmt_params(r.get('trainable_params'))} | {share} | "
-                     f"{fmt_seconds(r.get('time_per_epoch'))} | {fmt_seconds(r.get('total_time'))} | {rel} | "
-                     f"{_fmt(r.get('images_per_second'), 1)} | {fmt_bytes(r.get('peak_memory_bytes'))} |")
+        lines.append(f"| {r['strategy']} | {fmt_params(r.get('trainable_params'), missing='-')} | "
+                     f"{fmt_pct(r.get('trainable_fraction'), missing='-')} | "
+                     f"{fmt_seconds(r.get('time_per_epoch'), missing='-')} | "
+                     f"{fmt_seconds(r.get('total_time'), missing='-')} | {fmt_ratio(r.get('relative_time'), missing='-')} | "
+                     f"{fmt_num(r.get('images_per_second'), 1, missing='-')} | "
+                     f"{fmt_bytes(r.get('peak_memory_bytes'), missing='-')} |")
     lines += ["", "| metric | " + " | ".join(r["strategy"] for r in rows) + " |",
               "|---|" + "---:|" * len(rows)]
     for m in metrics:
-        cells = []
-        for r in rows:
-            v = r["metrics"].get(m)
-            if v is None:
-                cells.append("-")
-                continue
-            cell = _fmt(v.get("value"))
-            if v.get("ci_low") is not None and v.get("ci_high") is not None:
-                cell += f" [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]"
-            cells.append(cell)
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} | " + " | ".join(metric_cell(r["metrics"].get(m), missing="-") for r in rows) + " |")
     peak = {r.get("peak_memory_kind") for r in rows} - {None}
     lines += ["", f"Peak memory: {'CUDA allocator peak' if peak == {'cuda'} else 'peak resident set size of the process'}"
               f" during each run. Runs: " + ", ".join(f"`{r['run_dir']}`" for r in rows) + "."]
@@ -502,7 +467,7 @@ def plot_ablation(doc: Mapping[str, Any], out: Path) -> dict[str, Path]:
         bars = ax.bar(names, vals, color=[f"C{i % 10}" for i in range(len(names))])
         for bar, r in zip(bars, with_params, strict=True):
             share = r.get("trainable_fraction")
-            ax.annotate(fmt_params(r["trainable_params"]) + (f" ({100 * share:.0f}%)" if share is not None else ""),
+            ax.annotate(fmt_params(r["trainable_params"], missing="-") + (f" ({100 * share:.0f}%)" if share is not None else ""),
                         (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
         ax.set_ylim(0, max(vals) * 1.18)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: _tick(y)))
@@ -633,10 +598,8 @@ def summary_lines(result: AblationResult, metric: str | None = None) -> list[str
     lines = [head]
     for r in result.rows:
         v = (r["metrics"].get(metric) or {}) if metric else {}
-        ci = (f" [{_fmt(v.get('ci_low'))}, {_fmt(v.get('ci_high'))}]"
-              if v.get("ci_low") is not None and v.get("ci_high") is not None else "")
-        rel = f"{r['relative_time']:.2f}x" if r.get("relative_time") is not None else "-"
-        lines.append(f"{r['strategy']:<14}{fmt_params(r.get('trainable_params')):>11}"
-                     f"{fmt_seconds(r.get('total_time')):>12}{rel:>9}{_fmt(r.get('images_per_second'), 1):>8}  "
-                     f"{_fmt(v.get('value'))}{ci}")
+        lines.append(f"{r['strategy']:<14}{fmt_params(r.get('trainable_params'), missing='-'):>11}"
+                     f"{fmt_seconds(r.get('total_time'), missing='-'):>12}"
+                     f"{fmt_ratio(r.get('relative_time'), missing='-'):>9}"
+                     f"{fmt_num(r.get('images_per_second'), 1, missing='-'):>8}  {metric_cell(v, missing='-')}")
     return lines

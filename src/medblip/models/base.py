@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from medblip.errors import MedblipError
+from medblip.models.lora import merged_state_dict
+from medblip.models.strategies import StrategyReport, apply_strategy
 
 if TYPE_CHECKING:
     import torch
@@ -71,35 +73,6 @@ class GenerationSettings:
 
 
 @dataclass
-class StrategyReport:
-    """What a fine-tuning strategy froze: the parameter counts recorded with every run."""
-
-    strategy: str
-    trainable_params: int
-    frozen_params: int
-    trainable_groups: list[str] = field(default_factory=list)
-    frozen_groups: list[str] = field(default_factory=list)
-    #: groups run under torch.no_grad() (input-side frozen groups)
-    no_grad_groups: list[str] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total_params(self) -> int:
-        return self.trainable_params + self.frozen_params
-
-    @property
-    def trainable_fraction(self) -> float:
-        total = self.trainable_params + self.frozen_params
-        return self.trainable_params / total if total else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["total_params"] = self.total_params
-        d["trainable_fraction"] = self.trainable_fraction
-        return d
-
-
-@dataclass
 class CrossAttentionOutput:
     """Decoder cross-attention for a batch of teacher-forced token sequences.
 
@@ -132,33 +105,6 @@ def eager_attention(model: Any) -> Iterator[None]:
 
 
 Member = Any  # an nn.Module or a bare nn.Parameter belonging to a parameter group
-
-
-def load_pretrained(family: str, source: str, processor_class: Any, model_class: Any, options: dict[str, Any],
-                    known: set[str] | frozenset[str], *, dtype: Any, device: Any,
-                    local_files_only: bool | None) -> tuple[Any, Any]:
-    """Check a family's load options, then ``from_pretrained`` its processor and model (in eval mode,
-    on ``device``); hub and file errors become one-line :class:`MedblipError` s."""
-    from medblip.models.registry import hub_errors
-
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise MedblipError(f"unknown option {unknown[0]!r} for family {family}; known: {', '.join(sorted(known))}")
-    kw: dict[str, Any] = {}
-    if local_files_only is not None:
-        kw["local_files_only"] = local_files_only
-    model_kw = dict(kw)
-    if dtype is not None:
-        model_kw["dtype"] = dtype
-    if options.get("attn_implementation"):
-        model_kw["attn_implementation"] = options["attn_implementation"]
-    with hub_errors(source, local_files_only):
-        processor = processor_class.from_pretrained(source, **kw)
-        model = model_class.from_pretrained(source, **model_kw)
-    if device is not None:
-        model = model.to(device)
-    model.eval()
-    return processor, model
 
 
 #: parameter groups of the two-part families (BLIP, ViT-GPT2): strategy -> groups left trainable
@@ -419,8 +365,6 @@ class CaptionModel(ABC):
 
     def apply_strategy(self, strategy: str, **options: Any) -> StrategyReport:
         """Freeze / wrap (LoRA) the model for a fine-tuning strategy and report parameter counts."""
-        from medblip.models.strategies import apply_strategy
-
         return apply_strategy(self, strategy, **options)
 
     # -- explanation -----------------------------------------------------------------------------
@@ -439,8 +383,6 @@ class CaptionModel(ABC):
         the adapters merged into the weights, computed into a separate state dict so the live
         (training) model is left untouched.
         """
-        from medblip.models.strategies import merged_state_dict
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         base = self.base_model

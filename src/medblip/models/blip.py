@@ -20,9 +20,9 @@ from medblip.models.base import (
     CrossAttentionOutput,
     GenerationSettings,
     Member,
-    load_pretrained,
     patch_grid,
 )
+from medblip.models.loading import load_pretrained
 from medblip.models.registry import register_family
 
 if TYPE_CHECKING:

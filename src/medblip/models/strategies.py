@@ -19,15 +19,13 @@ no_grad (see :mod:`medblip.models.base`).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medblip.errors import MedblipError
-from medblip.models.base import StrategyReport
+from medblip.models.lora import LoraOptions, apply_lora
 
 if TYPE_CHECKING:
-    import torch
-
     from medblip.models.base import CaptionModel
 
 STRATEGIES: dict[str, str] = {
@@ -41,29 +39,32 @@ STRATEGIES: dict[str, str] = {
 
 
 @dataclass
-class LoraOptions:
-    """LoRA hyper-parameters. ``target_modules``/``groups`` default to the family's choice."""
+class StrategyReport:
+    """What a fine-tuning strategy froze: the parameter counts recorded with every run."""
 
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] | None = None  # module-name suffixes, e.g. ["query", "value"]
-    groups: list[str] | None = None  # parameter groups searched for target modules
-    bias: str = "none"
+    strategy: str
+    trainable_params: int
+    frozen_params: int
+    trainable_groups: list[str] = field(default_factory=list)
+    frozen_groups: list[str] = field(default_factory=list)
+    #: groups run under torch.no_grad() (input-side frozen groups)
+    no_grad_groups: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def parse(cls, value: LoraOptions | dict[str, Any] | None) -> LoraOptions:
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, dict):
-            raise MedblipError(f"lora options must be a mapping, got {type(value).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise MedblipError(f"unknown LoRA option {unknown[0]!r}; known: {', '.join(sorted(names))}")
-        return cls(**value)
+    @property
+    def total_params(self) -> int:
+        return self.trainable_params + self.frozen_params
+
+    @property
+    def trainable_fraction(self) -> float:
+        total = self.trainable_params + self.frozen_params
+        return self.trainable_params / total if total else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["total_params"] = self.total_params
+        d["trainable_fraction"] = self.trainable_fraction
+        return d
 
 
 def _check(adapter: CaptionModel, strategy: str) -> None:
@@ -101,7 +102,7 @@ def apply_strategy(adapter: CaptionModel, strategy: str, *, lora: LoraOptions | 
 
     recorded: dict[str, Any] = {}
     if strategy == "lora":
-        recorded = _apply_lora(adapter, LoraOptions.parse(lora))
+        recorded = apply_lora(adapter, LoraOptions.parse(lora))
         members = adapter.group_modules()
     else:
         trainable = set(adapter.strategy_groups[strategy])
@@ -151,66 +152,3 @@ def _pin_and_count(adapter: CaptionModel, strategy: str, members: dict[str, list
         frozen_groups=frozen,
         no_grad_groups=no_grad,
     )
-
-
-def lora_target_names(adapter: CaptionModel, opts: LoraOptions) -> list[str]:
-    """Full module names (in the base model) that LoRA wraps: Linear layers whose name ends in a target."""
-    from torch import nn
-
-    targets = tuple(opts.target_modules or adapter.lora_targets)
-    groups = list(opts.groups or adapter.lora_groups)
-    members = adapter.group_modules()
-    unknown = [g for g in groups if g not in members]
-    if unknown:
-        raise MedblipError(f"LoRA group {unknown[0]!r} is not a parameter group of {adapter.family}; "
-                           f"groups: {', '.join(members)}")
-    wanted = {id(m) for g in groups for member in members[g] if isinstance(member, nn.Module)
-              for m in member.modules()}
-    names = [name for name, mod in adapter.base_model.named_modules()
-             if id(mod) in wanted and name.rsplit(".", 1)[-1] in targets and isinstance(mod, nn.Linear)]
-    if not names:
-        raise MedblipError(
-            f"LoRA: no Linear module named {', '.join(targets)} in group(s) {', '.join(groups)} of {adapter.family}"
-        )
-    return names
-
-
-def _apply_lora(adapter: CaptionModel, opts: LoraOptions) -> dict[str, Any]:
-    from peft import LoraConfig, get_peft_model
-
-    names = lora_target_names(adapter, opts)
-    config = LoraConfig(r=opts.r, lora_alpha=opts.alpha, lora_dropout=opts.dropout, bias=opts.bias,
-                        target_modules=names)
-    # get_peft_model injects LoRA layers into the base model in place and freezes everything else;
-    # the adapter keeps calling the base model (adapter.base_model), so every code path sees LoRA.
-    adapter.model = get_peft_model(adapter.model, config)
-    return {**dataclasses.asdict(opts), "target_modules": list(opts.target_modules or adapter.lora_targets),
-            "groups": list(opts.groups or adapter.lora_groups), "wrapped_modules": len(names)}
-
-
-def merged_state_dict(peft_model: Any) -> dict[str, torch.Tensor]:
-    """The base model's state dict with LoRA deltas added to the wrapped weights, live model untouched.
-
-    Names are those of the plain transformers model (``.base_layer`` removed, ``lora_*`` dropped), so
-    ``save_pretrained(dir, state_dict=...)`` writes a checkpoint the plain classes reload.
-    """
-    import torch
-    from peft.tuners.lora import LoraLayer
-
-    base = peft_model.get_base_model()
-    merged: dict[str, torch.Tensor] = {}
-    for name, tensor in base.state_dict().items():
-        if ".lora_" in name or name.startswith("lora_"):
-            continue
-        merged[name.replace(".base_layer.", ".")] = tensor
-    with torch.no_grad():
-        for mod_name, mod in base.named_modules():
-            if not isinstance(mod, LoraLayer) or getattr(mod, "merged", False):
-                continue
-            key = f"{mod_name}.weight"
-            weight = merged[key]
-            for adapter_name in mod.active_adapters:
-                if adapter_name in mod.lora_A:
-                    weight = weight + mod.get_delta_weight(adapter_name).to(weight.dtype)
-            merged[key] = weight.detach().clone()
-    return merged

@@ -393,12 +393,6 @@ def _instructblip(corpus: list[str], spec: TinySpec, language_model: str = "t5")
 _BUILDERS = {"blip": _blip, "vit-gpt2": _vit_gpt2, "blip2": _blip2, "instructblip": _instructblip}
 
 
-def register_tiny_builder(family: str, fn: Any) -> None:
-    """``fn(corpus, spec, **extra) -> (model, processor)``: an unsaved random model and its processor;
-    :func:`init_tiny` applies the spec's position init and saves both."""
-    _BUILDERS[family] = fn
-
-
 def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | Path | None = None,
               image_size: int = 64, seed: int = 0, vocab_size: int = 512, patch_size: int | None = None,
               hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2,
@@ -420,8 +414,6 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
     from medblip.models.registry import get_family
 
     family = get_family(family).family
-    if family not in _BUILDERS:
-        import medblip.models  # noqa: F401  (family modules register their builders on import)
     if family not in _BUILDERS:
         raise MedblipError(f"no tiny model builder for family {family!r}")
     if isinstance(captions, str | Path):

@@ -23,9 +23,9 @@ from medblip.models.base import (
     GenerationSettings,
     Member,
     eager_attention,
-    load_pretrained,
     patch_grid,
 )
+from medblip.models.loading import load_pretrained
 from medblip.models.registry import register_family
 
 if TYPE_CHECKING:

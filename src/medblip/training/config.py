@@ -21,10 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from medblip.data.captions import CaptionOptions
 from medblip.errors import ConfigError, MedblipError
 from medblip.models.base import GenerationSettings
-
-# The families medblip has adapters for; the registry in ``medblip.models`` is the authority when it
-# can be imported (see ``_known_families``), this tuple only keeps config validation import-light.
-FAMILIES = ("blip", "blip2", "instructblip", "vit-gpt2")
+from medblip.models.lora import LoraOptions
+from medblip.models.registry import get_family, list_families
 
 
 class _Section(BaseModel):
@@ -76,9 +74,10 @@ class DataConfig(_Section):
 
 
 class LoraConfig(_Section):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # defaults: medblip.models.lora.LoraOptions, the one place they are set
+    r: int = Field(LoraOptions.r, ge=1)
+    alpha: int = Field(LoraOptions.alpha, ge=1)
+    dropout: float = Field(LoraOptions.dropout, ge=0.0, lt=1.0)
     target_modules: list[str] | None = Field(None, description="module name patterns; None: the family's default")
 
 
@@ -195,26 +194,9 @@ class ExperimentConfig(_Section):
 def _canonical_family(name: str) -> str:
     """The registry's spelling of a family name or alias (``vit_gpt2`` -> ``vit-gpt2``)."""
     try:
-        import medblip.models  # noqa: F401  (importing it fills the registry)
-        from medblip.models.registry import get_family
-    except ImportError:  # registry unavailable: fall back to the fixed list
-        if name not in FAMILIES:
-            raise ValueError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})") from None
-        return name
-    if not _registry_families():  # registry not populated (models package incomplete)
-        if name not in FAMILIES:
-            raise ValueError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
-        return name
-    try:
         return get_family(name).family
     except MedblipError:
-        raise ValueError(f"unknown family {name!r} (known: {', '.join(_registry_families())})") from None
-
-
-def _registry_families() -> list[str]:
-    from medblip.models.registry import list_families
-
-    return list_families()
+        raise ValueError(f"unknown family {name!r} (known: {', '.join(list_families())})") from None
 
 
 # -- loading -----------------------------------------------------------------------------------------
