@@ -41,7 +41,7 @@ from medblip.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from medblip.training.config import ExperimentConfig
-    from medblip.training.trainer import RunResult
+    from medblip.training.runfiles import RunResult
 
 DEFAULT_STRATEGIES: tuple[str, ...] = ("full", "decoder_only", "encoder_only", "lora")
 ABLATION_JSON, ABLATION_CSV, ABLATION_MD = "ablation.json", "ablation.csv", "ablation.md"

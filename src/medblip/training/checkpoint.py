@@ -16,6 +16,7 @@ kill (stale temp folders, a swap interrupted half way).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -88,6 +89,82 @@ def save_checkpoint(adapter: CaptionModel, run_dir: str | Path, name: str,
         torch.save({"version": STATE_VERSION, **trainer_state}, tmp / STATE_FILE)
     _fsync_tree(tmp)
     return atomic_replace_dir(tmp, root / name)
+
+
+def full_params(model: Any, fsdp: bool, rank0_only: bool = True) -> Any:
+    """Under FSDP, materialise the full weights so the adapter can save / generate as usual.
+
+    ``rank0_only``: gather on process 0 only, in CPU memory (saving); else on every process.
+    """
+    if not fsdp:
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel.summon_full_params(model, writeback=False, rank0_only=rank0_only,
+                                                       offload_to_cpu=rank0_only)
+
+
+def open_run(run_dir: Path, accelerator: Any, *, resume: bool, fsdp: bool, source: str) -> dict[str, Any] | None:
+    """Prepare ``checkpoints/`` (main process); the trainer state to resume from, or None for a fresh run.
+
+    A fresh run refuses a folder that already holds one; ``--resume`` needs a resumable ``last``.
+    """
+    from medblip.errors import ConfigError
+
+    last_dir = checkpoint_dir(run_dir, LAST)
+    if accelerator.is_main_process:
+        prepare_checkpoint_dir(run_dir)
+    accelerator.wait_for_everyone()
+    if not resume:
+        if last_dir.exists() or (Path(run_dir) / "result.json").exists():
+            raise ConfigError(f"{source}: output.dir: {run_dir} already holds a run; pass --resume to continue "
+                              "it, or --out to write a new run elsewhere")
+        return None
+    if not (last_dir / STATE_FILE).is_file():
+        raise ConfigError(f"--resume: {last_dir} holds no resumable checkpoint ({STATE_FILE}); "
+                          "start the run without --resume")
+    state = load_trainer_state(last_dir)
+    if fsdp or state.get("optimizer") is None:
+        raise ConfigError("--resume is not supported for FSDP runs (their optimizer state is sharded); "
+                          "use DDP, e.g. with the lora strategy, for resumable runs of large models")
+    return state
+
+
+def trainer_state(loop: dict[str, Any], *, optimizer: Any, scheduler: Any, accelerator: Any, cost: Any, seed: int,
+                  batch_size: int, grad_accum: int, fsdp: bool) -> dict[str, Any]:
+    """What ``trainer_state.pt`` holds: the loop's position and early stopping (``loop``), optimizer,
+    scheduler, gradient scaler, every process's RNG streams and the cost so far."""
+    from accelerate.utils import gather_object
+
+    rngs = gather_object([rng_state()]) if accelerator.num_processes > 1 else [rng_state()]
+    return {
+        **loop,
+        # FSDP shards the optimizer state over the processes; such runs are not resumable.
+        "optimizer": None if fsdp else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None, "rng": rngs,
+        "data_order_seed": seed, "world_size": accelerator.num_processes, "batch_size": batch_size,
+        "grad_accum": grad_accum, "cost": cost.state_dict(),
+    }
+
+
+def restore_trainer_state(state: dict[str, Any], *, optimizer: Any, scheduler: Any, accelerator: Any, cost: Any,
+                          batch_size: int, grad_accum: int) -> None:
+    """Load :func:`trainer_state`'s optimizer, scheduler, scaler, cost and (last) this process's RNG streams."""
+    from medblip.errors import ConfigError
+
+    world = accelerator.num_processes
+    if state["world_size"] != world or state["batch_size"] != batch_size or state["grad_accum"] != grad_accum:
+        raise ConfigError(
+            f"--resume: the checkpoint was written with {state['world_size']} process(es), batch size "
+            f"{state['batch_size']} and grad_accum {state['grad_accum']}; resume with the same values "
+            "(the data position depends on them)")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler") is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    cost.load_state_dict(state["cost"])
+    # Last of all, so that nothing before (model init, LoRA init) consumes the restored streams.
+    set_rng_state(state["rng"][accelerator.process_index])
 
 
 def load_trainer_state(folder: str | Path) -> dict[str, Any]:

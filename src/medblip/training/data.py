@@ -171,3 +171,20 @@ def validation_subset(records: Sequence[Record], size: int | None, seed: int) ->
 def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def config_dataset(dc: Any, split: str, records: Sequence[Record], source: str) -> CaptionDataset:
+    """A split as the config's ``data:`` section asks: read from the memory-mapped ``data.image_cache``
+    when there is one, else decoded (and with ``data.cache_images`` kept in memory after the first epoch)."""
+    from medblip.errors import ConfigError, DataError
+
+    image_cache = None
+    if dc.image_cache is not None and records:
+        from medblip.data.cache import CachedImageDataset
+
+        try:
+            image_cache = CachedImageDataset(dc.image_cache, split, records, size=dc.image_size)
+        except DataError as exc:
+            raise ConfigError(f"{source}: data.image_cache: {exc}") from None
+    in_memory = dc.cache_images and dc.image_cache is None  # a memory-mapped cache needs no second copy
+    return CaptionDataset(records, dc.image_size, cache=in_memory, image_cache=image_cache)

@@ -1,0 +1,160 @@
+"""The trainer's validation pass, and zero-shot runs (strategy ``none`` or no training budget).
+
+:func:`validate` computes the validation loss (every process its share, summed) and, with
+``train.val_generate``, captions the validation subset and scores the captions with the trainer's
+caption scorer (:func:`_caption_scorer`); :func:`_check_metric_name` checks before training that the
+early-stopping metric is one it reports.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from medblip.errors import ConfigError
+from medblip.training.cost import CostMeter
+from medblip.training.data import AdapterCollate, CaptionDataset, batched
+from medblip.training.runfiles import RunLog, RunResult, write_result
+
+if TYPE_CHECKING:
+    from medblip.models.base import CaptionModel
+    from medblip.training.config import ExperimentConfig
+
+
+def validate(adapter: CaptionModel, model: Any, dataset: CaptionDataset, batch_size: int, settings: Any,
+              scorer: Any, accelerator: Any, *, generate: bool) -> dict[str, Any]:
+    """Validation loss (every process its share) and, optionally, caption metrics on the subset."""
+    from accelerate.utils import gather_object
+
+    indices = list(range(len(dataset)))[accelerator.process_index::accelerator.num_processes]
+    collate = AdapterCollate(adapter)
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # loss sum, images
+    rows: list[dict[str, Any]] = []
+    adapter.eval_mode()
+    try:
+        with torch.no_grad():
+            for chunk in batched(indices, batch_size):
+                items = [dataset[i] for i in chunk]
+                loss = adapter.loss(collate(items), model=model)
+                total += torch.tensor([float(loss) * len(chunk), len(chunk)], dtype=torch.float64,
+                                      device=accelerator.device)
+                if generate:
+                    preds = adapter.generate([im for im, _ in items], settings)
+                    rows += [{"id": dataset.records[i].id, "reference": cap, "prediction": pred}
+                             for i, (_, cap), pred in zip(chunk, items, preds, strict=True)]
+    finally:
+        adapter.train_mode()
+    if accelerator.num_processes > 1:
+        total = accelerator.reduce(total, reduction="sum")
+        rows = [r for part in gather_object([rows]) for r in part] if generate else rows
+    out: dict[str, Any] = {"val_loss": float(total[0] / total[1]) if total[1] else float("nan"),
+                           "val_images": int(total[1])}
+    if generate and rows:
+        out.update({k: float(v) for k, v in scorer(rows).items()})
+        out["examples"] = [{"id": r["id"], "prediction": r["prediction"], "reference": r["reference"]}
+                           for r in rows[:3]]
+    return out
+
+
+def zero_shot(adapter: CaptionModel, val_ds: CaptionDataset, config: ExperimentConfig, accelerator: Any,
+               run_dir: Path, log: RunLog, scorer: Any, scorer_name: str, strategy_info: dict[str, Any]) -> RunResult:
+    cost = CostMeter(num_processes=accelerator.num_processes)
+    metrics: dict[str, Any] = {}
+    if val_ds.records:
+        t0 = time.perf_counter()
+        model = accelerator.prepare(adapter.model)
+        metrics = validate(adapter, model, val_ds, config.train.batch_size, config.generation_settings(),
+                            scorer, accelerator, generate=config.train.val_generate)
+        cost.add_eval(time.perf_counter() - t0)
+    result = RunResult(run_dir=run_dir, status="zero_shot", global_step=0, epochs_completed=0,
+                       best_checkpoint=config.model.name_or_path, final_metrics={**metrics, "scorer": scorer_name},
+                       strategy=strategy_info, cost=cost.summary(accelerator.device))
+    if accelerator.is_main_process:
+        log.append({"step": 0, "epoch": 0, "split": "validation", **metrics})
+        write_result(run_dir, result.to_dict())
+    return result
+
+
+def _check_metric_name(tc: Any, scorer: Any, source: str) -> None:
+    """Fail before training, not after the first epoch, when early stopping names no reported metric."""
+    metric = tc.early_stopping.metric
+    if metric in ("val_loss",):
+        return
+    where = f"{source}: train.early_stopping.metric"
+    if not tc.val_generate:
+        raise ConfigError(f"{where}: {metric!r} is a caption metric but train.val_generate is false")
+    probe = [{"id": "a", "reference": "ct of the chest", "prediction": "ct of the chest"},
+             {"id": "b", "reference": "mri of the head", "prediction": "mri of the brain"}]
+    available = sorted(scorer(probe))
+    if metric not in available:
+        raise ConfigError(f"{where}: {metric!r} is not reported (available: val_loss, {', '.join(available)})")
+
+
+# -- caption metrics ----------------------------------------------------------------------------------
+
+def _caption_scorer() -> tuple[Any, str]:
+    """medblip.evaluation's scorer when that package provides one, else a cheap built-in one."""
+    try:
+        from medblip.evaluation import score_predictions  # type: ignore[attr-defined]
+    except ImportError:
+        return _fallback_scores, "builtin (bleu4, token_f1): medblip.evaluation.score_predictions unavailable"
+
+    def score(rows: list[dict[str, Any]]) -> dict[str, float]:
+        result = score_predictions(rows, bootstrap=0)
+        return _flatten_scores(result)
+
+    return score, "medblip.evaluation"
+
+
+def _flatten_scores(result: Any) -> dict[str, float]:
+    """Numbers out of whatever the evaluator returns: {name: float} or {name: {"value": float, ...}}."""
+    if hasattr(result, "to_dict"):
+        result = result.to_dict()
+    if hasattr(result, "metrics"):
+        result = result.metrics
+    out: dict[str, float] = {}
+    for key, value in dict(result).items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            out[key] = float(value)
+        elif isinstance(value, dict):
+            inner = value.get("value", value.get("mean"))
+            if isinstance(inner, int | float) and not isinstance(inner, bool):
+                out[key] = float(inner)
+        elif hasattr(value, "value") and isinstance(value.value, int | float):
+            out[key] = float(value.value)
+    return out
+
+
+def _fallback_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Corpus BLEU-4 (uniform weights, +1 smoothing of higher orders) and mean token F1."""
+    from collections import Counter
+
+    matches, totals = [0] * 4, [0] * 4
+    hyp_len = ref_len = 0
+    f1s = []
+    for r in rows:
+        hyp, ref = r["prediction"].lower().split(), r["reference"].lower().split()
+        hyp_len, ref_len = hyp_len + len(hyp), ref_len + len(ref)
+        for n in range(4):
+            h = Counter(tuple(hyp[i:i + n + 1]) for i in range(len(hyp) - n))
+            g = Counter(tuple(ref[i:i + n + 1]) for i in range(len(ref) - n))
+            matches[n] += sum((h & g).values())
+            totals[n] += max(len(hyp) - n, 0)
+        common = sum((Counter(hyp) & Counter(ref)).values())
+        p = common / len(hyp) if hyp else 0.0
+        q = common / len(ref) if ref else 0.0
+        f1s.append(2 * p * q / (p + q) if p + q else 0.0)
+    if not hyp_len:
+        bleu = 0.0
+    else:
+        logs = [math.log((matches[n] + (n > 0)) / (totals[n] + (n > 0))) if matches[n] + (n > 0) else -math.inf
+                for n in range(4)]
+        bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+        bleu = bp * math.exp(sum(logs) / 4) if all(math.isfinite(x) for x in logs) else 0.0
+    return {"bleu4": bleu, "token_f1": sum(f1s) / len(f1s) if f1s else 0.0}
