@@ -88,7 +88,7 @@ def test_compare_end_to_end(bench, tmp_path, medblip_cli, capsys):
     assert len(metrics) >= 8  # BLEU-1..4, METEOR, ROUGE-L, CIDEr, clinical metrics, ...
     # every metric of score_predictions is in the table, for every system
     own = json.loads((out / "systems" / "api" / "metrics.json").read_text())
-    from medblip.evaluation.compare import extract_metrics
+    from medblip.experiments.compare import extract_metrics
 
     assert set(extract_metrics(own)[0]) == set(metrics)
     for name, s in systems.items():
@@ -134,7 +134,7 @@ def test_compare_end_to_end(bench, tmp_path, medblip_cli, capsys):
 @pytest.mark.slow
 def test_compare_strict_ids_and_predictions_only(bench, tmp_path):
     from medblip.errors import MedblipError
-    from medblip.evaluation.compare import run_compare
+    from medblip.experiments.compare import run_compare
 
     with pytest.raises(MedblipError, match="id sets differ"):
         run_compare(_config(bench, tmp_path / "strict", strict_ids=True), progress=False)

@@ -200,7 +200,7 @@ def test_reads_the_real_producers_files(tmp_path: Path) -> None:
     """metrics.json from score_predictions/write_metrics and comparison.* from write_comparison."""
     try:
         from medblip.evaluation import score_predictions, write_metrics
-        from medblip.evaluation.compare import Comparison, SystemResult, extract_metrics, write_comparison
+        from medblip.experiments.compare import Comparison, SystemResult, extract_metrics, write_comparison
     except ImportError as exc:  # the evaluation core is another part of the project
         pytest.skip(f"evaluation core not importable: {exc}")
     other = [{**r, "prediction": r["reference"]} for r in ROWS]

@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medblip.configfile import apply_overrides
 from medblip.errors import ConfigError
-from medblip.training.config import (
-    ExperimentConfig,
-    apply_overrides,
-    check_paths,
-    load_config,
-    validate_config,
-)
+from medblip.training.config import ExperimentConfig, check_paths, load_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

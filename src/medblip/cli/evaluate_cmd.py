@@ -92,7 +92,7 @@ def compare_cmd(
 
     Re-running resumes each model system from its predictions in <out>/systems/<name>/.
     """
-    from medblip.evaluation.compare import run_compare
+    from medblip.experiments.compare import run_compare
 
     comp = run_compare(config, out=out, progress=progress)
     for n in comp.notes:

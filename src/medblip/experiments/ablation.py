@@ -293,7 +293,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 # -- the table ----------------------------------------------------------------------------------------------
 def strategy_row(strategy: str, run_dir: Path, metrics_doc: Mapping[str, Any]) -> dict[str, Any]:
     """One row of the table from the run's result.json / cost.json and the evaluation's metrics.json."""
-    from medblip.evaluation.compare import extract_metrics
+    from medblip.experiments.compare import extract_metrics
 
     result = _read_json(run_dir / "result.json")
     cost = _read_json(run_dir / "cost.json") if (run_dir / "cost.json").is_file() else dict(result.get("cost") or {})

@@ -278,7 +278,7 @@ def explain_images(adapter: Any, data: Path, out: Path, n: int, log: Log) -> Pat
 def compare_config(opts: DemoOptions, data: Path, out: Path, zero_shot: str, fine_tuned: Path,
                    vit_gpt2: Path | None, blip_cfg: ExperimentConfig, bootstrap: int,
                    scoring: Mapping[str, Any]) -> Any:
-    from medblip.evaluation.compare import CompareConfig
+    from medblip.experiments.compare import CompareConfig
 
     gen = asdict(blip_cfg.generation_settings())
     systems: list[dict[str, Any]] = [
@@ -472,7 +472,7 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: Mapping[str, Any], st: _Stag
             info["status"] = "skipped (finished run present)"
 
     # 6. comparison
-    from medblip.evaluation.compare import run_compare
+    from medblip.experiments.compare import run_compare
     from medblip.experiments.ablation import best_checkpoint, eval_dir
 
     compare_dir = out / "compare"

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from medblip import configfile
 from medblip.data.captions import CaptionOptions
 from medblip.errors import ConfigError, MedblipError
 from medblip.models.base import GenerationSettings
@@ -200,92 +201,19 @@ def _canonical_family(name: str) -> str:
 
 
 # -- loading -----------------------------------------------------------------------------------------
-
-def _format_error(err: dict[str, Any], source: str, overridden: set[str]) -> str:
-    key = ".".join(str(p) for p in err["loc"])
-    # An override is named as the user typed it; a file problem as "file: key".
-    where = f"--set {key}" if key in overridden else f"{source}: {key}"
-    if err["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
-    if err["type"] == "missing":
-        return f"{where}: required key is missing"
-    if err["type"] == "value_error":  # our own validators already name the value
-        return f"{where}: {err['msg'].removeprefix('Value error, ')}"
-    shown = err.get("input")
-    if isinstance(shown, dict | list):
-        return f"{where}: {err['msg']}"
-    return f"{where}: {err['msg']} (got {shown!r})"
+_SECTIONS = "a mapping of sections (model, data, train, ...)"
 
 
 def validate_config(raw: Any, source: str = "<config>", overridden: set[str] | None = None) -> ExperimentConfig:
     """Validate a parsed YAML mapping; any problem is one :class:`ConfigError` line naming key and file."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections (model, data, train, ...), "
-                          f"got {type(raw).__name__}")
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        first = _format_error(errors[0], source, overridden or set())
-        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise ConfigError(first + more) from None
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``train.lr=1e-4`` -> (["train", "lr"], 1e-4); the value is YAML, so lists/bools/null work."""
-    key, sep, value = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. train.lr=1e-4")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value is not valid YAML ({exc.__class__.__name__})") from None
-    # YAML 1.1 reads "1e-4" as a string; pydantic's lax mode turns it into the float the field wants.
-    return key.split("."), parsed
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> set[str]:
-    """Apply ``--set`` items to ``raw`` in place; returns the dotted keys they set."""
-    keys: set[str] = set()
-    for item in overrides:
-        path, value = parse_override(item)
-        node = raw
-        for depth, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[:depth + 1])} is not a section")
-            node = child
-        node[path[-1]] = value
-        keys.add(".".join(path))
-    return keys
-
-
-def read_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or exc.__class__.__name__
-        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+    return configfile.validate(ExperimentConfig, raw, source, overridden, expected=_SECTIONS)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
                 out: str | Path | None = None) -> ExperimentConfig:
     """Read, override and validate an experiment file (paths are not checked; see :func:`check_paths`)."""
-    raw = read_yaml(path)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, ...), "
-                          f"got {type(raw).__name__}")
-    overridden = apply_overrides(raw, overrides)
+    raw = configfile.read_yaml(path, expected=_SECTIONS)
+    overridden = configfile.apply_overrides(raw, overrides)
     if out is not None:
         raw.setdefault("output", {})
         if not isinstance(raw["output"], dict):

@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medblip import configfile
+from medblip.configfile import KeyedError
 from medblip.errors import ConfigError, DataError, MedblipError
 from medblip.evaluation.predict import (
     PREDICTIONS_FILE,
@@ -151,73 +153,24 @@ class CompareConfig(BaseModel):
         seen: set[str] = set()
         for i, n in enumerate(names):
             if n.lower() in seen:
-                raise _KeyError(f"systems[{i}].name", f"duplicate system name {n!r}")
+                raise KeyedError(f"systems[{i}].name", f"duplicate system name {n!r}")
             seen.add(n.lower())
         if self.reference not in names:
-            raise _KeyError("reference", f"{self.reference!r} is not a system name "
+            raise KeyedError("reference", f"{self.reference!r} is not a system name "
                                          f"(systems: {', '.join(names)})")
         if self.data is None:
             for i, s in enumerate(self.systems):
                 if s.model is not None:
-                    raise _KeyError("data", f"required: system {s.name!r} (systems[{i}]) runs a model")
+                    raise KeyedError("data", f"required: system {s.name!r} (systems[{i}]) runs a model")
         return self
-
-
-class _KeyError(ValueError):
-    """A validation error that knows its config key (pydantic reports the model's location)."""
-
-    def __init__(self, key: str, msg: str) -> None:
-        super().__init__(msg)
-        self.key, self.msg = key, msg
-
-
-def _format_loc(loc: Sequence[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
 
 
 def load_compare_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> CompareConfig:
     """Read and validate a compare config; any problem is one :class:`ConfigError` line naming
-    the file and the key."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: invalid YAML ({where}{problem})") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
-    raw = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    try:
-        cfg = CompareConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        ctx_err = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_err, _KeyError):
-            key, msg = ctx_err.key, ctx_err.msg
-        else:
-            key, msg = _format_loc(err["loc"]), err["msg"]
-            msg = msg.removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-        more = exc.error_count() - 1
-        raise ConfigError(f"{path}: {key}: {msg}" + (f" (and {more} more problem(s))" if more else "")) from None
+    the file and the key. ``overrides``: top-level keys to replace (``None`` values are ignored)."""
+    raw = configfile.read_yaml(path)
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    cfg = configfile.validate(CompareConfig, raw, str(path), {k for k, v in (overrides or {}).items() if v is not None})
     # generation keys are checked here so the message names the key path
     for i, s in enumerate(cfg.systems):
         if s.model is not None:
