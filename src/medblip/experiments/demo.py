@@ -472,8 +472,8 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: Mapping[str, Any], st: _Stag
             info["status"] = "skipped (finished run present)"
 
     # 6. comparison
-    from medblip.experiments.compare import run_compare
     from medblip.experiments.ablation import best_checkpoint, eval_dir
+    from medblip.experiments.compare import run_compare
 
     compare_dir = out / "compare"
     with st.stage("compare", "zero-shot vs fine-tuned comparison") as info:
