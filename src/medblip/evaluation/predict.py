@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from medblip.errors import ConfigError, DataError, MedblipError
 from medblip.io import append_jsonl, atomic_write_json, atomic_write_text, dumps
 from medblip.models.base import GenerationSettings
+from medblip.models.loading import auto_device, resolve_checkpoint
 from medblip.runinfo import set_seed
 
 if TYPE_CHECKING:
@@ -484,48 +485,6 @@ def predict_with(
                   overwrite=overwrite, desc=desc)
     run.notes[:0] = notes
     return run
-
-
-def auto_device(device: str | None) -> str | None:
-    """``None`` -> ``"cuda"`` when a GPU is visible (else the adapter's default, CPU)."""
-    if device is not None:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else None
-
-
-def resolve_checkpoint(name_or_path: str | Path) -> tuple[str, dict[str, Any], list[str]]:
-    """A hub id or checkpoint folder as given; a training run folder -> its best (else last) checkpoint.
-
-    For a checkpoint inside a run folder (``<run>/checkpoints/<name>``) the family options the model
-    was trained with (``model.prompt``, ``model.instruction`` in ``config.resolved.yaml``) are
-    returned too, so the model is evaluated with the prompt it learned under.
-    """
-    text = str(name_or_path)
-    path = Path(text).expanduser()
-    notes: list[str] = []
-    if path.is_dir() and not (path / "config.json").is_file():
-        for name in ("best", "last"):
-            cand = path / "checkpoints" / name
-            if (cand / "config.json").is_file():
-                notes.append(f"{text}: a training run folder; evaluating its checkpoints/{name}")
-                path, text = cand, str(cand)
-                break
-    options: dict[str, Any] = {}
-    run_cfg = path.parent.parent / "config.resolved.yaml"
-    if path.parent.name == "checkpoints" and run_cfg.is_file():
-        try:
-            import yaml
-
-            raw = yaml.safe_load(run_cfg.read_text(encoding="utf-8")) or {}
-            section = raw.get("model") or {}
-            options = {k: section[k] for k in ("prompt", "instruction") if section.get(k) is not None}
-        except (OSError, ValueError, AttributeError, yaml.YAMLError):
-            notes.append(f"{run_cfg}: unreadable; the family's default prompt is used")
-        if options:
-            notes.append(f"{text}: using the run's {', '.join(f'{k}={v!r}' for k, v in options.items())}")
-    return text, options, notes
 
 
 def _report_notes(report: Any) -> list[str]:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from medblip.errors import ConfigError, MedblipError
 from medblip.formatting import fmt_bytes, fmt_num, fmt_params, fmt_pct, fmt_ratio, fmt_seconds, metric_cell
 from medblip.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from medblip.results import headline_metric
 
 if TYPE_CHECKING:
     from medblip.training.config import ExperimentConfig
@@ -48,8 +49,6 @@ ABLATION_JSON, ABLATION_CSV, ABLATION_MD = "ablation.json", "ablation.csv", "abl
 COST_PLOT, PARAMS_PLOT = "ablation_cost.png", "ablation_params.png"
 EVAL_KEY = "ablation_eval.json"  # what an evaluation folder was made with (reuse check)
 FINISHED = ("completed", "early_stopped")
-#: headline metric of the plots, first one present
-HEADLINE = ("CIDEr", "BLEU-4", "ROUGE-L", "METEOR", "BLEU-1")
 
 Log = Callable[[str], None]
 
@@ -222,13 +221,12 @@ def train_strategy(cfg: ExperimentConfig, *, source: str = "<config>", progress:
 
 
 def best_checkpoint(run_dir: Path) -> Path:
-    from medblip.training import checkpoint as ckpt
+    from medblip.models.loading import run_checkpoint
 
-    for name in (ckpt.BEST, ckpt.LAST):
-        folder = ckpt.checkpoint_dir(run_dir, name)
-        if (folder / "config.json").is_file():
-            return folder
-    raise MedblipError(f"{run_dir}: no checkpoint to evaluate (checkpoints/best and checkpoints/last are missing)")
+    checkpoint = run_checkpoint(run_dir)
+    if checkpoint is None:
+        raise MedblipError(f"{run_dir}: no checkpoint to evaluate (checkpoints/best and checkpoints/last are missing)")
+    return checkpoint
 
 
 def eval_dir(run_dir: Path, split: str) -> Path:
@@ -348,10 +346,6 @@ def add_relative_time(rows: list[dict[str, Any]]) -> None:
     base = full.get("total_time") if full else None
     for r in rows:
         r["relative_time"] = (r["total_time"] / base) if base and r.get("total_time") is not None else None
-
-
-def headline_metric(metric_names: Sequence[str]) -> str | None:
-    return next((m for m in HEADLINE if m in metric_names), metric_names[0] if metric_names else None)
 
 
 def ablation_markdown(doc: Mapping[str, Any]) -> str:
@@ -525,7 +519,9 @@ def run_ablation(config: ExperimentConfig, out: str | Path | None = None,
     if bootstrap < 0:
         raise ConfigError(f"bootstrap={bootstrap} must be >= 0")
     if device is None:
-        device = _default_device()
+        from medblip.models.loading import auto_device
+
+        device = auto_device(None)
     result = AblationResult(out=out)
     if config.train.early_stopping.patience is not None:
         result.notes.append(f"train.early_stopping.patience={config.train.early_stopping.patience}: strategies "
@@ -580,15 +576,6 @@ def run_ablation(config: ExperimentConfig, out: str | Path | None = None,
     result.files = write_ablation(doc, out)
     log(f"[ablation] table written to {result.files['markdown']}")
     return result
-
-
-def _default_device() -> str | None:
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else None
-    except ImportError:  # pragma: no cover
-        return None
 
 
 def summary_lines(result: AblationResult, metric: str | None = None) -> list[str]:

@@ -384,7 +384,7 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
 def _precheck_models(cfg: CompareConfig, records: Sequence[Any], out: Path, where: str) -> None:
     """Fail before any model runs when a model system that still has captions to make names a
     local checkpoint folder that does not exist (a finished system needs no model)."""
-    from medblip.evaluation.predict import resolve_checkpoint
+    from medblip.models.loading import resolve_checkpoint
 
     ids = {str(r.id) for r in records}
     for i, s in enumerate(cfg.systems):

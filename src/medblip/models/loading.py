@@ -1,7 +1,10 @@
-"""Loading checkpoints: hub id or folder, dtype names, and one-line errors for what ``from_pretrained`` raises.
+"""Where a model comes from and how it loads: hub id, checkpoint folder or training run folder; device
+and dtype; one-line errors for what ``from_pretrained`` raises.
 
 Family adapters call :func:`load_pretrained` from their ``load``; :mod:`medblip.models.registry` uses
-:func:`resolve_source` and :class:`hub_errors` to tell a checkpoint's family.
+:func:`resolve_source` and :class:`hub_errors` to tell a checkpoint's family. A training run folder
+(written by :mod:`medblip.training`) holds ``checkpoints/best`` and ``checkpoints/last``;
+:func:`run_checkpoint` and :func:`resolve_checkpoint` are the one place that picks between them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from typing import Any
 from medblip.errors import MedblipError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+#: a training run folder's checkpoints: ``<run>/checkpoints/best`` (best validation score) and ``last``
+CHECKPOINTS, BEST, LAST = "checkpoints", "best", "last"
 
 
 def _offline(local_files_only: bool | None) -> bool:
@@ -108,3 +114,50 @@ def load_pretrained(family: str, source: str, processor_class: Any, model_class:
         model = model.to(device)
     model.eval()
     return processor, model
+
+
+def run_checkpoint(run_dir: str | Path) -> Path | None:
+    """A training run folder's best checkpoint, else its last; None when it has neither."""
+    for name in (BEST, LAST):
+        folder = Path(run_dir) / CHECKPOINTS / name
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def auto_device(device: str | None) -> str | None:
+    """``None`` -> ``"cuda"`` when a GPU is visible (else the adapter's default, CPU)."""
+    if device is not None:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> tuple[str, dict[str, Any], list[str]]:
+    """A hub id or checkpoint folder as given; a training run folder -> its best (else last) checkpoint.
+
+    For a checkpoint inside a run folder (``<run>/checkpoints/<name>``) the family options the model
+    was trained with (``model.prompt``, ``model.instruction`` in ``config.resolved.yaml``) are
+    returned too, so the model is evaluated with the prompt it learned under.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    notes: list[str] = []
+    if path.is_dir() and not (path / "config.json").is_file() and (cand := run_checkpoint(path)) is not None:
+        notes.append(f"{text}: a training run folder; evaluating its {CHECKPOINTS}/{cand.name}")
+        path, text = cand, str(cand)
+    options: dict[str, Any] = {}
+    run_cfg = path.parent.parent / "config.resolved.yaml"
+    if path.parent.name == CHECKPOINTS and run_cfg.is_file():
+        try:
+            import yaml
+
+            raw = yaml.safe_load(run_cfg.read_text(encoding="utf-8")) or {}
+            section = raw.get("model") or {}
+            options = {k: section[k] for k in ("prompt", "instruction") if section.get(k) is not None}
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            notes.append(f"{run_cfg}: unreadable; the family's default prompt is used")
+        if options:
+            notes.append(f"{text}: using the run's {', '.join(f'{k}={v!r}' for k, v in options.items())}")
+    return text, options, notes

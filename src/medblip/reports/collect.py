@@ -29,11 +29,13 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from medblip.results import headline_metric
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,6 @@ _MAX_DEPTH = 8
 #: names that mark a metric where lower is better (everything else: higher is better)
 _LOWER_BETTER = re.compile(r"loss|error|perplexity|repeat|repetition|degenera|hallucin|empty|copy|most_common|token_run|"
                            r"seconds|time|memory|(^|[_\s-])wer($|[_\s-])", re.I)
-#: preferred headline metrics, in order
-HEADLINE_METRICS = ("CIDEr", "cider", "BLEU-4", "bleu4", "BLEU_4", "ROUGE-L", "rouge_l", "METEOR", "BLEU-1")
 
 _VALUE_KEYS = ("value", "score", "mean")
 
@@ -296,14 +296,6 @@ def metric_groups(metrics: Sequence[str], groups: Mapping[str, str] | None = Non
         order.setdefault(group_of(m), []).append(m)
     titles = {"caption": "Caption metrics", "clinical": "Clinical correctness", "embedding": "Embedding similarity"}
     return [{"name": g, "title": titles.get(g, g.capitalize()), "metrics": ms} for g, ms in order.items()]
-
-
-def headline_metric(names: Iterable[str]) -> str | None:
-    names = list(names)
-    for m in HEADLINE_METRICS:
-        if m in names:
-            return m
-    return names[0] if names else None
 
 
 def best_per_metric(systems: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[str, list[str]]:

@@ -27,13 +27,11 @@ import numpy as np
 import torch
 
 from medblip.io import atomic_replace_dir, recover_dir
+from medblip.models.loading import BEST, CHECKPOINTS, LAST
 
 if TYPE_CHECKING:
     from medblip.models.base import CaptionModel
 
-CHECKPOINTS = "checkpoints"
-LAST = "last"
-BEST = "best"
 STATE_FILE = "trainer_state.pt"
 TRAINABLE_FILE = "trainable.safetensors"
 STATE_VERSION = 1
