@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import medblip.cli  # noqa: F401  (the app and its command modules)
-import medblip.cli.eval_cmd  # noqa: F401  (registers score and concepts)
+import medblip.cli.score_cmd  # noqa: F401  (registers score and concepts)
 from medblip.cli.app import app
 from medblip.errors import ConfigError, DataError
 from medblip.evaluation import (

@@ -12,7 +12,7 @@ from medblip.cli import data_cmd  # noqa: E402,F401  isort: skip
 from medblip.cli import synth_cmd  # noqa: E402,F401  isort: skip
 from medblip.cli import report_cmd  # noqa: E402,F401  isort: skip
 from medblip.cli import model_cmd  # noqa: E402,F401  isort: skip
-from medblip.cli import eval_cmd  # noqa: E402,F401  isort: skip
+from medblip.cli import score_cmd  # noqa: E402,F401  isort: skip
 from medblip.cli import evaluate_cmd  # noqa: E402,F401  isort: skip
 from medblip.cli import train_cmd  # noqa: E402,F401  isort: skip
 from medblip.cli import explain_cmd  # noqa: E402,F401  isort: skip

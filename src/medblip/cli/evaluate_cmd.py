@@ -100,5 +100,5 @@ def compare_cmd(
     for s in comp.systems:
         for w in s.warnings:
             typer.secho(f"WARNING: {s.name}: {w}", fg=typer.colors.YELLOW, err=True)
-    typer.echo((comp.out / "comparison.md").read_text(encoding="utf-8").rstrip("\n"))
+    typer.echo((Path(comp.out) / "comparison.md").read_text(encoding="utf-8").rstrip("\n"))
     _note(f"comparison written to {comp.out} (comparison.md, .csv, .json, .png)")

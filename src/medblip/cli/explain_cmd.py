@@ -111,36 +111,22 @@ def explain_cmd(
 def _explain(adapter: Any, image: Path | None, caption: str | None, data: Path | None, split: str,
              limit: int | None, reference: bool, settings: Any, words: list[str] | None, level: str,
              cmap: str, alpha: float, seed: int, out: Path, progress: bool) -> None:
-    from medblip.data import load_dataset, load_image
-    from medblip.explain.explainer import explain_image, save_explanation
-    from medblip.io import atomic_write_json, atomic_write_text
+    from medblip.data import load_dataset
+    from medblip.explain.dataset import ExplainItem, explain_items
 
     if image is not None:
-        items = [(image.stem, image, caption)]
+        items = [ExplainItem(image.stem, image, caption)]
     else:
         records = load_dataset(data, splits=[split], limit=limit, seed=seed).records
         if not records:
             raise MedblipError(f"{data}: no records in split {split!r}")
-        items = [(r.id, r.image, r.caption if reference else None) for r in records]
-    rows = []
-    for name, src, cap in _bar(items, progress, "explain"):
-        img = load_image(src)
-        expl = explain_image(adapter, img, cap, settings,
-                             caption_source=("reference" if data is not None and reference else None))
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name)) or "image"
-        doc = save_explanation(expl, img, out / safe, words=words, level=level, cmap=cmap, alpha=alpha)
-        rows.append({"name": str(name), "folder": safe, "caption": expl.caption,
-                     "caption_source": expl.caption_source, "words": expl.words, "panels": doc["panels"]})
-    summary = {"model": adapter.name_or_path, "family": adapter.family, "settings": settings.as_dict(),
-               "level": level, "images": rows}
-    atomic_write_json(out / "summary.json", summary)
-    md = [f"# Explanations: `{adapter.name_or_path}` ({adapter.family}, {settings.method})", "",
-          "| image | caption | figure |", "|---|---|---|"]
-    md += [f"| {r['name']} | {r['caption']} | [{r['folder']}/grid.png]({r['folder']}/grid.png) |" for r in rows]
-    atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
-    for r in rows[:10]:
-        typer.echo(f"{r['name']}: {r['caption']}")
-    typer.echo(f"{len(rows)} image(s) explained ({settings.method}); written to {out}", err=True)
+        items = [ExplainItem(r.id, r.image, r.caption if reference else None, r.caption) for r in records]
+    summary = explain_items(adapter, items, out, settings, words=words, level=level, cmap=cmap, alpha=alpha,
+                            caption_source="reference" if data is not None and reference else None,
+                            progress=lambda xs: _bar(list(xs), progress, "explain"))
+    for r in summary.images[:10]:
+        typer.echo(f"{r.name}: {r.caption}")
+    typer.echo(f"{len(summary.images)} image(s) explained ({settings.method}); written to {out}", err=True)
 
 
 def _evaluate(adapter: Any, data: Path, split: str, limit: int | None, settings: Any, generated: bool,

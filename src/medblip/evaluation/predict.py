@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medblip.errors import ConfigError, DataError, MedblipError
-from medblip.io import append_jsonl, atomic_write_json, atomic_write_text, dumps
+from medblip.evaluation.predictions import PREDICTIONS_FILE, read_predictions_file
+from medblip.io import append_jsonl, atomic_write_json, dumps
 from medblip.models.base import GenerationSettings
 from medblip.models.loading import auto_device, resolve_checkpoint
 from medblip.runinfo import set_seed
@@ -40,9 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions.jsonl"
-METRICS_JSON = "metrics.json"
-METRICS_MD = "metrics.md"
 RUN_JSON = "run.json"
 
 #: GenerationSettings field names (the CLI options and the YAML ``generation:`` keys)
@@ -98,97 +95,6 @@ def _check_settings(s: GenerationSettings, source: str) -> None:
 
 def settings_dict(settings: GenerationSettings) -> dict[str, Any]:
     return dataclasses.asdict(settings)
-
-
-# -- predictions.jsonl -----------------------------------------------------------------------------
-@dataclass
-class PredictionsFile:
-    """What :func:`read_predictions_file` found: the rows (last one wins per id) and notes to show."""
-
-    rows: list[dict[str, Any]]
-    notes: list[str] = field(default_factory=list)
-    repaired: bool = False
-
-    @property
-    def by_id(self) -> dict[str, dict[str, Any]]:
-        return {str(r["id"]): r for r in self.rows}
-
-
-def read_predictions_file(path: str | Path, *, repair: bool = False,
-                     required: Sequence[str] = ("id", "prediction")) -> PredictionsFile:
-    """Read a predictions JSONL file tolerant of an interrupted writer.
-
-    A last line that is not valid JSON (a crash mid-write) is dropped with a note; with
-    ``repair=True`` the file is also truncated to its last complete line so appending can go on.
-    An invalid line anywhere else, or a row missing a ``required`` field, raises :class:`DataError`
-    naming the file and line. Rows repeating an earlier id replace it (noted).
-    """
-    path = Path(path)
-    notes: list[str] = []
-    if not path.exists():
-        return PredictionsFile([], notes)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    lines = data.split(b"\n")
-    # byte offset where each line starts, to truncate a torn last line
-    offsets, pos = [], 0
-    for line in lines:
-        offsets.append(pos)
-        pos += len(line) + 1
-    last_content = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
-    by_id: dict[str, dict[str, Any]] = {}
-    duplicates = 0
-    truncate_at: int | None = None
-    for i, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        lineno = i + 1
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            if i == last_content:
-                notes.append(f"{path}:{lineno}: dropped a half-written last line "
-                             f"(interrupted run); its image will be captioned again")
-                truncate_at = offsets[i]
-                break
-            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-            raise DataError(f"{path}:{lineno}: invalid JSON ({msg})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        for key in required:
-            if key not in obj:
-                raise DataError(f"{path}:{lineno}: missing field {key!r} "
-                                f"(each line needs {', '.join(repr(k) for k in required)})")
-        if not isinstance(obj.get("prediction", ""), str):
-            raise DataError(f"{path}:{lineno}: field 'prediction' must be a string")
-        obj["id"] = str(obj["id"])
-        if obj["id"] in by_id:
-            duplicates += 1
-            del by_id[obj["id"]]  # keep file order of the latest occurrence
-        by_id[obj["id"]] = obj
-    if duplicates:
-        notes.append(f"{path}: {duplicates} repeated id(s); the last line for each id is used")
-    repaired = False
-    if repair:
-        if truncate_at is not None:
-            _truncate(path, truncate_at)
-            repaired = True
-        elif data and not data.endswith(b"\n"):
-            with path.open("ab") as fh:  # complete last line: add its newline so appends stay separate
-                fh.write(b"\n")
-            repaired = True
-    for note in notes:
-        log.warning(note)
-    return PredictionsFile(list(by_id.values()), notes, repaired)
-
-
-def _truncate(path: Path, size: int) -> None:
-    with path.open("r+b") as fh:
-        fh.truncate(size)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 # -- prediction ------------------------------------------------------------------------------------
@@ -380,9 +286,7 @@ def load_split(data: str | Path, split: str = "test", *, format: str = "auto", l
                       require_images=True, limit=limit, seed=seed)
     records = [r for r in ds.records if r.split == split]
     if not records:
-        summary = getattr(ds.report, "summary", None)
-        detail = summary().splitlines()[0] if callable(summary) else ""
-        raise DataError(f"{data}: no usable records in split {split!r}" + (f" ({detail})" if detail else ""))
+        raise DataError(f"{data}: no usable records in split {split!r} ({ds.report.summary().splitlines()[0]})")
     return records, ds.report
 
 
@@ -422,7 +326,7 @@ def evaluate(
     notes: list[str] = []
     if records is None:
         records, report = load_split(data, split, format=format, limit=limit, seed=seed)
-        notes.extend(_report_notes(report))
+        notes.append(report.summary())
     set_seed(seed)  # only sampling (do_sample) draws random numbers
     run = predict_with(model, records, out / PREDICTIONS_FILE, generation=generation, family=family,
                        device=device, dtype=dtype, model_options=model_options, batch_size=batch_size,
@@ -434,7 +338,7 @@ def evaluate(
         run.rows, out, bootstrap=bootstrap, seed=seed, score_options=score_options, progress=progress,
         title=f"{display_name(first['model'])} on {split} ({len(run.rows)} images)",
         extra={"model": first.get("model"), "family": first.get("family"),
-               "generation": first.get("generation"), "data": str(data), "split": split})
+               "generation": first.get("generation"), "data": str(data), "split": split, "format": format})
     run_info(out, {
         "command": "evaluate",
         "model": str(model) if not _is_caption_model(model) else model.name_or_path,  # type: ignore[union-attr]
@@ -487,53 +391,28 @@ def predict_with(
     return run
 
 
-def _report_notes(report: Any) -> list[str]:
-    if report is None:
-        return []
-    for attr in ("summary", "describe"):
-        fn = getattr(report, attr, None)
-        if callable(fn):
-            try:
-                text = fn()
-            except Exception:  # noqa: BLE001
-                break
-            return [text] if text else []
-    return []
-
-
 # -- scoring and files -----------------------------------------------------------------------------
 #: options of score_predictions that evaluate/compare pass through (``scoring:`` in a compare config)
 SCORE_OPTIONS = ("java", "imageclef", "meteor", "spice", "bertscore", "uncertain_as")
 
 
-def score_rows(rows: Sequence[Mapping[str, Any]], *, bootstrap: int = 1000, seed: int = 0,
-               score_options: Mapping[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
-    """:func:`medblip.evaluation.score_predictions` on the id/reference/prediction of ``rows``."""
-    from medblip.evaluation import score_predictions
-
-    clean = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows]
-    return score_predictions(clean, bootstrap=bootstrap, seed=seed, progress=progress,
-                             **dict(score_options or {}))
-
-
 def score_and_write(rows: Sequence[Mapping[str, Any]], out: Path, *, bootstrap: int, seed: int,
                     score_options: Mapping[str, Any] | None = None, title: str | None = None,
                     progress: bool = False, extra: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
-    """Score ``rows``; write ``metrics.json`` (plus ``generation_time`` and ``extra``) and ``metrics.md``."""
-    from medblip.evaluation import metrics_markdown
+    """Score the id/reference/prediction of ``rows`` with :func:`medblip.evaluation.score_predictions`;
+    write ``metrics.json`` (plus ``generation_time`` and ``extra``), ``metrics.md`` and ``per_image.jsonl``.
+    Returns the result (without the per-image rows) and the Markdown."""
+    from medblip.evaluation.scoring import score_predictions, write_metrics
 
-    result = score_rows(rows, bootstrap=bootstrap, seed=seed, score_options=score_options, progress=progress)
-    spi = seconds_per_image(rows)
-    result["generation_time"] = {"seconds_per_image": spi,
+    clean = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows]
+    result = score_predictions(clean, bootstrap=bootstrap, seed=seed, progress=progress, per_image=True,
+                               **dict(score_options or {}))
+    result["generation_time"] = {"seconds_per_image": seconds_per_image(rows),
                                  "images_timed": sum(1 for r in rows if "gen_seconds" in r)}
     result.update(extra or {})
-    md = metrics_markdown(result, title=title)
-    if spi is not None:
-        md = md.rstrip("\n") + (f"\n\nGeneration time: {spi:.3f} s/image "
-                                f"({result['generation_time']['images_timed']} images timed).\n")
-    atomic_write_json(out / METRICS_JSON, result)
-    atomic_write_text(out / METRICS_MD, md)
-    return result, md
+    paths = write_metrics(result, out, title=title)
+    result.pop("per_image")
+    return result, paths["markdown"].read_text(encoding="utf-8")
 
 
 def run_info(out: Path, config: Mapping[str, Any], *, seed: int | None = None, **extra: Any) -> Path:

@@ -18,9 +18,12 @@ import numpy as np
 
 from medblip.errors import ConfigError, DataError
 from medblip.evaluation.caption_metrics import COCO_METRICS, caption_metrics
+from medblip.evaluation.cider import CiderD
 from medblip.evaluation.clinical.extractor import UncertainAs
-from medblip.evaluation.clinical.metrics import CLINICAL_METRICS, clinical_metrics
+from medblip.evaluation.clinical.metrics import CLINICAL_METRICS, clinical_metrics, extract_all
 from medblip.evaluation.degeneration import degeneration_report
+from medblip.evaluation.per_image import image_scores
+from medblip.evaluation.predictions import read_predictions_file
 from medblip.evaluation.statistics import (
     AdditiveMetric,
     Resamplable,
@@ -36,7 +39,6 @@ from medblip.evaluation.tokenization import (
     tokenize_all,
 )
 from medblip.formatting import fmt_num
-from medblip.io import read_jsonl_lines
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +93,15 @@ def parse_rows(rows: Iterable[Mapping[str, Any]], *, id_key: str = "id", referen
 
 def read_predictions(path: str | Path, *, id_key: str = "id", references_key: str = "reference",
                      prediction_key: str = "prediction") -> list[dict[str, Any]]:
-    """Read and validate a predictions JSONL file; a bad line raises ``DataError`` naming file:line."""
+    """Read and validate a predictions JSONL file to score; a bad line raises ``DataError`` naming file:line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: predictions file not found")
-    numbered = list(read_jsonl_lines(path))
-    lines = [lineno for lineno, _ in numbered]
-    rows = [obj for _, obj in numbered]
-    parse_rows(rows, id_key=id_key, references_key=references_key, prediction_key=prediction_key,
-               source=str(path), line_numbers=lines)
-    return rows
+    read = read_predictions_file(path, strict=True, required=(id_key, references_key, prediction_key),
+                                 id_key=id_key, prediction_key=prediction_key)
+    parse_rows(read.rows, id_key=id_key, references_key=references_key, prediction_key=prediction_key,
+               source=str(path), line_numbers=read.lines)
+    return read.rows
 
 
 # -- the scorer ---------------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ class _Scorer:
         return refs_tok, [[tok[("sys", s, i)][0] for i in range(len(preds))] for s, preds in enumerate(systems)]
 
     def metrics(self, refs_raw: list[list[str]], preds_raw: list[str], refs_tok: list[list[str]],
-                preds_tok: list[str]) -> tuple[dict[str, Resamplable], dict[str, Any]]:
+                preds_tok: list[str], concepts: Any = None) -> tuple[dict[str, Resamplable], dict[str, Any]]:
         bar = _progress_bar(len(preds_tok), "METEOR statistics") if self.progress and self.use_meteor else None
         try:
             out = caption_metrics(refs_tok, preds_tok, self.meteor(), progress=bar.update if bar else None)
@@ -168,7 +169,7 @@ class _Scorer:
                 out["SPICE"] = spice
         if self.bertscore:
             out["BERTScore-F1"] = _bertscore_metric(refs_raw, preds_raw, self.bertscore)
-        clinical, details = clinical_metrics(refs_raw, preds_raw, self.uncertain_as)
+        clinical, details = clinical_metrics(refs_raw, preds_raw, self.uncertain_as, concepts)
         out.update(clinical)
         return out, details
 
@@ -234,7 +235,8 @@ def _bootstrap(metrics: Mapping[str, Resamplable], n_resamples: int, seed: int, 
             bar.close()
 
 
-def _group(name: str) -> str:
+def metric_group(name: str) -> str:
+    """The table a metric belongs in: caption, clinical or embedding."""
     if name in CLINICAL_METRICS:
         return "clinical"
     return "embedding" if name.startswith("BERTScore") else "caption"
@@ -245,7 +247,7 @@ def score_predictions(rows: Iterable[Mapping[str, Any]], *, references_key: str 
                       seed: int = 0, confidence: float = 0.95, java: JavaOption = "auto",
                       imageclef: bool = False, bertscore: str | Mapping[str, Any] | None = None,
                       spice: bool = False, meteor: bool = True, uncertain_as: UncertainAs = "present",
-                      progress: bool = False) -> dict[str, Any]:
+                      progress: bool = False, per_image: bool = False) -> dict[str, Any]:
     """Every metric of one system's predictions, each with a bootstrap confidence interval.
 
     ``rows`` carry an id, a reference (string or list of strings) and a prediction. ``java``:
@@ -254,25 +256,28 @@ def score_predictions(rows: Iterable[Mapping[str, Any]], *, references_key: str 
     process takes 10 s or more to start. ``imageclef`` applies ImageCLEFmedical Caption
     preprocessing (for ROCOv2 comparability) before the COCO metrics; clinical metrics always read
     the raw text (negation needs punctuation). ``bertscore``: a model path/name or a dict of
-    ``bert_score.score`` options. Returns a JSON-ready dict (see :func:`metrics_markdown`).
+    ``bert_score.score`` options. Returns a JSON-ready dict, the layout of :class:`medblip.results.Scores`
+    (see :func:`metrics_markdown`); ``per_image`` adds ``"per_image"``: one
+    :class:`medblip.results.ImageScores` row per image (:mod:`medblip.evaluation.per_image`).
     """
     ids, refs, preds = parse_rows(rows, id_key=id_key, references_key=references_key,
                                   prediction_key=prediction_key)
+    concepts = extract_all(refs, preds)
     with _Scorer(java=java, imageclef=imageclef, spice=spice, bertscore=bertscore,
                  uncertain_as=uncertain_as, progress=progress, meteor=meteor) as scorer:
         refs_tok, (preds_tok,) = scorer.tokenize(refs, [preds])
-        metrics, clinical = scorer.metrics(refs, preds, refs_tok, preds_tok)
+        metrics, clinical = scorer.metrics(refs, preds, refs_tok, preds_tok, concepts)
         cis = _bootstrap(metrics, bootstrap, seed, confidence, progress)
     degeneration = degeneration_report(preds, refs)
     for warning in degeneration.warnings:
         log.warning(warning)
     table = {}
     for name, ci in cis.items():
-        entry = {**ci.to_dict(), "group": _group(name)}
+        entry = {**ci.to_dict(), "group": metric_group(name)}
         if name in clinical["support"]:
             entry["support"] = clinical["support"][name]
         table[name] = entry
-    return {
+    result = {
         "n_images": len(ids),
         "metrics": table,
         "clinical": clinical,
@@ -287,6 +292,11 @@ def score_predictions(rows: Iterable[Mapping[str, Any]], *, references_key: str 
         "versions": {"pycocoevalcap": _version("pycocoevalcap"), "medblip": _version("medblip"),
                      "java": java_available() if scorer.use_java else False},
     }
+    if per_image:
+        cider = metrics.get("CIDEr")
+        result["per_image"] = image_scores(ids, refs, preds, concepts=concepts,
+                                           cider=cider.per_image() if isinstance(cider, CiderD) else None)
+    return result
 
 
 def _version(package: str) -> str | None:
@@ -408,13 +418,24 @@ def metrics_markdown(result: Mapping[str, Any], title: str | None = None) -> str
         lines += [f"| {k} | {v} |" for k, v in rows]
         if deg.get("most_common_caption") and deg["most_common_share"] * deg["n_captions"] > 1:
             lines += ["", f"Most common caption: `{deg['most_common_caption']}`"]
+    timing = result.get("generation_time") or {}
+    if timing.get("seconds_per_image") is not None:
+        lines += ["", f"Generation time: {timing['seconds_per_image']:.3f} s/image "
+                      f"({timing['images_timed']} images timed)."]
     return "\n".join(lines) + "\n"
 
 
 def write_metrics(result: Mapping[str, Any], out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
-    """Write ``metrics.json`` and ``metrics.md`` into ``out_dir`` (atomically)."""
-    from medblip.io import atomic_write_json, atomic_write_text
+    """Write ``metrics.json`` (a :class:`medblip.results.Scores`), ``metrics.md`` and, when the result has
+    them, the per-image rows as ``per_image.jsonl``, atomically, into ``out_dir``."""
+    from medblip.io import atomic_write_text, write_jsonl
+    from medblip.results import ImageScores, Scores
 
     out = Path(out_dir)
-    return {"json": atomic_write_json(out / METRICS_JSON, result),
-            "markdown": atomic_write_text(out / METRICS_MD, metrics_markdown(result, title))}
+    result = dict(result)
+    per_image = result.pop("per_image", None)
+    paths = {"json": Scores.model_validate(result).write(out),
+             "markdown": atomic_write_text(out / METRICS_MD, metrics_markdown(result, title))}
+    if per_image is not None:
+        paths["per_image"] = write_jsonl(out / ImageScores.FILE, per_image)
+    return paths

@@ -29,7 +29,6 @@ import contextlib
 import csv
 import io
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from medblip.errors import ConfigError, MedblipError
 from medblip.formatting import fmt_bytes, fmt_num, fmt_params, fmt_pct, fmt_ratio, fmt_seconds, metric_cell
 from medblip.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from medblip.results import headline_metric
+from medblip.results import Ablation, Scores, StrategyRow, TrainResult, headline_metric
 
 if TYPE_CHECKING:
     from medblip.training.config import ExperimentConfig
@@ -201,7 +200,7 @@ def train_strategy(cfg: ExperimentConfig, *, source: str = "<config>", progress:
     resume = False
     if result_path.is_file():
         _check_same_config(run_dir, cfg)
-        status = _read_json(result_path).get("status")
+        status = TrainResult.read(result_path).status
         if status in FINISHED:
             log(f"  {strategy}: finished run found in {run_dir} ({status}); not trained again")
             return "skipped", None
@@ -252,7 +251,8 @@ def evaluate_strategy(config: ExperimentConfig, run_dir: Path, records: Sequence
     scoring settings is read back, and captions already in ``predictions.jsonl`` are kept (unless
     ``fresh``: the run was just (re)trained, so older captions are stale).
     """
-    from medblip.evaluation.predict import METRICS_JSON, evaluate
+    from medblip.evaluation.predict import evaluate
+    from medblip.evaluation.scoring import METRICS_JSON
 
     out = eval_dir(run_dir, split)
     checkpoint = best_checkpoint(run_dir)
@@ -290,54 +290,23 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 # -- the table ----------------------------------------------------------------------------------------------
 def strategy_row(strategy: str, run_dir: Path, metrics_doc: Mapping[str, Any]) -> dict[str, Any]:
-    """One row of the table from the run's result.json / cost.json and the evaluation's metrics.json."""
-    from medblip.experiments.compare import extract_metrics
-
-    result = _read_json(run_dir / "result.json")
-    cost = _read_json(run_dir / "cost.json") if (run_dir / "cost.json").is_file() else dict(result.get("cost") or {})
-    strat = dict(result.get("strategy") or {})
-    table, diagnostics, warnings = extract_metrics(metrics_doc)
-    groups = {m: v.get("group") for m, v in (metrics_doc.get("metrics") or {}).items() if isinstance(v, Mapping)}
-    epochs = [e for e in cost.get("epochs") or [] if isinstance(e, Mapping)]
-    secs = [float(e["train_seconds"]) for e in epochs if isinstance(e.get("train_seconds"), int | float)]
-    trainable = strat.get("trainable_params")
-    frozen = strat.get("frozen_params")
-    total = strat.get("total_params") or ((trainable or 0) + (frozen or 0)) or None
-    gen = metrics_doc.get("generation_time") if isinstance(metrics_doc.get("generation_time"), Mapping) else {}
-    return {
-        "strategy": strategy,
-        "status": result.get("status"),
-        "run_dir": str(run_dir),
-        "checkpoint": str(best_checkpoint(run_dir)),
-        "steps": result.get("global_step"),
-        "epochs": result.get("epochs_completed"),
-        "best_step": result.get("best_step"),
-        "best_metric_name": result.get("best_metric_name"),
-        "best_metric": result.get("best_metric"),
-        "trainable_params": trainable,
-        "frozen_params": frozen,
-        "total_params": total,
-        "trainable_fraction": (trainable / total) if trainable is not None and total else None,
-        "trainable_groups": strat.get("trainable_groups"),
-        "metrics": {m: {"value": v.value, "ci_low": v.ci_low, "ci_high": v.ci_high,
-                        **({"group": groups[m]} if groups.get(m) else {})} for m, v in table.items()},
-        "time_per_epoch": sum(secs) / len(secs) if secs else None,
-        "total_time": _f(cost.get("train_seconds")),
-        "wall_time": _f(cost.get("wall_seconds")),
-        "eval_time": _f(cost.get("eval_seconds")),
-        "images_per_second": _f(cost.get("images_per_second")),
-        "peak_memory_bytes": cost.get("peak_memory_bytes"),
-        "peak_memory_kind": cost.get("peak_memory_kind"),
-        "relative_time": None,
-        "seconds_per_image": _f(gen.get("seconds_per_image")),
-        "n_images": metrics_doc.get("n_images"),
-        "degeneration": diagnostics,
-        "warnings": warnings,
-    }
-
-
-def _f(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) else None
+    """One row of the table (a :class:`medblip.results.StrategyRow`) from the run's result.json and the
+    evaluation's metrics.json."""
+    result = TrainResult.read(run_dir)
+    scores = Scores.model_validate(metrics_doc)
+    cost, strat = result.cost, result.strategy
+    row = StrategyRow(
+        strategy=strategy, status=result.status, run_dir=str(run_dir), checkpoint=str(best_checkpoint(run_dir)),
+        steps=result.global_step, epochs=result.epochs_completed, best_step=result.best_step,
+        best_metric_name=result.best_metric_name, best_metric=result.best_metric,
+        trainable_params=strat.trainable_params, frozen_params=strat.frozen_params, total_params=strat.total_params,
+        trainable_fraction=strat.trainable_fraction, trainable_groups=strat.trainable_groups,
+        metrics=scores.metrics, time_per_epoch=cost.time_per_epoch, total_time=cost.train_seconds,
+        wall_time=cost.wall_seconds, eval_time=cost.eval_seconds, images_per_second=cost.images_per_second,
+        peak_memory_bytes=cost.peak_memory_bytes, peak_memory_kind=cost.peak_memory_kind,
+        seconds_per_image=scores.generation_time.seconds_per_image if scores.generation_time else None,
+        n_images=scores.n_images, degeneration=scores.degeneration)
+    return {**row.model_dump(mode="json", exclude_none=False), "warnings": list(scores.warnings)}
 
 
 def add_relative_time(rows: list[dict[str, Any]]) -> None:
@@ -486,8 +455,9 @@ def _save_fig(fig: Any, path: Path) -> Path:
 
 
 def write_ablation(doc: dict[str, Any], out: Path) -> dict[str, Path]:
+    """``ablation.json`` (:class:`medblip.results.Ablation`), ``.csv``, ``.md`` and the plots."""
     paths = {
-        "json": atomic_write_json(out / ABLATION_JSON, doc),
+        "json": Ablation.model_validate(doc).write(out),
         "csv": atomic_write_text(out / ABLATION_CSV, ablation_csv(doc)),
         "markdown": atomic_write_text(out / ABLATION_MD, ablation_markdown(doc)),
     }

@@ -7,11 +7,13 @@ scored on the ids they share (the intersection; what was left out is reported), 
 its bootstrap 95% CI, and each system is tested against the ``reference`` system per metric with the
 evaluation core's paired test. Output folder::
 
-    comparison.md / comparison.csv / comparison.json   the table (metric x system)
+    comparison.json                                    the result (:class:`medblip.results.Comparison`)
+    comparison.md / comparison.csv                     the table (metric x system)
     comparison.png                                     grouped bar plot with CI error bars
     run.json                                           config, seed, versions, git commit
     systems/<name>/predictions.jsonl                   model systems (resumable on a rerun)
-    systems/<name>/metrics.json, metrics.md            each system on the shared ids
+    systems/<name>/metrics.json, metrics.md,           each system on the shared ids, with its
+                  per_image.jsonl                      per-image scores
 
 Relative paths in the config are resolved against the current working directory.
 """
@@ -24,7 +26,6 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from medblip import configfile
 from medblip.configfile import KeyedError
-from medblip.errors import ConfigError, DataError, MedblipError
+from medblip.errors import ConfigError, DataError
 from medblip.evaluation.predict import (
     PREDICTIONS_FILE,
     load_split,
@@ -44,7 +45,8 @@ from medblip.evaluation.predict import (
     seconds_per_image,
 )
 from medblip.formatting import fmt_num, fmt_p
-from medblip.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from medblip.io import atomic_write_bytes, atomic_write_text
+from medblip.results import ComparedSystem, Comparison, Excluded, Scores, Significance
 from medblip.runinfo import set_seed
 
 log = logging.getLogger(__name__)
@@ -184,71 +186,6 @@ def load_compare_config(path: str | Path, overrides: Mapping[str, Any] | None = 
     return cfg
 
 
-# -- results ---------------------------------------------------------------------------------------
-@dataclass
-class MetricValue:
-    value: float | None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    p_value: float | None = None
-    group: str | None = None  # caption | clinical | embedding (from score_predictions)
-
-
-@dataclass
-class SystemResult:
-    name: str
-    kind: str
-    source: str
-    n_own: int
-    metrics: dict[str, MetricValue]
-    seconds_per_image: float | None
-    generation: dict[str, Any] | None = None
-    family: str | None = None
-    diagnostics: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    folder: Path | None = None
-    description: str | None = None
-
-
-@dataclass
-class Comparison:
-    out: Path
-    reference: str
-    split: str
-    n_images: int
-    metric_names: list[str]
-    systems: list[SystemResult]
-    excluded: dict[str, Any]
-    significance: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-
-    def system(self, name: str) -> SystemResult:
-        return next(s for s in self.systems if s.name == name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "reference": self.reference,
-            "split": self.split,
-            "n_images": self.n_images,
-            "metrics": self.metric_names,
-            "significance": self.significance,
-            "excluded": self.excluded,
-            "notes": self.notes,
-            "systems": [
-                {
-                    "name": s.name, "kind": s.kind, "source": s.source, "family": s.family,
-                    "description": s.description,
-                    "generation": s.generation, "n_predictions": s.n_own,
-                    "seconds_per_image": s.seconds_per_image,
-                    "metrics": {m: vars(v) for m, v in s.metrics.items()},
-                    "diagnostics": s.diagnostics, "warnings": s.warnings,
-                    "folder": str(s.folder) if s.folder else None,
-                }
-                for s in self.systems
-            ],
-        }
-
-
 # -- runner ----------------------------------------------------------------------------------------
 def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = None,
                 progress: bool = True, config_path: str | Path | None = None) -> Comparison:
@@ -269,9 +206,7 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
         records, report = load_split(cfg.data, cfg.split, format=cfg.format, limit=cfg.limit, seed=cfg.seed)
         split = records[0].split
         data_refs = {r.id: r.caption for r in records}
-        summary = getattr(report, "summary", None)
-        if callable(summary):
-            notes.append(summary())
+        notes.append(report.summary())
 
     # 1. predictions-file systems (cheap) first, so id problems show before any model runs
     own: dict[str, dict[str, dict[str, Any]]] = {}
@@ -337,8 +272,7 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
 
     # 3. score each system on the shared ids
     scored: dict[str, list[dict[str, Any]]] = {}
-    results: list[SystemResult] = []
-    raw_metrics: dict[str, Any] = {}
+    results: list[ComparedSystem] = []
     for s in cfg.systems:
         rows = [{**own[s.name][i], "id": i, "reference": refs[i]} for i in common]
         scored[s.name] = rows
@@ -346,16 +280,15 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
         folder.mkdir(parents=True, exist_ok=True)
         metrics, _ = score_and_write(rows, folder, bootstrap=cfg.bootstrap, seed=cfg.seed,
                                      score_options=cfg.scoring.options(), title=f"{s.name} on {split} ({len(rows)} images)")
-        raw_metrics[s.name] = metrics
+        scores = Scores.model_validate(metrics)
         spi = seconds_per_image(rows)
         if spi is None and s.seconds_per_image is not None:
             spi = s.seconds_per_image
-        table, diag, warns = extract_metrics(metrics)
-        results.append(SystemResult(
-            name=s.name, kind=info[s.name]["kind"], source=info[s.name]["source"], n_own=len(own[s.name]),
-            metrics=table, seconds_per_image=spi, generation=info[s.name]["generation"],
-            family=info[s.name]["family"], diagnostics=diag, warnings=warns, folder=folder,
-            description=s.description))
+        results.append(ComparedSystem(
+            name=s.name, kind=info[s.name]["kind"], source=info[s.name]["source"], n_predictions=len(own[s.name]),
+            metrics=scores.metrics, seconds_per_image=spi, generation=info[s.name]["generation"],
+            family=info[s.name]["family"], diagnostics=scores.degeneration, warnings=scores.warnings,
+            folder=str(folder), description=s.description))
     metric_names = list(dict.fromkeys(m for r in results for m in r.metrics))
 
     # 4. paired significance against the reference, per metric
@@ -370,10 +303,10 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
                 r.metrics[m].p_value = p
 
     comp = Comparison(
-        out=out, reference=cfg.reference, split=split, n_images=len(common), metric_names=metric_names,
-        systems=results, excluded=excluded,
-        significance={"method": cfg.significance, "samples": cfg.significance_samples, "alpha": cfg.alpha,
-                      "bootstrap": cfg.bootstrap, "ci": 0.95},
+        out=str(out), reference=cfg.reference, split=split, data=cfg.data, format=cfg.format, n_images=len(common),
+        metrics=metric_names, systems=results, excluded=Excluded.model_validate(excluded),
+        significance=Significance(method=cfg.significance, samples=cfg.significance_samples, alpha=cfg.alpha,
+                                  bootstrap=cfg.bootstrap, ci=0.95),
         notes=notes)
     write_comparison(comp, out, alpha=cfg.alpha, plot_metrics=cfg.plot_metrics)
     run_info(out, {"command": "compare", "config_file": str(config_path) if config_path else None,
@@ -474,58 +407,18 @@ def _excluded_summary(ex: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-# -- the evaluation core's results, normalised -----------------------------------------------------
-def extract_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, MetricValue], dict[str, Any], list[str]]:
-    """score_predictions' result -> (metric -> value with CI, degeneration diagnostics, warnings)."""
-    table: dict[str, MetricValue] = {}
-    for name, v in (metrics.get("metrics") or {}).items():
-        mv = _metric_value(v)
-        if mv is not None:
-            table[name] = mv
-    diag = metrics.get("degeneration") or {}
-    warns = [str(w) for w in metrics.get("warnings") or []]
-    return table, diag if isinstance(diag, dict) else {}, warns
-
-
-def _metric_value(v: Any) -> MetricValue | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int | float):
-        return MetricValue(float(v))
-    if isinstance(v, Mapping):
-        val = v.get("value", v.get("score", v.get("mean")))
-        if not isinstance(val, int | float) or isinstance(val, bool):
-            return None
-        lo, hi = v.get("ci_low", v.get("low")), v.get("ci_high", v.get("high"))
-        ci = v.get("ci")
-        if isinstance(ci, Sequence) and len(ci) == 2:
-            lo, hi = ci
-        group = v.get("group")
-        return MetricValue(float(val), _f(lo), _f(hi), group=str(group) if group else None)
-    return None
-
-
-def _f(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
-
-
 def paired_pvalues(rows_ref: Sequence[Mapping[str, Any]], rows_sys: Sequence[Mapping[str, Any]],
                    metrics: Sequence[str], *, method: str, samples: int, seed: int,
                    score_options: Mapping[str, Any] | None = None) -> dict[str, float | None]:
-    """Per metric, the paired test's p-value of ``rows_sys`` vs ``rows_ref`` (same ids, same order)."""
+    """Per metric, the paired test's p-value of ``rows_sys`` vs ``rows_ref`` (same ids, same order;
+    None for a metric the test does not compute)."""
     from medblip.evaluation import paired_test
 
     a = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows_ref]
     b = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows_sys]
     res = paired_test(a, b, metrics=list(metrics), method=method, n=samples, seed=seed,
                       **dict(score_options or {}))
-    out: dict[str, float | None] = {}
-    for m in metrics:
-        v = res.get(m) if isinstance(res, Mapping) else None
-        if isinstance(v, Mapping):
-            v = v.get("p_value", v.get("p"))
-        out[m] = _f(v)
-    return out
+    return {m: res[m]["p_value"] for m in metrics}
 
 
 # -- writers ---------------------------------------------------------------------------------------
@@ -539,13 +432,13 @@ def comparison_markdown(comp: Comparison, *, alpha: float = 0.05) -> str:
         f"# Comparison on {comp.split} ({comp.n_images} images)",
         "",
         f"Each cell: value [95% CI] and, for systems other than the reference `{comp.reference}`, the "
-        f"p-value of a paired {comp.significance['method']} test "
-        f"({comp.significance['samples']} samples); * marks p < {alpha:g}.",
+        f"p-value of a paired {comp.significance.method} test "
+        f"({comp.significance.samples} samples); * marks p < {alpha:g}.",
         "",
         "| metric | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
-    for m in comp.metric_names:
+    for m in comp.metrics:
         cells = []
         for s in comp.systems:
             v = s.metrics.get(m)
@@ -562,8 +455,8 @@ def comparison_markdown(comp: Comparison, *, alpha: float = 0.05) -> str:
     lines.append("| generation s/image | " + " | ".join(_fmt(s.seconds_per_image) for s in comp.systems) + " |")
     for label, key, digits in (("distinct captions", "distinct_caption_fraction", 3),
                                ("mean length (words)", "mean_length", 1)):
-        if any(key in s.diagnostics for s in comp.systems):
-            lines.append(f"| {label} | " + " | ".join(_fmt(_f(s.diagnostics.get(key)), digits)
+        if any(s.diagnostics for s in comp.systems):
+            lines.append(f"| {label} | " + " | ".join(_fmt(getattr(s.diagnostics, key, None), digits)
                                                       for s in comp.systems) + " |")
     lines.append("")
     lines.append("| system | kind | source | predictions | description |")
@@ -571,13 +464,13 @@ def comparison_markdown(comp: Comparison, *, alpha: float = 0.05) -> str:
     for s in comp.systems:
         kind = s.kind + (f" ({s.family})" if s.family else "")
         desc = (s.description or "").replace("|", "\\|")
-        lines.append(f"| {s.name} | {kind} | `{s.source}` | {s.n_own} | {desc} |")
+        lines.append(f"| {s.name} | {kind} | `{s.source}` | {s.n_predictions} | {desc} |")
     warns = [(s.name, w) for s in comp.systems for w in s.warnings]
-    if warns or comp.excluded.get("total"):
+    if warns or comp.excluded.total:
         lines += ["", "## Notes", ""]
-        if comp.excluded.get("total"):
-            lines.append(f"- {comp.excluded['total']} id(s) not shared by every system were excluded: "
-                         f"{_excluded_summary(comp.excluded)}.")
+        if comp.excluded.total:
+            lines.append(f"- {comp.excluded.total} id(s) not shared by every system were excluded: "
+                         f"{_excluded_summary(comp.excluded.model_dump())}.")
         lines += [f"- **{n}**: {w}" for n, w in warns]
     return "\n".join(lines) + "\n"
 
@@ -591,7 +484,7 @@ def comparison_csv(comp: Comparison, *, alpha: float = 0.05) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for s in comp.systems:
-        for m in comp.metric_names:
+        for m in comp.metrics:
             v = s.metrics.get(m)
             if v is None:
                 continue
@@ -622,10 +515,10 @@ def plot_comparison(comp: Comparison, path: str | Path, metrics: Sequence[str] |
     import matplotlib.pyplot as plt
     import numpy as np
 
-    chosen = list(metrics) if metrics else comp.metric_names
-    unknown = [m for m in chosen if m not in comp.metric_names]
+    chosen = list(metrics) if metrics else comp.metrics
+    unknown = [m for m in chosen if m not in comp.metrics]
     if unknown:
-        raise ConfigError(f"plot_metrics: unknown metric {unknown[0]!r} (metrics: {', '.join(comp.metric_names)})")
+        raise ConfigError(f"plot_metrics: unknown metric {unknown[0]!r} (metrics: {', '.join(comp.metrics)})")
 
     def top(m: str) -> float:
         vals = [x for s in comp.systems if (v := s.metrics.get(m)) for x in (v.value, v.ci_high)
@@ -676,7 +569,7 @@ def plot_comparison(comp: Comparison, path: str | Path, metrics: Sequence[str] |
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=min(n, 4), frameon=False)
     fig.suptitle(f"{comp.split}: {comp.n_images} images; * p < {alpha:g} vs {comp.reference} "
-                 f"(paired {comp.significance.get('method', 'bootstrap')})", fontsize=9, x=0.01, ha="left")
+                 f"(paired {comp.significance.method})", fontsize=9, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -690,13 +583,10 @@ def write_comparison(comp: Comparison, out: str | Path, *, alpha: float = 0.05,
     paths = {
         "markdown": atomic_write_text(out / "comparison.md", comparison_markdown(comp, alpha=alpha)),
         "csv": atomic_write_text(out / "comparison.csv", comparison_csv(comp, alpha=alpha)),
-        "json": atomic_write_json(out / "comparison.json", comp.to_dict()),
+        "json": comp.write(out),
     }
     paths["png"] = plot_comparison(comp, out / "comparison.png", plot_metrics, alpha=alpha)
     return paths
 
 
-__all__ = [
-    "CompareConfig", "Comparison", "MedblipError", "SystemConfig", "load_compare_config", "run_compare",
-    "write_comparison",
-]
+__all__ = ["CompareConfig", "SystemConfig", "load_compare_config", "run_compare", "write_comparison"]

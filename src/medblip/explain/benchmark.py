@@ -23,7 +23,8 @@ from medblip.explain.explainer import ExplainSettings, explain_image
 from medblip.explain.grounding import baseline_scores, score_map, summarise
 from medblip.explain.maps import normalize, word_key
 from medblip.explain.render import to_original
-from medblip.io import atomic_write_json, atomic_write_text
+from medblip.io import atomic_write_text
+from medblip.results import Grounding
 
 if TYPE_CHECKING:
     from medblip.models.base import CaptionModel
@@ -188,6 +189,7 @@ def grounding_markdown(result: dict[str, Any]) -> str:
 
 
 def write_grounding(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """``grounding.json`` (:class:`medblip.results.Grounding`) and ``grounding.md``."""
     out_dir = Path(out_dir)
-    return (atomic_write_json(out_dir / "grounding.json", result),
+    return (Grounding.model_validate(result).write(out_dir),
             atomic_write_text(out_dir / "grounding.md", grounding_markdown(result)))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from medblip.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from medblip.results import TrainResult
 from medblip.runinfo import run_metadata
 
 if TYPE_CHECKING:
@@ -37,15 +38,15 @@ CONFIG_FILE = "config.resolved.yaml"
 METRICS_FILE = "metrics.jsonl"
 RUN_FILE = "run.json"
 COST_FILE = "cost.json"
-RESULT_FILE = "result.json"
 
 
 @dataclass
 class RunResult:
-    """How a run ended (``result.json``)."""
+    """How a run ended; written as ``result.json`` (:class:`medblip.results.TrainResult`)."""
 
     run_dir: Path
     status: str  # completed | early_stopped | interrupted | zero_shot
+    model: str | None  # the model the run started from
     global_step: int
     epochs_completed: int
     best_metric: float | None = None
@@ -151,10 +152,11 @@ def record_feature_cache(run_dir: Path, info: dict[str, Any], *, resumed: bool) 
     atomic_write_json(path, data)
 
 
-def write_result(run_dir: Path, result: dict[str, Any]) -> None:
-    """``cost.json`` (the result's cost block) and ``result.json``."""
-    atomic_write_json(run_dir / COST_FILE, result["cost"])
-    atomic_write_json(run_dir / RESULT_FILE, result)
+def write_result(run_dir: Path, result: RunResult) -> None:
+    """``cost.json`` (the result's cost block) and ``result.json``: a :class:`medblip.results.TrainResult`."""
+    typed = TrainResult.model_validate(result.to_dict())
+    atomic_write_json(run_dir / COST_FILE, typed.cost.model_dump(mode="json"))
+    typed.write(run_dir)
 
 
 class StopFlag:

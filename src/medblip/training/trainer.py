@@ -392,7 +392,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
         loop.best_step = loop.global_step
     best_dir = ckpt.checkpoint_dir(run_dir, ckpt.BEST)
     result = RunResult(
-        run_dir=run_dir, status=loop.status, global_step=loop.global_step,
+        run_dir=run_dir, status=loop.status, model=config.model.name_or_path, global_step=loop.global_step,
         epochs_completed=sum(1 for _ in cost.epochs),
         best_metric=loop.best_metric, best_metric_name=es.metric if val_ds.records else None,
         best_step=loop.best_step, best_checkpoint=str(best_dir) if best_dir.exists() else None,
@@ -403,7 +403,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     )
     if is_main:
         result.final_metrics["scorer"] = scorer_name
-        write_result(run_dir, result.to_dict())
+        write_result(run_dir, result)
         log.close(result.cost, loop.global_step)
     accelerator.wait_for_everyone()
     return result

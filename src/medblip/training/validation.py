@@ -70,12 +70,13 @@ def zero_shot(adapter: CaptionModel, val_ds: CaptionDataset, config: ExperimentC
         metrics = validate(adapter, model, val_ds, config.train.batch_size, config.generation_settings(),
                             scorer, accelerator, generate=config.train.val_generate)
         cost.add_eval(time.perf_counter() - t0)
-    result = RunResult(run_dir=run_dir, status="zero_shot", global_step=0, epochs_completed=0,
+    result = RunResult(run_dir=run_dir, status="zero_shot", model=config.model.name_or_path, global_step=0,
+                       epochs_completed=0,
                        best_checkpoint=config.model.name_or_path, final_metrics={**metrics, "scorer": scorer_name},
                        strategy=strategy_info, cost=cost.summary(accelerator.device))
     if accelerator.is_main_process:
         log.append({"step": 0, "epoch": 0, "split": "validation", **metrics})
-        write_result(run_dir, result.to_dict())
+        write_result(run_dir, result)
     return result
 
 

@@ -60,7 +60,7 @@ def score_command(
             result = score_predictions(rows, bootstrap=bootstrap, seed=seed, java=False if no_java else "auto",
                                        imageclef=imageclef, bertscore=bertscore, spice=spice,
                                        meteor=not no_meteor, uncertain_as=uncertain_as,  # type: ignore[arg-type]
-                                       progress=sys.stderr.isatty())
+                                       progress=sys.stderr.isatty(), per_image=True)
     finally:
         scoring_log.setLevel(level)
     result["source"] = str(predictions)
