@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import medblip.cli.experiment_cmd  # noqa: F401  (registers the commands before cli/__init__ imports it)
 from medblip.cli.app import app
 from medblip.errors import ConfigError, MedblipError
-from medblip.experiments.demo import FULL, DemoOptions, run_demo, shipped_config
+from medblip.experiments.demo import DemoOptions, load_recipe, run_demo, shipped_config
 
 runner = CliRunner()
 
@@ -98,7 +98,8 @@ def test_shipped_synth_ablation_config_is_the_demo_recipe() -> None:
     from medblip.training.config import load_config
 
     cfg = load_config(shipped_config("ablation_synth.yaml"))
-    for key, value in FULL["train"].items():
+    full = load_recipe("full")
+    for key, value in full.train.items():
         assert getattr(cfg.train, key) == value, key
-    assert cfg.generation.max_new_tokens == FULL["generation"]["max_new_tokens"]
-    assert cfg.data.image_size == FULL["blip"]["image_size"]
+    assert cfg.generation.max_new_tokens == full.generation["max_new_tokens"]
+    assert cfg.data.image_size == full.blip["image_size"]

@@ -60,9 +60,9 @@ def test_study_configs_follow_common_practice() -> None:
 
 
 def test_learn_config_is_the_learning_recipe() -> None:
-    """configs/synth_blip_learn.yaml is the CLI form of medblip.experiments.demo.LEARN, which the
-    learning and grounding tests train: the same training values, data size and model input."""
-    from medblip.experiments.demo import LEARN
+    """configs/synth_blip_learn.yaml is the CLI form of the learning recipe (tests/_train_fixtures.py),
+    which the learning tests train: the same training values, data size and model input."""
+    from _train_fixtures import LEARN
 
     cfg = load_config(CONFIGS / "synth_blip_learn.yaml")
     assert {k: getattr(cfg.train, k) for k in LEARN["train"]} == LEARN["train"]
