@@ -200,10 +200,9 @@ def test_load_facts_reports_bad_files(tmp_path: Path) -> None:
 
 
 def test_real_rocov2_loader_reads_the_benchmark(bench: Path, facts: dict[str, dict]) -> None:
-    data = pytest.importorskip("medblip.data")
-    if not hasattr(data, "load_dataset"):
-        pytest.skip("medblip.data.load_dataset not available yet")
-    dataset = data.load_dataset(bench, format="rocov2")
+    from medblip.data import load_dataset
+
+    dataset = load_dataset(bench, format="rocov2")
     assert len(dataset.records) == len(facts)
     for record in dataset.records:
         assert record.caption == facts[record.id]["caption"]

@@ -55,18 +55,12 @@ def run_metadata(config: Any = None, seed: int | None = None, **extra: Any) -> d
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, numpy and torch (if importable); optionally force deterministic torch kernels."""
-    random.seed(seed)
-    try:
-        import numpy as np
+    """Seed Python, numpy and torch; optionally force deterministic torch kernels."""
+    import numpy as np
+    import torch
 
-        np.random.seed(seed % (2**32))
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)

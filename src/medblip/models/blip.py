@@ -5,7 +5,7 @@ Checkpoints: ``Salesforce/blip-image-captioning-base`` / ``-large`` or any folde
 Token layout, as in the original BLIP and in ``BlipForConditionalGeneration.generate``: the text
 decoder's first token is ``[DEC]`` (``text_config.bos_token_id``) in place of the tokenizer's
 ``[CLS]``, and a caption ends at ``[SEP]`` (``generate`` stops at ``sep_token_id``). The model's
-``forward`` does *not* swap ``[CLS]`` for ``[DEC]``, so :meth:`BlipCaptioner.collate` does it; its
+``forward`` does *not* swap ``[CLS]`` for ``[DEC]``, so :meth:`BlipCaptioner.tokenize` does it; its
 loss shifts the labels by one itself, so labels are the input ids with padding (and any prompt) set
 to -100, and ``[SEP]`` stays a target so the model learns to stop.
 """
