@@ -135,11 +135,11 @@ class TinySpec:
     # for BLIP families 1e-10 (real checkpoints overwrite every weight), so a from-scratch ViT starts
     # with all weights ~0 and grows them; 0.02 is the original BLIP/ViT std. The demo's recipe keeps the
     # default (at its 8-epoch budget 0.02 is no better); the learning recipe, which must learn the lesion's
-    # side, uses 0.02 with position_init_std=1.0 (docs/MODELS_READY.md has the numbers).
+    # side, uses 0.02 with position_init_std=1.0 (docs/MODELS.md has the numbers).
     vision_init_std: float | None = None
     # Std of the ViT's learned position embeddings (None: as the rest of the vision tower). At 0.02 the
     # patch content drowns them and a short from-scratch run never learns *where* a lesion is; at 1.0
-    # position is as loud as content, which the side-learning recipe needs (docs/MODELS_READY.md).
+    # position is as loud as content, which the side-learning recipe needs (docs/MODELS.md).
     position_init_std: float | None = None
 
     def vision_init(self) -> dict[str, float]:
