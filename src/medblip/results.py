@@ -363,7 +363,7 @@ class TrainCost(Record):
 
 
 class StrategyCounts(Record):
-    """What a fine-tuning strategy froze (:class:`medblip.models.StrategyReport`)."""
+    """What a fine-tuning strategy froze (``medblip.models.StrategyReport``, made by ``apply_strategy``)."""
 
     strategy: str
     trainable_params: int
@@ -372,7 +372,9 @@ class StrategyCounts(Record):
     trainable_fraction: float
     trainable_groups: list[str] = Field(default_factory=list)
     frozen_groups: list[str] = Field(default_factory=list)
+    #: groups run under torch.no_grad() (input-side frozen groups)
     no_grad_groups: list[str] = Field(default_factory=list)
+    #: the LoRA options applied
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -2,7 +2,7 @@
 
 :func:`predict` captions the records that ``predictions.jsonl`` does not hold yet, appending one line
 per image as each batch finishes, so an interrupted run resumes where it stopped (a half-written last
-line left by a crash is dropped, with a note). Each line holds::
+line left by a crash is dropped, with a note). Each line is a :class:`medblip.results.Prediction`::
 
     {"id", "split", "reference", "prediction", "model", "family", "generation": {...}, "gen_seconds"}
 
@@ -32,6 +32,7 @@ from medblip.evaluation.predictions import PREDICTIONS_FILE, read_predictions_fi
 from medblip.io import append_jsonl, atomic_write_json, dumps
 from medblip.models.base import GenerationSettings
 from medblip.models.loading import auto_device, resolve_checkpoint
+from medblip.results import Prediction
 from medblip.runinfo import set_seed
 
 if TYPE_CHECKING:
@@ -244,16 +245,9 @@ def _generate_into(model: CaptionModel, pending: Sequence[Record], out_path: Pat
                                    f"for {len(batch)} images")
             per_image = elapsed / len(batch)
             for rec, caption in zip(batch, captions, strict=True):
-                row = {
-                    "id": str(rec.id),
-                    "split": rec.split,
-                    "reference": rec.caption,
-                    "prediction": caption,
-                    "model": model_name,
-                    "family": family,
-                    "generation": gen,
-                    "gen_seconds": round(per_image, 6),
-                }
+                row = Prediction(id=str(rec.id), split=rec.split, reference=rec.caption, prediction=caption,
+                                 model=model_name, family=family, generation=gen,
+                                 gen_seconds=round(per_image, 6)).model_dump(exclude_unset=True)
                 append_jsonl(out_path, row)
                 done[row["id"]] = row
             bar.update(len(batch))

@@ -281,7 +281,7 @@ def score_predictions(rows: Iterable[Mapping[str, Any]], *, references_key: str 
         "n_images": len(ids),
         "metrics": table,
         "clinical": clinical,
-        "degeneration": degeneration.to_dict(),
+        "degeneration": degeneration.model_dump(),
         "warnings": scorer.warnings + degeneration.warnings,
         "settings": {
             "tokenizer": scorer.tokenizer, "java": scorer.use_java, "meteor": scorer.use_meteor,

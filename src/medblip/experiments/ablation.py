@@ -41,7 +41,6 @@ from medblip.results import Ablation, Scores, StrategyRow, TrainResult, headline
 
 if TYPE_CHECKING:
     from medblip.training.config import ExperimentConfig
-    from medblip.training.runfiles import RunResult
 
 DEFAULT_STRATEGIES: tuple[str, ...] = ("full", "decoder_only", "encoder_only", "lora")
 ABLATION_JSON, ABLATION_CSV, ABLATION_MD = "ablation.json", "ablation.csv", "ablation.md"
@@ -61,7 +60,7 @@ class AblationResult:
     metric_names: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    interrupted: RunResult | None = None
+    interrupted: TrainResult | None = None
     interrupted_strategy: str | None = None
 
     def row(self, strategy: str) -> dict[str, Any]:
@@ -190,8 +189,8 @@ def _reset_peak_memory() -> None:
 
 
 def train_strategy(cfg: ExperimentConfig, *, source: str = "<config>", progress: bool = True,
-                   log: Log = print) -> tuple[str, RunResult | None]:
-    """Train (or resume, or skip) one strategy's run. Returns (what happened, the RunResult if trained)."""
+                   log: Log = print) -> tuple[str, TrainResult | None]:
+    """Train (or resume, or skip) one strategy's run. Returns (what happened, the TrainResult if trained)."""
     from medblip.training import checkpoint as ckpt
 
     run_dir = Path(cfg.output.dir)
@@ -513,7 +512,7 @@ def run_ablation(config: ExperimentConfig, out: str | Path | None = None,
             log(f"  {s}: stopped by {run.signal} at step {run.global_step}; run the same command again to resume")
             return result
         if run is not None:
-            log(f"  {s}: {run.status}, {run.global_step} steps, {run.cost.get('train_seconds', 0):.1f} s of training")
+            log(f"  {s}: {run.status}, {run.global_step} steps, {run.cost.train_seconds:.1f} s of training")
 
     # 2. evaluation of each best checkpoint, identical generation settings
     records = load_eval_records(config, split)

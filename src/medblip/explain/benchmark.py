@@ -141,15 +141,15 @@ def evaluate_grounding(adapter: CaptionModel, data_dir: str | Path, *, split: st
     summary = summarise(rows, tolerance, dict(skipped))
     hits = sum(bool(r["model"]["hit"]) for r in rows)
     # Exact one-sided binomial test: could a map that hits at the baseline's mean rate score this well?
-    significance = {name: binomial_tail(hits, len(rows), summary.scores[name]["hit"])
+    significance = {name: binomial_tail(hits, len(rows), summary.scores[name].hit)
                     for name in ("uniform", "centre")}
-    by_finding = {f: summarise([r for r in rows if r["finding"] == f], tolerance).as_dict()
+    by_finding = {f: summarise([r for r in rows if r["finding"] == f], tolerance).model_dump()
                   for f in sorted({r["finding"] for r in rows})}
     return {
         "model": adapter.name_or_path, "family": adapter.family, "data": str(data_dir), "split": split,
         "caption_source": caption_source, "settings": settings.as_dict(),
         "tolerance": f"{tolerance:g} of the longer image side",
-        "summary": summary.as_dict(), "hits": hits,
+        "summary": summary.model_dump(), "hits": hits,
         "p_value": {f"vs_{k}": v for k, v in significance.items()},
         "by_finding": by_finding, "rows": rows,
     }

@@ -19,11 +19,11 @@ no_grad (see :mod:`medblip.models.base`).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medblip.errors import MedblipError
 from medblip.models.lora import LoraOptions, apply_lora
+from medblip.results import StrategyCounts
 
 if TYPE_CHECKING:
     from medblip.models.base import CaptionModel
@@ -38,33 +38,8 @@ STRATEGIES: dict[str, str] = {
 }
 
 
-@dataclass
-class StrategyReport:
-    """What a fine-tuning strategy froze: the parameter counts recorded with every run."""
-
-    strategy: str
-    trainable_params: int
-    frozen_params: int
-    trainable_groups: list[str] = field(default_factory=list)
-    frozen_groups: list[str] = field(default_factory=list)
-    #: groups run under torch.no_grad() (input-side frozen groups)
-    no_grad_groups: list[str] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total_params(self) -> int:
-        return self.trainable_params + self.frozen_params
-
-    @property
-    def trainable_fraction(self) -> float:
-        total = self.trainable_params + self.frozen_params
-        return self.trainable_params / total if total else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["total_params"] = self.total_params
-        d["trainable_fraction"] = self.trainable_fraction
-        return d
+#: what a strategy froze, recorded with every run (the result schema's type)
+StrategyReport = StrategyCounts
 
 
 def _check(adapter: CaptionModel, strategy: str) -> None:
@@ -144,10 +119,13 @@ def _pin_and_count(adapter: CaptionModel, strategy: str, members: dict[str, list
             adapter._pin(m, no_grad=g in no_grad)
     n_train = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
     n_frozen = sum(p.numel() for p in adapter.model.parameters() if not p.requires_grad)
+    total = n_train + n_frozen
     return StrategyReport(
         strategy=strategy,
         trainable_params=n_train,
         frozen_params=n_frozen,
+        total_params=total,
+        trainable_fraction=n_train / total if total else 0.0,
         trainable_groups=[g for g in members if g not in frozen],
         frozen_groups=frozen,
         no_grad_groups=no_grad,

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medblip.data import load_image
+from medblip.errors import MedblipError
 from medblip.io import atomic_replace_dir, atomic_write_json, atomic_write_text
 from medblip.reports import plots
 from medblip.reports.collect import Report
@@ -73,21 +75,11 @@ class _Assets:
         if key in self._done:
             return self._done[key]
         try:
-            from medblip.data import load_image
-
             im = load_image(Path(src) if src else data)
-        except Exception:  # noqa: BLE001  (load_image's own errors, or a missing data package)
-            try:
-                import io
-
-                from PIL import Image
-
-                im = Image.open(Path(src) if src else io.BytesIO(data)).convert("RGB")
-            except Exception as exc:  # noqa: BLE001
-                self.notes.append(f"{src or 'an embedded image'}: cannot be decoded ({type(exc).__name__}); "
-                                  "shown without an image")
-                self._done[key] = None  # type: ignore[assignment]
-                return None
+        except MedblipError as exc:  # load_image names the file and the problem
+            self.notes.append(f"{exc}; shown without an image")
+            self._done[key] = None  # type: ignore[assignment]
+            return None
         im = im.copy()
         im.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
         rel = f"img/{self._name(stem, '.png')}"

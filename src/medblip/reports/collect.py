@@ -610,18 +610,14 @@ class Clinical:
             ok = any(self._same_modality(lab, m) for lab in labels for m in ref.modalities)
             return ("agree", f"modality {labels[0]} as in the reference") if ok else \
                 ("disagree", f"modality {labels[0]}; the reference says {ref.modality}")
-        if cat == "side":
-            if not ref.sides:
-                return "term", "side (the reference names none)"
-            ok = any(lab in ref.sides for lab in labels)
-            return ("agree", f"side {labels[0]} as in the reference") if ok else \
-                ("disagree", f"side {labels[0]}; the reference says {ref.laterality}")
-        if cat == "region":
-            if not ref.regions:
-                return "term", "region (the reference names none)"
-            ok = any(lab in ref.regions for lab in labels)
-            return ("agree", f"region {labels[0]} as in the reference") if ok else \
-                ("disagree", f"region {labels[0]} is not in the reference")
+        if cat in ("side", "region"):
+            named = ref.sides if cat == "side" else ref.regions
+            if not named:
+                return "term", f"{cat} (the reference names none)"
+            if any(lab in named for lab in labels):
+                return "agree", f"{cat} {labels[0]} as in the reference"
+            return "disagree", (f"side {labels[0]}; the reference says {ref.laterality}" if cat == "side"
+                                else f"region {labels[0]} is not in the reference")
         # finding: compare presence
         ref_present = ref.findings_present()
         ref_status = ref.finding_status

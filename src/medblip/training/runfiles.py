@@ -5,7 +5,7 @@
   dropped (they will be logged again) and TensorBoard hides its own.
 * :func:`write_run_files` / :func:`record_feature_cache`: ``config.resolved.yaml`` and ``run.json`` (versions, git commit, seed,
   strategy, kernels; one ``resumes`` entry per ``--resume``).
-* :func:`write_result`: ``cost.json`` and ``result.json`` when the run ends.
+* :func:`write_result`: ``cost.json`` and ``result.json`` (:class:`medblip.results.TrainResult`) when the run ends.
 * :class:`StopFlag`: SIGINT / SIGTERM (or the caller's ``should_stop``) ask the loop to stop after
   the current optimizer step, with every process agreeing.
 
@@ -21,14 +21,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from medblip.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
-from medblip.results import TrainResult
+from medblip.results import TrainCost, TrainResult
 from medblip.runinfo import run_metadata
 
 if TYPE_CHECKING:
@@ -38,33 +37,6 @@ CONFIG_FILE = "config.resolved.yaml"
 METRICS_FILE = "metrics.jsonl"
 RUN_FILE = "run.json"
 COST_FILE = "cost.json"
-
-
-@dataclass
-class RunResult:
-    """How a run ended; written as ``result.json`` (:class:`medblip.results.TrainResult`)."""
-
-    run_dir: Path
-    status: str  # completed | early_stopped | interrupted | zero_shot
-    model: str | None  # the model the run started from
-    global_step: int
-    epochs_completed: int
-    best_metric: float | None = None
-    best_metric_name: str | None = None
-    best_step: int | None = None
-    best_checkpoint: str | None = None
-    last_checkpoint: str | None = None
-    final_metrics: dict[str, Any] = field(default_factory=dict)
-    strategy: dict[str, Any] = field(default_factory=dict)
-    cost: dict[str, Any] = field(default_factory=dict)
-    signal: str | None = None
-    exit_code: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["run_dir"] = str(self.run_dir)
-        return out
-
 
 
 class RunLog:
@@ -116,11 +88,11 @@ class RunLog:
             self.writer.add_scalar(f"{tag}/{key}", value, step)
         self.writer.flush()
 
-    def close(self, cost: dict[str, Any], step: int) -> None:
+    def close(self, cost: TrainCost, step: int) -> None:
         if self.writer is None:
             return
         for key in ("wall_seconds", "images_per_second", "peak_memory_bytes"):
-            self.writer.add_scalar(f"cost/{key}", cost[key], step)
+            self.writer.add_scalar(f"cost/{key}", getattr(cost, key), step)
         self.writer.close()
         self.writer = None
 
@@ -152,11 +124,10 @@ def record_feature_cache(run_dir: Path, info: dict[str, Any], *, resumed: bool) 
     atomic_write_json(path, data)
 
 
-def write_result(run_dir: Path, result: RunResult) -> None:
-    """``cost.json`` (the result's cost block) and ``result.json``: a :class:`medblip.results.TrainResult`."""
-    typed = TrainResult.model_validate(result.to_dict())
-    atomic_write_json(run_dir / COST_FILE, typed.cost.model_dump(mode="json"))
-    typed.write(run_dir)
+def write_result(run_dir: Path, result: TrainResult) -> None:
+    """``cost.json`` (the result's cost block) and ``result.json``."""
+    atomic_write_json(run_dir / COST_FILE, result.cost.model_dump(mode="json"))
+    result.write(run_dir)
 
 
 class StopFlag:

@@ -1,4 +1,4 @@
-"""The training loop: ``train(config) -> RunResult``. It reads top to bottom, like nanoGPT's train.py.
+"""The training loop: ``train(config) -> TrainResult``. It reads top to bottom, like nanoGPT's train.py.
 
 One process or many: the same code runs under ``accelerate launch`` (DDP on several GPUs or nodes,
 gloo on CPU). What it writes into the run folder (``config.output.dir``)::
@@ -42,6 +42,7 @@ import torch
 from medblip.errors import ConfigError, MedblipError
 from medblip.perf.fast_train import make_adamw, trainer_kernels
 from medblip.perf.tf32 import tf32_restored
+from medblip.results import StrategyCounts, TrainCost, TrainResult
 from medblip.runinfo import set_seed
 from medblip.training import checkpoint as ckpt
 from medblip.training.cost import CostMeter
@@ -55,7 +56,6 @@ from medblip.training.data import (
 from medblip.training.feature_cache import build_feature_cache, plan_feature_cache
 from medblip.training.runfiles import (
     RunLog,
-    RunResult,
     StopFlag,
     record_feature_cache,
     write_result,
@@ -133,7 +133,7 @@ class _Run:
 
 
 def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<config>",
-          progress: bool = True, should_stop: Callable[[int], bool] | None = None) -> RunResult:
+          progress: bool = True, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.data`` with ``config.strategy``; see the module doc.
 
     ``resume``: continue the run in ``config.output.dir`` from ``checkpoints/last``. ``source``: the
@@ -145,7 +145,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
 
 
 def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: bool,
-           should_stop: Callable[[int], bool] | None) -> RunResult:
+           should_stop: Callable[[int], bool] | None) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
     from tqdm.auto import tqdm
@@ -195,7 +195,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     model_source = str(last_dir) if resume_from_export else config.model.name_or_path
     adapter = create_model(model_source, config.model.family, dtype=config.model.dtype,
                            device=accelerator.device, **config.model.family_options())
-    strategy_info = adapter.apply_strategy(config.strategy.name, **config.strategy.options()).as_dict()
+    strategy_info = adapter.apply_strategy(config.strategy.name, **config.strategy.options()).model_dump()
     if state is not None and not resume_from_export:
         ckpt.load_trainable(adapter, last_dir)
     if tc.gradient_checkpointing:
@@ -391,14 +391,15 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
         _save(run, loop, ckpt.BEST, resumable=False)
         loop.best_step = loop.global_step
     best_dir = ckpt.checkpoint_dir(run_dir, ckpt.BEST)
-    result = RunResult(
-        run_dir=run_dir, status=loop.status, model=config.model.name_or_path, global_step=loop.global_step,
+    result = TrainResult(
+        run_dir=str(run_dir), status=loop.status, model=config.model.name_or_path, global_step=loop.global_step,
         epochs_completed=sum(1 for _ in cost.epochs),
         best_metric=loop.best_metric, best_metric_name=es.metric if val_ds.records else None,
         best_step=loop.best_step, best_checkpoint=str(best_dir) if best_dir.exists() else None,
         last_checkpoint=str(last_dir) if last_dir.exists() else None,
         final_metrics={k: v for k, v in loop.last_eval.items() if k not in ("step", "epoch", "split")},
-        strategy=strategy_info, cost={**cost.summary(accelerator.device), "feature_cache": cache_info},
+        strategy=StrategyCounts(**strategy_info),
+        cost=TrainCost(**cost.summary(accelerator.device), feature_cache=cache_info),
         signal=stop.name, exit_code=128 + stop.signum if loop.status == "interrupted" and stop.signum else 0,
     )
     if is_main:

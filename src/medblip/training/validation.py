@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from medblip.errors import ConfigError
+from medblip.results import StrategyCounts, TrainCost, TrainResult
 from medblip.training.cost import CostMeter
 from medblip.training.data import AdapterCollate, CaptionDataset, batched
-from medblip.training.runfiles import RunLog, RunResult, write_result
+from medblip.training.runfiles import RunLog, write_result
 
 if TYPE_CHECKING:
     from medblip.models.base import CaptionModel
@@ -61,7 +62,7 @@ def validate(adapter: CaptionModel, model: Any, dataset: CaptionDataset, batch_s
 
 
 def zero_shot(adapter: CaptionModel, val_ds: CaptionDataset, config: ExperimentConfig, accelerator: Any,
-               run_dir: Path, log: RunLog, scorer: Any, scorer_name: str, strategy_info: dict[str, Any]) -> RunResult:
+               run_dir: Path, log: RunLog, scorer: Any, scorer_name: str, strategy_info: dict[str, Any]) -> TrainResult:
     cost = CostMeter(num_processes=accelerator.num_processes)
     metrics: dict[str, Any] = {}
     if val_ds.records:
@@ -70,10 +71,10 @@ def zero_shot(adapter: CaptionModel, val_ds: CaptionDataset, config: ExperimentC
         metrics = validate(adapter, model, val_ds, config.train.batch_size, config.generation_settings(),
                             scorer, accelerator, generate=config.train.val_generate)
         cost.add_eval(time.perf_counter() - t0)
-    result = RunResult(run_dir=run_dir, status="zero_shot", model=config.model.name_or_path, global_step=0,
-                       epochs_completed=0,
-                       best_checkpoint=config.model.name_or_path, final_metrics={**metrics, "scorer": scorer_name},
-                       strategy=strategy_info, cost=cost.summary(accelerator.device))
+    result = TrainResult(run_dir=str(run_dir), status="zero_shot", model=config.model.name_or_path, global_step=0,
+                         epochs_completed=0, best_checkpoint=config.model.name_or_path,
+                         final_metrics={**metrics, "scorer": scorer_name}, strategy=StrategyCounts(**strategy_info),
+                         cost=TrainCost(**cost.summary(accelerator.device)))
     if accelerator.is_main_process:
         log.append({"step": 0, "epoch": 0, "split": "validation", **metrics})
         write_result(run_dir, result)
