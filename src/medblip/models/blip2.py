@@ -78,6 +78,14 @@ class QFormerCaptioner(CaptionModel):
     def decoder_only(self) -> bool:
         return bool(self.base_model.config.use_decoder_only_language_model)
 
+    # Label smoothing: none by default. LAVIS fine-tunes BLIP-2 (blip2_opt.py, blip2_t5.py) and InstructBLIP
+    # (blip2_vicuna_instruct.py, blip2_t5_instruct.py) with the language model's plain cross-entropy
+    # (``labels=targets``); only the Q-Former's stage-1 text generation loss used 0.1.
+
+    @property
+    def shifted_labels(self) -> bool:  # type: ignore[override]
+        return self.decoder_only  # OPT / LLaMA: causal LM over the unshifted sequence; T5: labels as is
+
     @property
     def lora_targets(self) -> tuple[str, ...]:  # type: ignore[override]
         # attention query/value projections of the language model: OPT/LLaMA vs T5 naming

@@ -107,7 +107,11 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
     config's file name, for error messages. ``should_stop(global_step)``: asked after every optimizer
     step; True stops the run like SIGTERM does (resumable checkpoint, status "interrupted").
     """
-    with tf32_restored():  # train.tf32 switches a process-wide flag; a caller's setting comes back after
+    from medblip.progress import library_progress
+
+    # train.tf32 switches a process-wide flag; a caller's setting comes back after. transformers' checkpoint
+    # loading / saving bars would interleave with the training bar: off for the run, restored after.
+    with tf32_restored(), library_progress(False):
         return _train(config, resume=resume, source=source, progress=progress, should_stop=should_stop)
 
 
@@ -208,10 +212,19 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     # -- model and strategy ------------------------------------------------------------------------
     # A resumed full / partial fine-tune reloads its own HF checkpoint; a LoRA run rebuilds the base
     # model and loads the unmerged adapters (the HF export has them merged into the weights).
+    mc = config.model
+    if (mc.load_in_8bit or mc.load_in_4bit) and training and config.strategy.name != "lora":
+        raise ConfigError(f"{source}: model.load_in_{'8' if mc.load_in_8bit else '4'}bit: quantized weights cannot be "
+                          f"trained with strategy {config.strategy.name}; use strategy lora (QLoRA) or none")
     resume_from_export = state is not None and not (last_dir / ckpt.TRAINABLE_FILE).is_file()
     model_source = str(last_dir) if resume_from_export else config.model.name_or_path
     adapter = create_model(model_source, config.model.family, dtype=config.model.dtype,
                            device=accelerator.device, **config.model.family_options())
+    if tc.label_smoothing is None:  # the family's own; resolved so config.resolved.yaml and run.json name it
+        config = config.model_copy(deep=True)
+        config.train.label_smoothing = adapter.default_label_smoothing
+        tc = config.train
+    adapter.set_label_smoothing(tc.label_smoothing)
     report = adapter.apply_strategy(config.strategy.name, **config.strategy.options())
     if state is not None and not resume_from_export:
         ckpt.load_trainable(adapter, last_dir)
@@ -310,7 +323,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
         tstate = trainer_state(epoch, batch_in_epoch) if resumable else None
         with _full_params(model, fsdp):
             if is_main:
-                ckpt.save_checkpoint(adapter, run_dir, name, tstate)
+                ckpt.save_checkpoint(adapter, run_dir, name, tstate, generation=settings)
         accelerator.wait_for_everyone()
 
     def evaluate(epoch: int) -> dict[str, Any]:
