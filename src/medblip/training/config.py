@@ -91,6 +91,9 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     path: str = Field(description="dataset folder or file (ROCOv2 layout, synthetic benchmark, HF export, ...)")
     format: Literal["auto", "roco", "rocov2", "hf", "manifest"] = "auto"
+    roco_subsets: list[Literal["radiology", "non-radiology"]] = Field(
+        ["radiology"], min_length=1, description="ROCO layout only: the subsets loaded (non-radiology/ holds "
+                                                 "charts, photos and drawings; the study fine-tunes on radiology)")
     train_split: str = "train"
     val_split: str = "validation"
     captions: CaptionOptions = Field(default_factory=CaptionOptions, description="caption cleaning on load")

@@ -196,7 +196,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     # -- data --------------------------------------------------------------------------------------
     dc = config.data
     dataset = load_dataset(dc.path, format=dc.format, splits=[dc.train_split, dc.val_split],
-                           caption_options=dc.captions, limit=dc.limit, seed=dc.seed)
+                           caption_options=dc.captions, limit=dc.limit, seed=dc.seed, roco_subsets=dc.roco_subsets)
     train_records = dataset.split(dc.train_split)
     val_records = validation_subset(dataset.split(dc.val_split), tc.val_subset, dc.seed)
     training = config.strategy.name != "none" and (tc.epochs > 0 or tc.max_steps)
