@@ -153,8 +153,7 @@ def check_training_run(out: Path, raw: dict[str, Any]) -> None:
     assert generation["num_beams"] == raw.get("generation", {}).get("num_beams", 3)
     info = json.loads((out / "run.json").read_text())
     family = json.loads((best / "config.json").read_text())["model_type"]
-    assert info["config"]["train"]["label_smoothing"] == raw.get("train", {}).get(
-        "label_smoothing", 0.1 if family == "blip" else 0.0)
+    assert info["label_smoothing"] == raw.get("train", {}).get("label_smoothing", 0.1 if family == "blip" else 0.0)
 
 
 def run_compare_config(config: Path, raw: dict[str, Any], twin: Any, tiny: Any, fixtures: dict[str, Path],

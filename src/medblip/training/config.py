@@ -157,8 +157,8 @@ class TrainConfig(_Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     label_smoothing: float | None = Field(
         None, ge=0.0, lt=1.0, description="cross-entropy label smoothing of the captioning loss; None: the family's own "
-                                          "training code's (BLIP 0.1; BLIP-2, InstructBLIP, ViT-GPT2 0.0). The value "
-                                          "used is written to config.resolved.yaml and run.json")
+                                          "training code's (BLIP 0.1; BLIP-2, InstructBLIP, ViT-GPT2 0.0). run.json "
+                                          "records the value used (label_smoothing)")
     gradient_checkpointing: bool = False
     seed: int = 42
     deterministic: bool = Field(False, description="deterministic kernels (slower); needed for bit-exact resume")

@@ -220,11 +220,8 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     model_source = str(last_dir) if resume_from_export else config.model.name_or_path
     adapter = create_model(model_source, config.model.family, dtype=config.model.dtype,
                            device=accelerator.device, **config.model.family_options())
-    if tc.label_smoothing is None:  # the family's own; resolved so config.resolved.yaml and run.json name it
-        config = config.model_copy(deep=True)
-        config.train.label_smoothing = adapter.default_label_smoothing
-        tc = config.train
-    adapter.set_label_smoothing(tc.label_smoothing)
+    # None: the family's own training recipe's (run.json records the value used)
+    adapter.set_label_smoothing(adapter.default_label_smoothing if tc.label_smoothing is None else tc.label_smoothing)
     report = adapter.apply_strategy(config.strategy.name, **config.strategy.options())
     if state is not None and not resume_from_export:
         ckpt.load_trainable(adapter, last_dir)
@@ -235,7 +232,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
 
     if is_main:
         atomic_write_text(run_dir / "config.resolved.yaml", config.to_yaml())
-        _write_run_json(run_dir, config, strategy_info, accelerator, state, kernels)
+        _write_run_json(run_dir, config, strategy_info, accelerator, state, kernels, adapter.label_smoothing)
     metrics_path = run_dir / "metrics.jsonl"
     settings = config.generation_settings()
     scorer, scorer_name = validation_scores, SCORER_NAME
@@ -831,7 +828,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _write_run_json(run_dir: Path, config: ExperimentConfig, strategy: dict[str, Any], accelerator: Any,
-                    state: dict[str, Any] | None, kernels: dict[str, Any]) -> None:
+                    state: dict[str, Any] | None, kernels: dict[str, Any], label_smoothing: float) -> None:
     import json
 
     path = run_dir / "run.json"
@@ -843,7 +840,8 @@ def _write_run_json(run_dir: Path, config: ExperimentConfig, strategy: dict[str,
         resumes.append({**run_metadata(seed=config.train.seed), "config": None, "at_step": state["global_step"],
                         "distributed": dist})
     else:
-        info = run_metadata(config.model_dump(mode="json"), config.train.seed, strategy=strategy, distributed=dist)
+        info = run_metadata(config.model_dump(mode="json"), config.train.seed, strategy=strategy, distributed=dist,
+                            label_smoothing=label_smoothing)
     atomic_write_json(path, info)
 
 
