@@ -370,43 +370,37 @@ def _check_ids(config: Any, tok: Any, what: str) -> None:
 
 def build_twin(pub: Published, corpus: list[str], spec: Any) -> tuple[Any, Any]:
     """(unsaved random model, processor) of ``pub``'s family with ``spec``'s widths, depths and heads."""
+    import transformers
     from transformers import GenerationConfig
+
+    from medblip.models.vit_gpt2 import VitGpt2Processor
 
     family = pub.family
     config_dict = shrink_config(_with_vit_gpt2_parts(pub.config(), family), spec)
-    config_cls, model_cls = _model_class(family)
     config_dict.pop("transformers_version", None)
+    config_cls, model_cls = _model_class(family)
     config = config_cls.from_dict(config_dict)
+    images = image_processor(pub, family, config_dict)
     if family == "blip":
-        processor_cls: Any = "BlipProcessor"
         tok = bert_tokenizer(pub, spec)
-        parts: tuple[Any, ...] = (tok,)
-        text = config.text_config
+        text, processor = config.text_config, transformers.BlipProcessor(images, tok)
     elif family == "vit-gpt2":
         tok = gpt2_tokenizer(corpus, pub, spec)
-        text = config.decoder
+        text, processor = config.decoder, VitGpt2Processor(images, tok)
     else:
         text = config.text_config
         tok = _LM_TOKENIZERS[text.model_type](corpus, pub, spec)
         _image_token(tok, getattr(config, "image_token_index", None))
-        processor_cls = "Blip2Processor" if family == "blip2" else "InstructBlipProcessor"
-        parts = (tok,) if family == "blip2" else (tok, bert_tokenizer(pub, spec, dec=True))
+        queries = {"num_query_tokens": config.num_query_tokens}
+        processor = (transformers.Blip2Processor(images, tok, **queries) if family == "blip2" else
+                     transformers.InstructBlipProcessor(images, tok, bert_tokenizer(pub, spec, dec=True), **queries))
     _check_ids(text, tok, "language model")
     model = model_cls(config)
-    gen = pub.get("generation_config.json")
+    gen = {k: v for k, v in pub.get("generation_config.json").items()
+           if k not in ("transformers_version", "_from_model_config")}
     if gen:
-        model.generation_config = GenerationConfig.from_dict({k: v for k, v in gen.items()
-                                                              if k not in ("transformers_version", "_from_model_config")})
-    images = image_processor(pub, family, config_dict)
-    if family == "vit-gpt2":
-        from medblip.models.vit_gpt2 import VitGpt2Processor
-
-        return model, VitGpt2Processor(images, tok)
-    import transformers
-
-    cls = getattr(transformers, processor_cls)
-    extra = {"num_query_tokens": config.num_query_tokens} if family != "blip" else {}
-    return model, cls(images, *parts, **extra)
+        model.generation_config = GenerationConfig.from_dict(gen)
+    return model, processor
 
 
 def _with_vit_gpt2_parts(config: dict[str, Any], family: str) -> dict[str, Any]:
