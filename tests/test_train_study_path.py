@@ -196,7 +196,7 @@ def test_no_progress_silences_library_bars_and_restores_them(tiny_blip_dir: Path
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "medblip", "evaluate", "--model", str(tiny_blip_dir), "--data",
                            str(small_synth_dir), "--limit", "2", "--num-beams", "1", "--max-new-tokens", "3",
-                           "--bootstrap", "0", "--no-meteor", "--out", str(tmp_path / "ev"), "--no-progress"],
+                           "--bootstrap", "0", "--no-java", "--out", str(tmp_path / "ev"), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Loading weights" not in proc.stderr and "it/s]" not in proc.stderr
