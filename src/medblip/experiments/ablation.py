@@ -132,39 +132,13 @@ def strategy_config(config: ExperimentConfig, strategy: str, out: str | Path) ->
     return validate_config(raw, f"ablation {strategy}")
 
 
-def _comparable(raw: Mapping[str, Any]) -> dict[str, Any]:
-    d = json.loads(json.dumps(raw, default=str))
-    d.pop("output", None)  # the folder may be spelt differently (relative / absolute) between runs
-    d.pop("name", None)
-    return d
-
-
 def _check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
-    import yaml
+    from medblip.training.run_guard import config_changes
 
-    path = run_dir / "config.resolved.yaml"
-    if not path.is_file():
-        return
-    try:
-        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return
-    new = cfg.model_dump(mode="json")
-    if _comparable(old) != _comparable(new):
-        a, b = _comparable(old), _comparable(new)
-        diff = _first_difference(a, b) or "?"
-        raise ConfigError(f"{run_dir} holds a run made with a different config ({diff}); use another --out "
+    changes = config_changes(run_dir, cfg)
+    if changes:
+        raise ConfigError(f"{run_dir} holds a run made with a different config ({changes[0]}); use another --out "
                           "or delete that folder to train it again")
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in list(dict.fromkeys([*a, *b])):
-            d = _first_difference(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
-            if d:
-                return d
-        return None
-    return None if a == b else f"{prefix}: {a!r} -> {b!r}"
 
 
 def budget_of(config: ExperimentConfig) -> dict[str, Any]:

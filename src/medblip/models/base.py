@@ -139,11 +139,13 @@ def load_pretrained(family: str, source: str, processor_class: Any, model_class:
                     local_files_only: bool | None) -> tuple[Any, Any]:
     """Check a family's load options, then ``from_pretrained`` its processor and model (in eval mode,
     on ``device``); hub and file errors become one-line :class:`MedblipError` s."""
-    from medblip.models.registry import hub_errors
+    from medblip.models.registry import check_device, hub_access, hub_errors
 
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise MedblipError(f"unknown option {unknown[0]!r} for family {family}; known: {', '.join(sorted(known))}")
+    check_device(device)
+    local_files_only = hub_access(source, local_files_only)
     kw: dict[str, Any] = {}
     if local_files_only is not None:
         kw["local_files_only"] = local_files_only

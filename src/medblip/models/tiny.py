@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from medblip.errors import MedblipError
-from medblip.io import atomic_replace_dir
+
+INIT_TINY = "model init-tiny"  # the command named in the output folder's marker
 
 _MODALITIES = ["CT", "MRI", "radiograph", "ultrasound", "chest x-ray", "PET", "angiography", "mammography"]
 _REGIONS = ["brain", "chest", "liver", "kidney", "abdomen", "pelvis", "spine", "knee", "lung", "heart",
@@ -404,7 +405,8 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
               hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2,
               intermediate_size: int | None = None, max_text_length: int = 128,
               num_query_tokens: int = 4, language_model: str | None = None,
-              vision_init_std: float | None = None, position_init_std: float | None = None) -> Path:
+              vision_init_std: float | None = None, position_init_std: float | None = None,
+              overwrite: bool = False) -> Path:
     """Write a tiny randomly initialised ``family`` checkpoint (model + processor) to ``out``.
 
     ``captions``: tokenizer training text (an iterable, or a file with one caption per line) added to
@@ -414,10 +416,13 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
     the transformers config's: 1e-10 for BLIP families, 0.02 for ViT; see :class:`TinySpec`).
     ``position_init_std``: std of the vision tower's position embeddings (default: as the rest). The
     folder is written to a temporary sibling first and moved into place, so ``out`` is never half-written.
+    A non-empty ``out`` that is not an earlier tiny model is refused unless ``overwrite`` (then the
+    model's files are added and its other files kept); see :mod:`medblip.outputs`.
     """
     import torch
 
     from medblip.models.registry import get_family
+    from medblip.outputs import check_output_dir, ensure_writable_dir, install_output_dir
 
     family = get_family(family).family
     if family not in _BUILDERS:
@@ -437,10 +442,8 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
             raise MedblipError(f"--language-model applies to blip2 and instructblip, not {family}")
         if language_model not in _LMS:
             raise MedblipError(f"unknown tiny language model {language_model!r}; choose {', '.join(_LMS)}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MedblipError(f"output {out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, INIT_TINY, overwrite=overwrite, replaces=True)
+    ensure_writable_dir(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with torch.random.fork_rng(devices=[]):
@@ -450,7 +453,7 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
             spec.init_positions(model)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        atomic_replace_dir(tmp, out)
+        install_output_dir(tmp, out, INIT_TINY)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -256,12 +256,15 @@ def _sections(rep: Report) -> list[dict[str, Any]]:
     ]
 
 
-def build_report(rep: Report, out: str | Path) -> dict[str, Path]:
-    """Write report.html, report.md, report.json and assets/ into ``out``; returns their paths."""
+def build_report(rep: Report, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """Write report.html, report.md, report.json and assets/ into ``out``; returns their paths.
+
+    A non-empty ``out`` that holds no report is refused unless ``overwrite`` (see :mod:`medblip.outputs`).
+    """
+    from medblip.outputs import prepare_output_dir
     from medblip.reports.markdown import render_markdown
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "report", overwrite=overwrite, known_files=("report.html",))
     tmp = Path(tempfile.mkdtemp(prefix=".assets.", dir=out))
     try:
         _prepare_assets(rep, tmp)
