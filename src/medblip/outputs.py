@@ -10,10 +10,11 @@ Every command that writes into an ``--out`` folder calls :func:`prepare_output_d
 
 Commands that build a whole folder elsewhere and swap it into place (``model init-tiny``, ``data
 synth``) call :func:`check_output_dir` with ``replaces=True`` before they start (this also refuses the
-current folder and the folders above it) and :func:`install_output_dir` at the end. A folder the
-command created is replaced as a whole, atomically. A foreign folder the user allowed with
-``--overwrite`` only gets the new entries moved in (entries of the same names replaced), and its
-marker says so, so that no later run replaces it as a whole: files the command did not write survive.
+current folder and the folders above it) and :func:`install_output_dir` at the end. Their marker lists
+the entries they wrote. A folder holding nothing else is swapped for the new one atomically; otherwise
+(a file the user added later, or a foreign folder allowed with ``--overwrite``) the new entries are
+moved in one by one and only the command's own earlier entries are removed: files it did not write
+survive.
 
 Usage, e.g. in a new command::
 
@@ -27,7 +28,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ class OutputError(MedblipError):
 
 
 def read_marker(folder: str | Path) -> dict[str, Any] | None:
-    """``folder``'s marker (``{"command", "whole_folder", ...}``); ``None`` when absent or unreadable."""
+    """``folder``'s marker (``{"command", "entries", "medblip"}``); ``None`` when absent or unreadable."""
     try:
         data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -49,14 +49,14 @@ def read_marker(folder: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("command"), str) else None
 
 
-def write_marker(folder: str | Path, command: str, *, whole_folder: bool = True) -> Path:
-    """Mark ``folder`` as written by ``medblip <command>``; ``whole_folder``: every entry is the command's."""
+def write_marker(folder: str | Path, command: str, entries: list[str] | None = None) -> Path:
+    """Mark ``folder`` as written by ``medblip <command>``; ``entries``: the names it wrote there, if known."""
     from medblip import __version__
     from medblip.io import atomic_write_json
 
-    return atomic_write_json(Path(folder) / MARKER, {
-        "command": command, "whole_folder": whole_folder, "medblip": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds")})
+    # No time stamp: outputs that are byte-identical for the same inputs (data synth) stay so.
+    return atomic_write_json(Path(folder) / MARKER, {"command": command, "entries": entries,
+                                                     "medblip": __version__})
 
 
 def _contains_cwd(path: Path) -> bool:
@@ -68,19 +68,18 @@ def _contains_cwd(path: Path) -> bool:
 
 
 def _entries(path: Path, option: str) -> list[str]:
+    """The folder's entries, less a lock file (another run's bookkeeping, not content)."""
+    from medblip.locks import LOCK_FILE
+
     try:
-        return [p.name for p in path.iterdir()]
+        return [p.name for p in path.iterdir() if p.name != LOCK_FILE]
     except OSError as exc:
         raise OutputError(f"{path}: cannot list the folder ({exc.strerror or exc}); "
                           f"choose another {option}") from None
 
 
 def output_owner(path: str | Path, command: str, known_files: Sequence[str] = ()) -> str:
-    """Who ``path`` belongs to, for ``medblip <command>``.
-
-    ``"new"``: absent or empty; ``"own"``: a folder this command wrote as a whole; ``"shared"``: a
-    folder it wrote into next to other files (``--overwrite`` once); ``"foreign"``: anything else.
-    """
+    """``"new"`` (absent or empty), ``"own"`` (an earlier output of ``medblip <command>``) or ``"foreign"``."""
     path = Path(path).expanduser()
     if not path.is_dir():
         return "new" if not path.exists() else "foreign"
@@ -88,11 +87,9 @@ def output_owner(path: str | Path, command: str, known_files: Sequence[str] = ()
     if not entries:
         return "new"
     marker = read_marker(path)
-    if marker is not None and marker["command"] == command:
-        return "own" if marker.get("whole_folder", True) else "shared"
-    if marker is None and any(name in entries for name in known_files):
-        return "own"
-    return "foreign"
+    if marker is not None:
+        return "own" if marker["command"] == command else "foreign"
+    return "own" if any(name in entries for name in known_files) else "foreign"
 
 
 def check_output_dir(path: str | Path, command: str, *, overwrite: bool = False,
@@ -148,34 +145,42 @@ def prepare_output_dir(path: str | Path, command: str, *, overwrite: bool = Fals
     The one call a command makes before writing into its output folder; see the module doc.
     """
     path = check_output_dir(path, command, overwrite=overwrite, known_files=known_files, option=option)
-    owner = output_owner(path, command, known_files)
     ensure_writable_dir(path, option)
-    if owner in ("new", "foreign") or read_marker(path) is None:
-        write_marker(path, command, whole_folder=owner != "foreign")
+    marker = read_marker(path)
+    if marker is None or marker["command"] != command:
+        write_marker(path, command)
     return path
 
 
 def install_output_dir(tmp: str | Path, out: str | Path, command: str, known_files: Sequence[str] = ()) -> Path:
-    """Put the fully written folder ``tmp`` in place as ``out`` and mark it (see the module doc).
-
-    ``out`` absent, empty or written by ``command`` as a whole: swapped atomically
-    (:func:`medblip.io.atomic_replace_dir`). Otherwise (``--overwrite`` of a foreign folder) ``tmp``'s
-    entries are moved into it one by one, replacing only entries of the same names.
-    """
+    """Put the fully written folder ``tmp`` in place as ``out`` and mark it (see the module doc)."""
     from medblip.io import atomic_replace_dir
 
     tmp, out = Path(tmp), Path(out).expanduser()
-    if output_owner(out, command, known_files) in ("new", "own"):
-        write_marker(tmp, command)
+    new = sorted(p.name for p in tmp.iterdir() if p.name != MARKER)
+    owner = output_owner(out, command, known_files)
+    marker = read_marker(out) if owner == "own" else None
+    # An earlier output from before markers (found by known_files) counts as entirely the command's.
+    ours = set(marker.get("entries") or []) if marker is not None else None
+    present = set(_entries(out, "--out")) - {MARKER} if out.is_dir() else set()
+    if owner == "new" or (owner == "own" and (ours is None or present <= ours)):
+        write_marker(tmp, command, new)
         return atomic_replace_dir(tmp, out)
-    write_marker(tmp, command, whole_folder=False)
-    for entry in sorted(tmp.iterdir()):
-        dest = out / entry.name
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
-        os.replace(entry, dest)
-    tmp.rmdir()
+    for name in sorted((ours or set()) - set(new)):  # the command's own stale entries
+        _remove(out / name)
+    for name in new:
+        _remove(out / name)
+        os.replace(tmp / name, out / name)
+    shutil.rmtree(tmp)
+    write_marker(out, command, new)
     return out
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def check_output_file(path: str | Path, option: str = "--out") -> Path:
