@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _train_fixtures import experiment, train_one_thread
 
+from _train_fixtures import experiment, train_one_thread
 from medblip.errors import ConfigError, MedblipError
 from medblip.evaluation.predict import evaluate
 from medblip.locks import LOCK_FILE, FolderLocked, output_lock
