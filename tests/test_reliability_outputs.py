@@ -82,9 +82,16 @@ def test_synth_refuses_a_foreign_folder_and_overwrite_keeps_its_files(tmp_path: 
 
 
 def test_other_commands_refuse_foreign_folders(tmp_path: Path, small_synth_dir: Path, tiny_blip_dir: Path) -> None:
+    import yaml
+
+    from _train_fixtures import experiment
+
     out = tmp_path / "busy"
     note = _precious(out)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(experiment(tiny_blip_dir, small_synth_dir, tmp_path / "r").model_dump(mode="json")))
     cases = {
+        "ablation": ["ablation", str(config), "--out", str(out), "--no-progress"],
         "data cache": ["data", "cache", str(small_synth_dir), "--out", str(out), "--size", "16"],
         "evaluate": ["evaluate", "--model", str(tiny_blip_dir), "--data", str(small_synth_dir), "--out", str(out),
                      "--no-progress"],
@@ -122,7 +129,7 @@ def test_train_refuses_a_foreign_folder_and_evaluate_refuses_a_run_folder(
 
 def test_every_out_command_offers_overwrite() -> None:
     for argv in (["model", "init-tiny"], ["data", "synth"], ["data", "cache"], ["evaluate"], ["train"], ["report"],
-                 ["demo"], ["explain"], ["score"]):
+                 ["demo"], ["explain"], ["score"], ["compare"], ["ablation"]):
         res = runner.invoke(app, [*argv, "--help"])
         assert res.exit_code == 0 and "--overwrite" in res.output, argv
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from medblip.cli.app import app
-from medblip.cli.options import MAX_PIXELS_HELP, apply_max_pixels
+from medblip.cli.options import MAX_PIXELS_HELP, OVERWRITE_HELP, apply_max_pixels
 
 
 def _note(msg: str) -> None:
@@ -93,6 +93,7 @@ def evaluate_cmd(
 def compare_cmd(
     config: Path = typer.Argument(..., help="Compare config (YAML); see configs/compare_synth.yaml."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (overrides the config's out)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -103,7 +104,7 @@ def compare_cmd(
     from medblip.evaluation.compare import run_compare
 
     apply_max_pixels(max_pixels)
-    comp = run_compare(config, out=out, progress=progress)
+    comp = run_compare(config, out=out, progress=progress, overwrite=overwrite)
     for n in comp.notes:
         _note(n)
     for s in comp.systems:

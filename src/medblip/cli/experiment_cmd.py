@@ -45,6 +45,7 @@ def ablation_command(
     device: str | None = typer.Option(None, "--device", help="evaluation device (default: cuda when available)"),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                           help="evaluation batch size (default: train.batch_size)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
@@ -65,7 +66,7 @@ def ablation_command(
     t0 = time.perf_counter()
     result = run_ablation(cfg, out, names, source=str(config), split=split, bootstrap=bootstrap,
                           score_options=score_options, device=device, eval_batch_size=batch_size,
-                          progress=progress, log=_log)
+                          progress=progress, log=_log, overwrite=overwrite)
     if result.interrupted is not None:
         run = result.interrupted
         print(f"medblip: {result.interrupted_strategy} stopped by {run.signal} at step {run.global_step}; "

@@ -37,6 +37,7 @@ def report_command(
     from medblip.outputs import check_output_dir
     from medblip.reports import build_report, collect
     from medblip.reports.collect import report_inputs_summary
+    from medblip.reports.html import REPORT_HTML
 
     apply_max_pixels(max_pixels)
     if data is not None and not data.exists():
@@ -45,7 +46,7 @@ def report_command(
     for d in run_dirs:
         if d.expanduser().resolve() == out.resolve():
             raise MedblipError(f"--out {out} is one of the run folders; choose another output folder")
-    check_output_dir(out, "report", overwrite=overwrite, known_files=("report.html",))
+    check_output_dir(out, "report", overwrite=overwrite, known_files=(REPORT_HTML,))
     word_list = [w.strip() for w in (words or "").split(",") if w.strip()]
     rep = collect(run_dirs, title=title, words=word_list, examples=examples, data=data, exclude=[out])
     paths = build_report(rep, out, overwrite=overwrite)
