@@ -42,8 +42,8 @@ drift:
 	rm -rf $(DRIFT_VENV)
 	python3 -m venv $(DRIFT_VENV)
 	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade pip
-	$(DRIFT_VENV)/bin/python -m pip install -q $(TORCH)
-	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	echo '$(TORCH)' > $(DRIFT_VENV)/torch-pin.txt
+	$(DRIFT_VENV)/bin/python -m pip install -q -c $(DRIFT_VENV)/torch-pin.txt --upgrade --upgrade-strategy eager $(TORCH) -e '.[dev]'
 	bash scripts/lock.sh $(DRIFT_VENV) $(DRIFT_VENV)/constraints.txt
 	@echo "== drift: versions that differ from $(LOCK) (lock < newest)"
 	@diff <(grep '==' $(LOCK)) <(grep '==' $(DRIFT_VENV)/constraints.txt) | grep '^[<>]' || echo "(none)"
