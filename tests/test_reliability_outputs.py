@@ -39,6 +39,7 @@ def in_tmp(tmp_path: Path) -> Iterator[Path]:
         os.chdir(cwd)
 
 
+@pytest.mark.slow
 def test_init_tiny_refuses_a_foreign_folder_and_keeps_its_files_with_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "u"
     note = _precious(out)
