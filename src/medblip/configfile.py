@@ -9,6 +9,7 @@ recipes (:mod:`medblip.experiments.demo`) are read with it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,28 @@ from pydantic import BaseModel, ValidationError
 from medblip.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true / false.
+
+    YAML 1.1 (PyYAML's default) also reads yes / no / on / off as booleans, so ``mixed_precision: no`` or
+    ``--set train.mixed_precision=no`` arrived as False and was rejected ("got False"). Here they stay the
+    strings users typed; a boolean key still accepts them (pydantic reads "no" / "off" as False).
+    """
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse config YAML (a file's text or an override's value) with YAML 1.2 booleans."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class KeyedError(ValueError):
@@ -35,7 +58,7 @@ def read_yaml(path: str | Path, *, expected: str = "a mapping of keys") -> dict[
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
     except yaml.YAMLError as exc:
@@ -57,10 +80,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. train.lr=1e-4")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value) if value.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value is not valid YAML ({exc.__class__.__name__})") from None
-    # YAML 1.1 reads "1e-4" as a string; pydantic's lax mode turns it into the float the field wants.
+    # YAML reads "1e-4" as a string; pydantic's lax mode turns it into the float the field wants.
     return key.split("."), parsed
 
 

@@ -159,6 +159,8 @@ class Scores(Result):
 
     FILE: ClassVar[str] = "metrics.json"
     n_images: int
+    #: rows not scored, by reason: ``{"empty reference": {"count", "examples"}}``
+    dropped: dict[str, dict[str, Any]] = Field(default_factory=dict)
     metrics: dict[str, Metric]
     clinical: dict[str, Any] = Field(default_factory=dict)
     degeneration: Degeneration
@@ -213,8 +215,14 @@ class Prediction(BaseModel):
     family: str | None = None
     generation: dict[str, Any] | None = None
     gen_seconds: float | None = None
-    #: the image file (absolute, or relative to the predictions file); otherwise found through the data
-    image: str | None = None
+    #: the image: medblip writes its identity (``path`` with ``size_mtime``, or ``sha256`` of the bytes,
+    #: :func:`medblip.fingerprint.image_signature`); an external file may give a path (absolute, or
+    #: relative to the predictions file)
+    image: str | dict[str, Any] | None = None
+
+    def image_path(self) -> str | None:
+        """The image file this row names, if any."""
+        return self.image.get("path") if isinstance(self.image, dict) else self.image
 
 
 # -- compare ----------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Family adapters call :func:`load_pretrained` from their ``load``; :mod:`medblip.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -51,8 +52,121 @@ def resolve_source(name_or_path: str | Path) -> tuple[str, Path | None]:
     return text, None
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_HUB_PROBE_SECONDS = 3.0
+
+
+def _corrupt_weights(folder: Path, exc: BaseException) -> MedblipError | None:
+    """A truncated / damaged weights file, or a pickle refused by weights-only loading, named as such."""
+    import pickle
+
+    from safetensors import SafetensorError, safe_open
+
+    from medblip.errors import CorruptFileError
+
+    reader_failed = isinstance(exc, SafetensorError | pickle.UnpicklingError | EOFError) or (
+        isinstance(exc, RuntimeError) and "PytorchStreamReader" in str(exc)) or (
+        isinstance(exc, OSError) and exc.errno == 22)  # mmap of a cut-off file: "Invalid argument"
+    if not reader_failed:
+        return None
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+    except OSError:
+        files = []
+    for f in files:
+        if f.suffix == ".safetensors":
+            try:
+                with safe_open(str(f), framework="pt"):
+                    pass
+            except Exception:  # noqa: BLE001 - any failure to read the header is the answer
+                return CorruptFileError.from_exception(f, exc)
+    wanted = ".safetensors" if isinstance(exc, SafetensorError) else ".bin"
+    named = next((f for f in files if f.suffix == wanted), files[0] if files else folder)
+    return CorruptFileError.from_exception(named, exc)
+
+
+def check_device(device: Any) -> None:
+    """A device this torch can use, else one line naming it and the fix (before any weights are read)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise MedblipError(f"--device {device!r}: not a device name ({exc}); use cpu, cuda, cuda:1 or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            raise MedblipError(f"--device {device}: {why} (torch {torch.__version__}); use --device cpu, or "
+                               "install a CUDA build of torch on a machine with a GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MedblipError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                               f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise MedblipError(f"--device {device}: Apple's MPS backend is not available here; use --device cpu")
+
+
+@functools.lru_cache(maxsize=4)
+def _hub_unreachable(endpoint: str) -> str | None:
+    """Why the hub (or the HTTPS proxy) cannot be reached, found within a few seconds; None when it can.
+
+    One TCP connection in a thread, so that neither a slow DNS nor a silently dropped packet holds the
+    caller longer than the timeout (huggingface_hub would retry for minutes).
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy or endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    result: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=_HUB_PROBE_SECONDS).close()
+            result.append(None)
+        except OSError as exc:
+            result.append(exc.strerror or str(exc) or type(exc).__name__)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(_HUB_PROBE_SECONDS + 0.5)
+    what = f"{host}:{port}" + (" (the HTTPS proxy)" if proxy else "")
+    if not result:
+        return f"{what}: no answer within {_HUB_PROBE_SECONDS:g} s"
+    return f"{what}: {result[0]}" if result[0] else None
+
+
+def hub_access(source: str, local_files_only: bool | None) -> bool | None:
+    """``local_files_only`` to load ``source`` with: a hub id with no network fails here, in seconds.
+
+    Local folders, offline mode and ``local_files_only`` pass through. When the hub cannot be reached
+    a cached copy is used (``True``); without one the error names the id and the offline switch.
+    """
+    if local_files_only or _offline(local_files_only) or Path(source).expanduser().exists():
+        return local_files_only
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        endpoint = constants.ENDPOINT
+        cached = isinstance(try_to_load_from_cache(source, "config.json"), str)
+    except Exception:  # noqa: BLE001 - no usable huggingface_hub: let from_pretrained answer
+        return local_files_only
+    why = _hub_unreachable(endpoint)
+    if why is None:
+        return local_files_only
+    if cached:
+        return True
+    raise MedblipError(f"model {source!r} is not a local folder and not in the Hugging Face cache, and the hub "
+                       f"cannot be reached ({why}); check the id for typos or pass a checkpoint folder (set "
+                       "HF_HUB_OFFLINE=1 to use only the local cache without trying the network)")
+
+
 class hub_errors:  # noqa: N801 - used as a context manager like contextlib helpers
-    """Turn from_pretrained's OSError/ValueError for a missing or unreachable checkpoint into one line."""
+    """Turn from_pretrained's errors for a missing, unreachable or damaged checkpoint into one line."""
 
     def __init__(self, source: str, local_files_only: bool | None) -> None:
         self.source = source
@@ -64,6 +178,11 @@ class hub_errors:  # noqa: N801 - used as a context manager like contextlib help
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         if exc is None or isinstance(exc, MedblipError):
             return False
+        folder = Path(self.source).expanduser()
+        if folder.is_dir():
+            corrupt = _corrupt_weights(folder, exc)
+            if corrupt is not None:
+                raise corrupt from None
         if not isinstance(exc, OSError | ValueError | EnvironmentError):
             return False
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -91,14 +210,44 @@ def parse_dtype(dtype: Any) -> Any:
     return names[key]
 
 
+#: load options every family takes (``create_model(..., **options)``, the config's ``model.*`` keys)
+LOAD_OPTIONS = frozenset({"attn_implementation", "device_map", "load_in_8bit", "load_in_4bit"})
+
+
+def quantization_config(options: dict[str, Any], dtype: Any = None) -> Any:
+    """``load_in_8bit`` / ``load_in_4bit`` -> a ``BitsAndBytesConfig`` (None when neither is set)."""
+    eight, four = bool(options.get("load_in_8bit")), bool(options.get("load_in_4bit"))
+    if not (eight or four):
+        return None
+    if eight and four:
+        raise MedblipError("load_in_8bit and load_in_4bit are exclusive; choose one")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        what = "load_in_8bit" if eight else "load_in_4bit"
+        raise MedblipError(f"{what} needs bitsandbytes (and a CUDA GPU): pip install 'medblip[quantization]'")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
+    return BitsAndBytesConfig(load_in_8bit=eight, load_in_4bit=four, bnb_4bit_compute_dtype=compute)
+
+
 def load_pretrained(family: str, source: str, processor_class: Any, model_class: Any, options: dict[str, Any],
                     known: set[str] | frozenset[str], *, dtype: Any, device: Any,
                     local_files_only: bool | None) -> tuple[Any, Any]:
     """Check a family's load options, then ``from_pretrained`` its processor and model (in eval mode,
-    on ``device``); hub and file errors become one-line :class:`MedblipError` s."""
-    unknown = sorted(set(options) - set(known))
+    on ``device``); hub and file errors become one-line :class:`MedblipError` s.
+
+    ``device_map`` (e.g. ``"auto"``: spread a 7B model over the visible GPUs and the CPU) and 8/4-bit
+    loading place the weights themselves; ``device`` is then not applied.
+    """
+    known = set(known) | LOAD_OPTIONS
+    unknown = sorted(set(options) - known)
     if unknown:
         raise MedblipError(f"unknown option {unknown[0]!r} for family {family}; known: {', '.join(sorted(known))}")
+    check_device(device)
+    local_files_only = hub_access(source, local_files_only)
     kw: dict[str, Any] = {}
     if local_files_only is not None:
         kw["local_files_only"] = local_files_only
@@ -107,13 +256,20 @@ def load_pretrained(family: str, source: str, processor_class: Any, model_class:
         model_kw["dtype"] = dtype
     if options.get("attn_implementation"):
         model_kw["attn_implementation"] = options["attn_implementation"]
+    quant = quantization_config(options, dtype)
+    if quant is not None:
+        model_kw["quantization_config"] = quant
+        model_kw.setdefault("device_map", options.get("device_map") or "auto")
+    elif options.get("device_map") is not None:
+        model_kw["device_map"] = options["device_map"]
     with hub_errors(source, local_files_only):
         processor = processor_class.from_pretrained(source, **kw)
         model = model_class.from_pretrained(source, **model_kw)
-    if device is not None:
+    if device is not None and "device_map" not in model_kw:
         model = model.to(device)
     model.eval()
     return processor, model
+
 
 
 def run_checkpoint(run_dir: str | Path) -> Path | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from medblip.errors import MedblipError
-from medblip.models.loading import hub_errors, parse_dtype, resolve_source
+from medblip.models.loading import hub_access, hub_errors, parse_dtype, resolve_source
 
 if TYPE_CHECKING:
     from medblip.models.base import CaptionModel
@@ -101,6 +101,7 @@ def detect_family(name_or_path: str | Path, *, local_files_only: bool | None = N
             return family
     from transformers import AutoConfig
 
+    local_files_only = hub_access(source, local_files_only)
     with hub_errors(source, local_files_only):
         config = AutoConfig.from_pretrained(source, local_files_only=bool(local_files_only))
     return _family_from_model_type(getattr(config, "model_type", None), source)

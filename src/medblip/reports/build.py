@@ -27,6 +27,7 @@ from medblip.reports.html import render_html
 from medblip.reports.markdown import render_markdown
 
 ASSETS = "assets"
+REPORT_HTML = "report.html"
 THUMBNAIL_PX = 320
 
 
@@ -130,10 +131,14 @@ def _prepare_assets(rep: Report, folder: Path) -> None:
     rep.notes.extend(n for n in notes if n not in rep.notes)
 
 
-def build_report(rep: Report, out: str | Path) -> dict[str, Path]:
-    """Write report.html, report.md, report.json and assets/ into ``out``; returns their paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def build_report(rep: Report, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """Write report.html, report.md, report.json and assets/ into ``out``; returns their paths.
+
+    A non-empty ``out`` that holds no report is refused unless ``overwrite`` (see :mod:`medblip.outputs`).
+    """
+    from medblip.outputs import prepare_output_dir
+
+    out = prepare_output_dir(out, "report", overwrite=overwrite, known_files=(REPORT_HTML,))
     tmp = Path(tempfile.mkdtemp(prefix=".assets.", dir=out))
     try:
         _prepare_assets(rep, tmp)
@@ -142,7 +147,7 @@ def build_report(rep: Report, out: str | Path) -> dict[str, Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     paths = {
-        "html": atomic_write_text(out / "report.html", render_html(rep)),
+        "html": atomic_write_text(out / REPORT_HTML, render_html(rep)),
         "markdown": atomic_write_text(out / "report.md", render_markdown(rep)),
         "json": atomic_write_json(out / "report.json", rep.to_dict()),
         "assets": out / ASSETS,

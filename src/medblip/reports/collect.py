@@ -52,6 +52,7 @@ from medblip.results import (
     ImageScores,
     LogRow,
     Metric,
+    Prediction,
     Result,
     ResultError,
     Scores,
@@ -189,6 +190,7 @@ class _Reader:
     def predictions(self, path: Path) -> list[dict[str, Any]]:
         try:
             read = read_predictions_file(path)
+            read_rows(Prediction, read.rows, str(path))  # every row a Prediction, or one note
         except DataError as exc:
             self.note(f"{exc}; its examples are left out")
             return []
@@ -729,8 +731,9 @@ class ImageResolver:
         base = Path(system.get("source") or ".")
         base = base.parent if base.suffix else base
         data = str(self.data_override) if self.data_override else system.get("_data")
-        if row.get("image"):
-            p = Path(row["image"]).expanduser()
+        image = Prediction.model_validate(row).image_path()
+        if image:
+            p = Path(image).expanduser()
             for cand in ([p] if p.is_absolute() else [base / p, *([Path(data) / p] if data else []), p]):
                 if cand.is_file():
                     return cand

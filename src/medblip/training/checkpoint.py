@@ -30,7 +30,7 @@ from medblip.io import atomic_replace_dir, recover_dir
 from medblip.models.loading import BEST, CHECKPOINTS, LAST
 
 if TYPE_CHECKING:
-    from medblip.models.base import CaptionModel
+    from medblip.models.base import CaptionModel, GenerationSettings
 
 STATE_FILE = "trainer_state.pt"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -70,14 +70,15 @@ def trainable_state(adapter: CaptionModel) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(adapter: CaptionModel, run_dir: str | Path, name: str,
-                    trainer_state: dict[str, Any] | None = None) -> Path:
-    """Write ``checkpoints/<name>`` atomically; ``trainer_state`` makes it resumable."""
+                    trainer_state: dict[str, Any] | None = None, generation: GenerationSettings | None = None) -> Path:
+    """Write ``checkpoints/<name>`` atomically; ``trainer_state`` makes it resumable; ``generation``: the
+    run's decoding settings, carried in the checkpoint's generation config."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    adapter.save(tmp)
+    adapter.save(tmp, generation=generation)
     if trainer_state is not None:
         if adapter.is_peft:
             # The HF export has the LoRA deltas merged in; resuming needs them unmerged.
@@ -102,11 +103,10 @@ def full_params(model: Any, fsdp: bool, rank0_only: bool = True) -> Any:
                                                        offload_to_cpu=rank0_only)
 
 
-def open_run(run_dir: Path, accelerator: Any, *, resume: bool, fsdp: bool, source: str) -> dict[str, Any] | None:
-    """Prepare ``checkpoints/`` (main process); the trainer state to resume from, or None for a fresh run.
-
-    A fresh run refuses a folder that already holds one; ``--resume`` needs a resumable ``last``.
-    """
+def open_checkpoints(run_dir: Path, accelerator: Any, *, resume: bool, fsdp: bool) -> dict[str, Any] | None:
+    """Prepare ``checkpoints/`` (main process); the trainer state to resume from, or None for a fresh run
+    (whether the folder may be written at all is :mod:`medblip.training.run_guard`'s). ``--resume`` needs a
+    resumable ``last``."""
     from medblip.errors import ConfigError
 
     last_dir = checkpoint_dir(run_dir, LAST)
@@ -114,9 +114,6 @@ def open_run(run_dir: Path, accelerator: Any, *, resume: bool, fsdp: bool, sourc
         prepare_checkpoint_dir(run_dir)
     accelerator.wait_for_everyone()
     if not resume:
-        if last_dir.exists() or (Path(run_dir) / "result.json").exists():
-            raise ConfigError(f"{source}: output.dir: {run_dir} already holds a run; pass --resume to continue "
-                              "it, or --out to write a new run elsewhere")
         return None
     if not (last_dir / STATE_FILE).is_file():
         raise ConfigError(f"--resume: {last_dir} holds no resumable checkpoint ({STATE_FILE}); "
@@ -165,10 +162,26 @@ def restore_trainer_state(state: dict[str, Any], *, optimizer: Any, scheduler: A
     set_rng_state(state["rng"][accelerator.process_index])
 
 
+_RESUME_FIX = "resume from an intact checkpoint, or start the run again without --resume"
+
+
 def load_trainer_state(folder: str | Path) -> dict[str, Any]:
+    import pickle
+    import zipfile
+
+    from medblip.errors import CorruptFileError
+
     path = Path(folder) / STATE_FILE
-    # weights_only: the state holds only tensors, numbers, strings and containers (see rng_state).
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        # weights_only: the state holds only tensors, numbers, strings and containers (see rng_state);
+        # anything else (a pickle with code in it) is refused, never run.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CorruptFileError.from_exception(path, exc, _RESUME_FIX) from None
+    if not isinstance(state, dict):
+        raise CorruptFileError(path, f"holds a {type(state).__name__}, not a trainer state", _RESUME_FIX)
     if state.get("version") != STATE_VERSION:
         from medblip.errors import MedblipError
 
@@ -179,9 +192,16 @@ def load_trainer_state(folder: str | Path) -> dict[str, Any]:
 
 def load_trainable(adapter: CaptionModel, folder: str | Path) -> None:
     """Copy a LoRA run's saved trainable parameters into a freshly strategy-wrapped adapter."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    saved = load_file(str(Path(folder) / TRAINABLE_FILE))
+    from medblip.errors import CorruptFileError
+
+    path = Path(folder) / TRAINABLE_FILE
+    try:
+        saved = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CorruptFileError.from_exception(path, exc, _RESUME_FIX) from None
     params = dict(adapter.model.named_parameters())
     missing = sorted(set(saved) - set(params))
     if missing:

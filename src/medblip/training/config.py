@@ -39,6 +39,15 @@ class ModelConfig(_Section):
     attn_implementation: str | None = Field(None, description="eager | sdpa | flash_attention_2; None: transformers' default")
     prompt: str | None = Field(None, description="BLIP / BLIP-2 text prompt the caption continues (family default when None)")
     instruction: str | None = Field(None, description="InstructBLIP instruction (family default when None)")
+    max_length: int | None = Field(None, ge=2, description="caption token limit in training (longer captions are "
+                                                           "truncated); None: the family's default, 128")
+    device_map: str | dict[str, Any] | None = Field(
+        None, description="place the weights with accelerate's device map (e.g. auto: a 7B model over the visible "
+                          "GPUs and the CPU) instead of on the training device; for evaluation-only (strategy none) "
+                          "and LoRA runs of models that do not fit one GPU")
+    load_in_8bit: bool = Field(False, description="8-bit weights (bitsandbytes, CUDA; pip install 'medblip[quantization]'); "
+                                                  "only strategy none or lora can use them")
+    load_in_4bit: bool = Field(False, description="4-bit NF4 weights (bitsandbytes, CUDA), as load_in_8bit (QLoRA with lora)")
 
     @field_validator("family")
     @classmethod
@@ -50,13 +59,17 @@ class ModelConfig(_Section):
     def family_options(self) -> dict[str, Any]:
         """Keyword options for ``create_model``; unset ones are left to the family's defaults."""
         opts = {"attn_implementation": self.attn_implementation, "prompt": self.prompt,
-                "instruction": self.instruction}
+                "instruction": self.instruction, "max_length": self.max_length, "device_map": self.device_map,
+                "load_in_8bit": self.load_in_8bit or None, "load_in_4bit": self.load_in_4bit or None}
         return {k: v for k, v in opts.items() if v is not None}
 
 
 class DataConfig(_Section):
     path: str = Field(description="dataset folder or file (ROCOv2 layout, synthetic benchmark, HF export, ...)")
     format: Literal["auto", "roco", "rocov2", "hf", "manifest"] = "auto"
+    roco_subsets: list[Literal["radiology", "non-radiology"]] = Field(
+        ["radiology"], min_length=1, description="ROCO layout only: the subsets loaded (non-radiology/ holds "
+                                                 "charts, photos and drawings; the study fine-tunes on radiology)")
     train_split: str = "train"
     val_split: str = "validation"
     captions: CaptionOptions = Field(default_factory=CaptionOptions, description="caption cleaning on load")
@@ -119,6 +132,10 @@ class TrainConfig(_Section):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     clip_grad: float | None = Field(1.0, gt=0.0, description="max gradient norm; None: no clipping")
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    label_smoothing: float | None = Field(
+        None, ge=0.0, lt=1.0, description="cross-entropy label smoothing of the captioning loss; None: the family's own "
+                                          "training code's (BLIP 0.1; BLIP-2, InstructBLIP, ViT-GPT2 0.0). run.json "
+                                          "records the value used (label_smoothing)")
     gradient_checkpointing: bool = False
     seed: int = 42
     deterministic: bool = Field(False, description="deterministic kernels (slower); needed for bit-exact resume")

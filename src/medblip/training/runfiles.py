@@ -98,9 +98,9 @@ class RunLog:
 
 
 def write_run_files(run_dir: Path, config: ExperimentConfig, strategy: dict[str, Any], accelerator: Any,
-                    state: dict[str, Any] | None, kernels: dict[str, Any]) -> None:
+                    state: dict[str, Any] | None, kernels: dict[str, Any], label_smoothing: float) -> None:
     """``config.resolved.yaml``, and ``run.json`` of a fresh run or one more ``resumes`` entry in it
-    (``state``: the checkpoint resumed)."""
+    (``state``: the checkpoint resumed; ``label_smoothing``: the value the loss uses)."""
     atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
     path = run_dir / RUN_FILE
     dist = {"num_processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
@@ -111,7 +111,8 @@ def write_run_files(run_dir: Path, config: ExperimentConfig, strategy: dict[str,
         resumes.append({**run_metadata(seed=config.train.seed), "config": None, "at_step": state["global_step"],
                         "distributed": dist})
     else:
-        info = run_metadata(config.model_dump(mode="json"), config.train.seed, strategy=strategy, distributed=dist)
+        info = run_metadata(config.model_dump(mode="json"), config.train.seed, strategy=strategy, distributed=dist,
+                            label_smoothing=label_smoothing)
     atomic_write_json(path, info)
 
 

@@ -54,6 +54,7 @@ from medblip.training.data import (
     validation_subset,
 )
 from medblip.training.feature_cache import build_feature_cache, plan_feature_cache
+from medblip.training.run_guard import open_run
 from medblip.training.runfiles import (
     RunLog,
     StopFlag,
@@ -61,7 +62,13 @@ from medblip.training.runfiles import (
     write_result,
     write_run_files,
 )
-from medblip.training.validation import _caption_scorer, _check_metric_name, validate, zero_shot
+from medblip.training.validation import (
+    SCORER_NAME,
+    _check_metric_name,
+    validate,
+    validation_scores,
+    zero_shot,
+)
 
 if TYPE_CHECKING:
     from medblip.models.base import CaptionModel
@@ -133,14 +140,22 @@ class _Run:
 
 
 def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<config>",
-          progress: bool = True, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
+          progress: bool = True, should_stop: Callable[[int], bool] | None = None,
+          overwrite: bool = False, resume_with_changes: bool = False) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.data`` with ``config.strategy``; see the module doc.
 
     ``resume``: continue the run in ``config.output.dir`` from ``checkpoints/last``. ``source``: the
     config's file name, for error messages. ``should_stop(global_step)``: asked after every optimizer
     step; True stops the run like SIGTERM does (resumable checkpoint, status "interrupted").
+    ``overwrite`` and ``resume_with_changes``: see :mod:`medblip.training.run_guard` (folder guard,
+    lock, resume check).
     """
-    with tf32_restored():  # train.tf32 switches a process-wide flag; a caller's setting comes back after
+    from medblip.progress import library_progress
+
+    # train.tf32 switches a process-wide flag; a caller's setting comes back after. transformers' checkpoint
+    # loading / saving bars would interleave with the training bar: off for the run, restored after.
+    with (open_run(config, resume=resume, overwrite=overwrite, allow_changes=resume_with_changes, source=source),
+          tf32_restored(), library_progress(False)):
         return _train(config, resume=resume, source=source, progress=progress, should_stop=should_stop)
 
 
@@ -174,11 +189,11 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     set_seed(tc.seed, deterministic=tc.deterministic)
 
     # -- run folder: fresh, or the one being resumed --------------------------------------------------
-    state = ckpt.open_run(run_dir, accelerator, resume=resume, fsdp=fsdp, source=source)
+    state = ckpt.open_checkpoints(run_dir, accelerator, resume=resume, fsdp=fsdp)
 
     # -- data --------------------------------------------------------------------------------------
     dataset = load_dataset(dc.path, format=dc.format, splits=[dc.train_split, dc.val_split],
-                           caption_options=dc.captions, limit=dc.limit, seed=dc.seed)
+                           caption_options=dc.captions, limit=dc.limit, seed=dc.seed, roco_subsets=dc.roco_subsets)
     train_records = dataset.split(dc.train_split)
     val_records = validation_subset(dataset.split(dc.val_split), tc.val_subset, dc.seed)
     training = config.strategy.name != "none" and (tc.epochs > 0 or tc.max_steps)
@@ -191,10 +206,16 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     # -- model and strategy ------------------------------------------------------------------------
     # A resumed full / partial fine-tune reloads its own HF checkpoint; a LoRA run rebuilds the base
     # model and loads the unmerged adapters (the HF export has them merged into the weights).
+    mc = config.model
+    if (mc.load_in_8bit or mc.load_in_4bit) and training and config.strategy.name != "lora":
+        raise ConfigError(f"{source}: model.load_in_{'8' if mc.load_in_8bit else '4'}bit: quantized weights cannot be "
+                          f"trained with strategy {config.strategy.name}; use strategy lora (QLoRA) or none")
     resume_from_export = state is not None and not (last_dir / ckpt.TRAINABLE_FILE).is_file()
     model_source = str(last_dir) if resume_from_export else config.model.name_or_path
     adapter = create_model(model_source, config.model.family, dtype=config.model.dtype,
                            device=accelerator.device, **config.model.family_options())
+    # None: the family's own training recipe's (run.json records the value used)
+    adapter.set_label_smoothing(adapter.default_label_smoothing if tc.label_smoothing is None else tc.label_smoothing)
     strategy_info = adapter.apply_strategy(config.strategy.name, **config.strategy.options()).model_dump()
     if state is not None and not resume_from_export:
         ckpt.load_trainable(adapter, last_dir)
@@ -203,9 +224,9 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     kernels = trainer_kernels(adapter, tc, accelerator.device, source)
 
     if is_main:
-        write_run_files(run_dir, config, strategy_info, accelerator, state, kernels)
+        write_run_files(run_dir, config, strategy_info, accelerator, state, kernels, adapter.label_smoothing)
     log = RunLog(run_dir, enabled=is_main)
-    scorer, scorer_name = _caption_scorer()
+    scorer, scorer_name = validation_scores, SCORER_NAME
     if training and val_records:
         _check_metric_name(tc, scorer, source)
 
@@ -425,7 +446,8 @@ def _save(run: _Run, loop: LoopState, name: str, *, resumable: bool) -> None:
                                    fsdp=run.fsdp)
     with ckpt.full_params(run.model, run.fsdp):
         if acc.is_main_process:
-            ckpt.save_checkpoint(run.adapter, run.config.output.dir, name, state)
+            ckpt.save_checkpoint(run.adapter, run.config.output.dir, name, state,
+                                 generation=run.config.generation_settings())
     acc.wait_for_everyone()
 
 
