@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medblip.errors import DataError
+from medblip.io import decode_line
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +75,18 @@ def read_predictions_file(path: str | Path, *, repair: bool = False, strict: boo
         if not raw.strip():
             continue
         lineno = i + 1
+        torn = i == last_content and not strict  # a crash mid-write leaves a broken last line
         try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            if i == last_content and not strict:
+            obj = json.loads(decode_line(path, lineno, raw))
+        except (DataError, json.JSONDecodeError) as exc:
+            if torn:
                 notes.append(f"{path}:{lineno}: dropped a half-written last line (malformed JSON left by an "
                              "interrupted run)")
                 truncate_at = offsets[i]
                 break
-            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-            raise DataError(f"{path}:{lineno}: invalid JSON ({msg})") from None
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         for key in required:
