@@ -42,7 +42,7 @@ def word_blip(small_synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_best_checkpoint_is_selected_by_validation_cider(word_blip: Path, small_synth_dir: Path,
                                                          tmp_path: Path) -> None:
     from medblip.data import load_dataset, load_image
-    from medblip.training.trainer import validation_scores
+    from medblip.training.validation import validation_scores
 
     out = tmp_path / "run"
     cfg = experiment(word_blip, small_synth_dir, out, max_steps=24, batch_size=8, lr=5e-3, warmup_steps=0,

@@ -190,6 +190,14 @@ def load_trainer_state(folder: str | Path) -> dict[str, Any]:
     return state
 
 
+def checkpoint_step(folder: str | Path) -> int | None:
+    """The optimizer step a resumable checkpoint was written at (None when its state cannot be read)."""
+    try:
+        return int(load_trainer_state(folder)["global_step"])
+    except Exception:  # noqa: BLE001 - only for a message: any failure means "unknown"
+        return None
+
+
 def load_trainable(adapter: CaptionModel, folder: str | Path) -> None:
     """Copy a LoRA run's saved trainable parameters into a freshly strategy-wrapped adapter."""
     from safetensors import SafetensorError

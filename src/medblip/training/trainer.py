@@ -45,6 +45,7 @@ from medblip.perf.tf32 import tf32_restored
 from medblip.results import StrategyCounts, TrainCost, TrainResult
 from medblip.runinfo import set_seed
 from medblip.training import checkpoint as ckpt
+from medblip.training import runfiles
 from medblip.training.cost import CostMeter
 from medblip.training.data import (
     AdapterCollate,
@@ -55,20 +56,7 @@ from medblip.training.data import (
 )
 from medblip.training.feature_cache import build_feature_cache, plan_feature_cache
 from medblip.training.run_guard import open_run
-from medblip.training.runfiles import (
-    RunLog,
-    StopFlag,
-    record_feature_cache,
-    write_result,
-    write_run_files,
-)
-from medblip.training.validation import (
-    SCORER_NAME,
-    _check_metric_name,
-    validate,
-    validation_scores,
-    zero_shot,
-)
+from medblip.training.validation import SCORER_NAME, check_metric_name, validate, zero_shot
 
 if TYPE_CHECKING:
     from medblip.models.base import CaptionModel
@@ -132,9 +120,8 @@ class _Run:
     optimizer: Any
     scheduler: Any
     cost: CostMeter
-    log: RunLog
+    log: runfiles.RunLog
     val_ds: CaptionDataset
-    scorer: Any
     source: str
     fsdp: bool
 
@@ -224,14 +211,13 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     kernels = trainer_kernels(adapter, tc, accelerator.device, source)
 
     if is_main:
-        write_run_files(run_dir, config, strategy_info, accelerator, state, kernels, adapter.label_smoothing)
-    log = RunLog(run_dir, enabled=is_main)
-    scorer, scorer_name = validation_scores, SCORER_NAME
+        runfiles.write_run_files(run_dir, config, strategy_info, accelerator, state, kernels, adapter.label_smoothing)
+    log = runfiles.RunLog(run_dir, enabled=is_main)
     if training and val_records:
-        _check_metric_name(tc, scorer, source)
+        check_metric_name(tc, source)
 
     if not training:  # zero-shot: one validation pass, no checkpoints
-        return zero_shot(adapter, val_ds, config, accelerator, run_dir, log, scorer, scorer_name, strategy_info)
+        return zero_shot(adapter, val_ds, config, accelerator, run_dir, log, strategy_info)
 
     # -- frozen-encoder feature cache? (decoder_only: see the module doc) -----------------------------------
     cache_info = plan_feature_cache(adapter, tc, train_ds, fsdp, accelerator, source)
@@ -269,7 +255,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
         loop = LoopState.restored(state)
         log.drop_after(loop.global_step)
     start_epoch, start_batch = loop.epoch, loop.batch_in_epoch
-    run = _Run(config, accelerator, adapter, model, optimizer, scheduler, cost, log, val_ds, scorer, source, fsdp)
+    run = _Run(config, accelerator, adapter, model, optimizer, scheduler, cost, log, val_ds, source, fsdp)
 
     # -- the feature cache: every training image through the frozen encoder, once ----------------------
     feature_cache = None
@@ -282,11 +268,11 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
         # batches carry text and record ids only: no image is decoded in the epochs
         train_ds = CaptionDataset(train_records, dc.image_size, with_ids=True, load_images=False)
     if is_main:
-        record_feature_cache(run_dir, cache_info, resumed=state is not None)
+        runfiles.record_feature_cache(run_dir, cache_info, resumed=state is not None)
 
     # -- logging and signals ---------------------------------------------------------------------------
     log.open(config, loop.global_step, fresh=state is None, strategy=strategy_info)
-    stop = StopFlag(should_stop)
+    stop = runfiles.StopFlag(should_stop)
     stop.install()
     bar = tqdm(total=total_steps, initial=loop.global_step, disable=not (progress and is_main), unit="step",
                dynamic_ncols=True)
@@ -424,8 +410,8 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
         signal=stop.name, exit_code=128 + stop.signum if loop.status == "interrupted" and stop.signum else 0,
     )
     if is_main:
-        result.final_metrics["scorer"] = scorer_name
-        write_result(run_dir, result)
+        result.final_metrics["scorer"] = SCORER_NAME
+        runfiles.write_result(run_dir, result)
         log.close(result.cost, loop.global_step)
     accelerator.wait_for_everyone()
     return result
@@ -460,7 +446,7 @@ def _evaluate(run: _Run, loop: LoopState, epoch: int) -> dict[str, Any]:
     # full weights gathered on every process for the duration).
     with ckpt.full_params(run.model, run.fsdp, rank0_only=False):
         row = validate(run.adapter, run.adapter.model, run.val_ds, tc.batch_size, run.config.generation_settings(),
-                        run.scorer, run.accelerator, generate=tc.val_generate)
+                        run.accelerator, generate=tc.val_generate)
     run.cost.add_eval(time.perf_counter() - t0)
     row = {"step": loop.global_step, "epoch": epoch, "split": "validation", **row}
     value = row.get(es.metric)
@@ -476,16 +462,7 @@ def _evaluate(run: _Run, loop: LoopState, epoch: int) -> dict[str, Any]:
 
 
 def _diverged(what: str, value: float, step: int, epoch: int, batch: int, last_dir: Path) -> None:
-    kept = (f"last good checkpoint kept at {last_dir} (step {_checkpoint_step(last_dir)})"
+    kept = (f"last good checkpoint kept at {last_dir} (step {ckpt.checkpoint_step(last_dir)})"
             if (last_dir / ckpt.STATE_FILE).is_file() else "no checkpoint had been written yet")
     raise TrainingDiverged(f"training diverged: {what} is {value} at optimizer step {step} (epoch {epoch + 1}, "
                            f"batch {batch + 1}); {kept}. Lower train.lr or enable train.clip_grad")
-
-
-def _checkpoint_step(folder: Path) -> int | None:
-    try:
-        return int(ckpt.load_trainer_state(folder)["global_step"])
-    except Exception:
-        return None
-
-

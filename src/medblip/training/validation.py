@@ -2,7 +2,7 @@
 
 :func:`validate` computes the validation loss (every process its share, summed) and, with
 ``train.val_generate``, captions the validation subset and scores the captions with the trainer's
-caption scorer (:func:`validation_scores`); :func:`_check_metric_name` checks before training that the
+caption scorer (:func:`validation_scores`); :func:`check_metric_name` checks before training that the
 early-stopping metric is one it reports.
 """
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def validate(adapter: CaptionModel, model: Any, dataset: CaptionDataset, batch_size: int, settings: Any,
-              scorer: Any, accelerator: Any, *, generate: bool) -> dict[str, Any]:
+              accelerator: Any, *, generate: bool) -> dict[str, Any]:
     """Validation loss (every process its share) and, optionally, caption metrics on the subset."""
     from accelerate.utils import gather_object
 
@@ -54,25 +54,25 @@ def validate(adapter: CaptionModel, model: Any, dataset: CaptionDataset, batch_s
     out: dict[str, Any] = {"val_loss": float(total[0] / total[1]) if total[1] else float("nan"),
                            "val_images": int(total[1])}
     if generate and rows:
-        out.update({k: float(v) for k, v in scorer(rows).items()})
+        out.update(validation_scores(rows))
         out["examples"] = [{"id": r["id"], "prediction": r["prediction"], "reference": r["reference"]}
                            for r in rows[:3]]
     return out
 
 
 def zero_shot(adapter: CaptionModel, val_ds: CaptionDataset, config: ExperimentConfig, accelerator: Any,
-               run_dir: Path, log: RunLog, scorer: Any, scorer_name: str, strategy_info: dict[str, Any]) -> TrainResult:
+              run_dir: Path, log: RunLog, strategy_info: dict[str, Any]) -> TrainResult:
     cost = CostMeter(num_processes=accelerator.num_processes)
     metrics: dict[str, Any] = {}
     if val_ds.records:
         t0 = time.perf_counter()
         model = accelerator.prepare(adapter.model)
         metrics = validate(adapter, model, val_ds, config.train.batch_size, config.generation_settings(),
-                            scorer, accelerator, generate=config.train.val_generate)
+                            accelerator, generate=config.train.val_generate)
         cost.add_eval(time.perf_counter() - t0)
     result = TrainResult(run_dir=str(run_dir), status="zero_shot", model=config.model.name_or_path, global_step=0,
                          epochs_completed=0, best_checkpoint=config.model.name_or_path,
-                         final_metrics={**metrics, "scorer": scorer_name}, strategy=StrategyCounts(**strategy_info),
+                         final_metrics={**metrics, "scorer": SCORER_NAME}, strategy=StrategyCounts(**strategy_info),
                          cost=TrainCost(**cost.summary(accelerator.device)))
     if accelerator.is_main_process:
         log.append({"step": 0, "epoch": 0, "split": "validation", **metrics})
@@ -80,7 +80,7 @@ def zero_shot(adapter: CaptionModel, val_ds: CaptionDataset, config: ExperimentC
     return result
 
 
-def _check_metric_name(tc: Any, scorer: Any, source: str) -> None:
+def check_metric_name(tc: Any, source: str) -> None:
     """Fail before training, not after the first epoch, when early stopping names no reported metric."""
     metric = tc.early_stopping.metric
     if metric in ("val_loss",):
@@ -90,7 +90,7 @@ def _check_metric_name(tc: Any, scorer: Any, source: str) -> None:
         raise ConfigError(f"{where}: {metric!r} is a caption metric but train.val_generate is false")
     probe = [{"id": "a", "reference": "ct of the chest", "prediction": "ct of the chest"},
              {"id": "b", "reference": "mri of the head", "prediction": "mri of the brain"}]
-    available = sorted(scorer(probe))
+    available = sorted(validation_scores(probe))
     if metric not in available:
         raise ConfigError(f"{where}: {metric!r} is not reported (available: val_loss, {', '.join(available)})")
 
