@@ -141,7 +141,7 @@ def train_recipe(root: Path, recipe: dict[str, Any]) -> TrainedTinyBlip:
 
 @pytest.fixture(scope="session")
 def trained_tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> TrainedTinyBlip:
-    # The full demo's recipe (configs/demo_full.yaml), so that the interpretability tests prove what the demo shows.
+    # The full demo's recipe (configs/demo/full.yaml), so that the interpretability tests prove what the demo shows.
     return train_recipe(tmp_path_factory.mktemp("trained-tiny-blip"), load_recipe("full").model_dump(exclude_none=True))
 
 

@@ -17,10 +17,10 @@ Stages (each skipped when its outputs already exist, so a rerun resumes where th
 ``DIR/demo.json`` records the settings, seeds, versions, git commit and stage timings. The tiny
 BLIP (128 wide, 2 layers, 64 px, trained from scratch for 8 epochs on 1152 images) names the modality
 of about 90% of the test images, so the fine-tuned model clearly beats the zero-shot one. ``quick`` shrinks
-everything (60 images, 1 epoch) for CI. The recipes are ``configs/demo_full.yaml`` and ``demo_quick.yaml``.
+everything (60 images, 1 epoch) for CI. The recipes are ``configs/demo/full.yaml`` and ``demo/quick.yaml``.
 
 With ``model`` (e.g. ``Salesforce/blip-image-captioning-base``) and ``data`` (e.g. ROCOv2) the same
-pipeline runs the real study (``configs/demo_real.yaml``): the shipped configs' hyper-parameters
+pipeline runs the real study (``configs/demo/real.yaml``): the shipped configs' hyper-parameters
 (``configs/ablation_roco.yaml``, ``configs/vit_gpt2.yaml``), no synthetic data, and grounding only when
 the data has lesion masks.
 """
@@ -71,7 +71,7 @@ class SynthRecipe(_Recipe):
 
 
 class TinyRecipe(_Recipe):
-    """``configs/demo_full.yaml`` / ``demo_quick.yaml``: tiny models trained from scratch on synthetic data."""
+    """``configs/demo/full.yaml`` / ``demo/quick.yaml``: tiny models trained from scratch on synthetic data."""
 
     synth: SynthRecipe
     #: :func:`medblip.models.init_tiny` options of each family
@@ -88,7 +88,7 @@ class TinyRecipe(_Recipe):
 
 
 class RealRecipe(_Recipe):
-    """``configs/demo_real.yaml``: the real study, from the shipped configs it names."""
+    """``configs/demo/real.yaml``: the real study, from the shipped configs it names."""
 
     blip_config: str
     vit_gpt2_config: str
@@ -103,12 +103,12 @@ class RealRecipe(_Recipe):
 
 
 def load_recipe(name: str) -> TinyRecipe:
-    """The tiny recipe ``full`` or ``quick`` (``configs/demo_<name>.yaml``)."""
-    return configfile.load(TinyRecipe, shipped_config(f"demo_{name}.yaml"))
+    """The tiny recipe ``full`` or ``quick`` (``configs/demo/<name>.yaml``)."""
+    return configfile.load(TinyRecipe, shipped_config(f"demo/{name}.yaml"))
 
 
 def load_real_recipe() -> RealRecipe:
-    return configfile.load(RealRecipe, shipped_config("demo_real.yaml"))
+    return configfile.load(RealRecipe, shipped_config("demo/real.yaml"))
 
 
 STRATEGIES = ("full", "decoder_only", "encoder_only", "lora")
