@@ -10,6 +10,7 @@ import typer
 
 from medblip.cli.app import app
 from medblip.cli.options import MAX_PIXELS_HELP, OVERWRITE_HELP, apply_max_pixels
+from medblip.progress import library_progress
 
 
 def _quiet_transformers() -> None:
@@ -18,8 +19,6 @@ def _quiet_transformers() -> None:
     import transformers
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
-    # Checkpoint loading/saving progress bars would interleave with the stage output.
-    transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
 
@@ -64,9 +63,10 @@ def ablation_command(
     _quiet_transformers()
     score_options = {"meteor": meteor, "imageclef": imageclef}
     t0 = time.perf_counter()
-    result = run_ablation(cfg, out, names, source=str(config), split=split, bootstrap=bootstrap,
-                          score_options=score_options, device=device, eval_batch_size=batch_size,
-                          progress=progress, log=_log, overwrite=overwrite)
+    with library_progress(False):  # checkpoint loading/saving bars would interleave with the stage output
+        result = run_ablation(cfg, out, names, source=str(config), split=split, bootstrap=bootstrap,
+                              score_options=score_options, device=device, eval_batch_size=batch_size,
+                              progress=progress, log=_log, overwrite=overwrite)
     if result.interrupted is not None:
         run = result.interrupted
         print(f"medblip: {result.interrupted_strategy} stopped by {run.signal} at step {run.global_step}; "
@@ -107,8 +107,9 @@ def demo_command(
     _quiet_transformers()
     apply_max_pixels(max_pixels)
     t0 = time.perf_counter()
-    result = run_demo(DemoOptions(out=out, quick=quick, model=model, data=data, device=device, progress=progress,
-                                  overwrite=overwrite), log=_log)
+    with library_progress(False):  # checkpoint loading/saving bars would interleave with the stage output
+        result = run_demo(DemoOptions(out=out, quick=quick, model=model, data=data, device=device,
+                                      progress=progress, overwrite=overwrite), log=_log)
     if result.interrupted is not None:
         run = result.interrupted
         print(f"medblip: stopped by {run.signal} at step {run.global_step}; run the same command again to resume",
