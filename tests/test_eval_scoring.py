@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -110,25 +109,15 @@ def test_spice_is_reported_not_fatal() -> None:
     assert any(w.startswith("SPICE skipped") for w in result["warnings"])
 
 
-def test_bertscore_needs_its_package_and_uses_the_model_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_missing_metric_package_is_reported_and_the_rest_computed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "bert_score", None)  # makes 'import bert_score' fail
-    with pytest.raises(ConfigError, match="bert-score"):
-        score_predictions(_rows(WEAK), bootstrap=0, java=False, bertscore="/models/x")
-
-    calls = {}
-
-    def fake_score(cands, refs, model_type, **kwargs):
-        calls.update(model_type=model_type, **kwargs)
-        f1 = [0.5 if c != r[0] else 1.0 for c, r in zip(cands, refs, strict=True)]  # bert_score gives tensors
-        return f1, f1, f1
-
-    monkeypatch.setitem(sys.modules, "bert_score", types.SimpleNamespace(score=fake_score))
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text('{"num_hidden_layers": 6}')
-    result = score_predictions(_rows(WEAK), bootstrap=20, java=False, bertscore=str(model))
-    assert result["metrics"]["BERTScore-F1"]["value"] == pytest.approx(0.5)
-    assert calls["model_type"] == str(model) and calls["num_layers"] == 6
+    result = score_predictions(_rows(WEAK), bootstrap=0, java=False, metrics="coco,bertscore,bleurt")
+    assert "BLEU-4" in result["metrics"] and "BERTScore-F1" not in result["metrics"]
+    assert "medblip[imageclef]" in result["unavailable"]["BERTScore-F1"]
+    assert result["unavailable"]["BLEURT"].startswith("BLEURT not available")
+    assert "finding_f1" not in result["metrics"]  # clinical was not asked for
+    assert [w for w in result["warnings"] if "BERTScore" in w] == [result["unavailable"]["BERTScore-F1"]]
+    assert "| BERTScore-F1 | not available" in metrics_markdown(result)
 
 
 def test_row_validation_errors() -> None:
@@ -164,7 +153,7 @@ def test_compare_systems_small_p_for_better_large_for_identical() -> None:
     for name, entry in same.items():
         assert entry["difference"] == pytest.approx(0.0, abs=1e-12), name
         assert entry["p_value"] == 1.0, name
-    unknown = paired_test(weak, weak, metrics=["BLEU-4", "nope"], n=20, java=False)
+    unknown = paired_test(weak, weak, test_metrics=["BLEU-4", "nope"], n=20, java=False)
     assert unknown["nope"]["p_value"] is None and unknown["BLEU-4"]["p_value"] == 1.0
 
 
