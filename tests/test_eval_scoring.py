@@ -24,6 +24,7 @@ from medblip.evaluation import (
 )
 from medblip.evaluation import tokenization as tokenization_module
 from medblip.evaluation.caption_metrics import pycocoevalcap_scores
+from medblip.evaluation.metric_sets import ScoringConfig, parse_model_options, select_metrics
 from medblip.evaluation.tokenization import java_available, ptb_tokenize
 
 CAPTIONS = [
@@ -176,6 +177,34 @@ def test_write_metrics_json_and_markdown(tmp_path: Path) -> None:
     assert md.startswith("# Weak system")
     assert "| BLEU-4 |" in md and "| modality_accuracy |" in md and "Degeneration diagnostics" in md
     assert md == metrics_markdown(result, title="Weak system")
+
+
+# -- choosing metrics --------------------------------------------------------------------------------------
+def test_metric_sets_expand_and_bad_names_fail_with_the_known_ones() -> None:
+    assert select_metrics(None).parts == ("coco", "clinical")
+    clef = select_metrics("imageclef,clinical")
+    assert clef.parts == ("coco", "rouge1", "bertscore", "bleurt", "clipscore", "refclipscore", "clinical")
+    assert clef.imageclef_preprocessing and clef.needs_images
+    assert clef.model_for("bertscore") == "microsoft/deberta-xlarge-mnli"
+    assert clef.model_for("clipscore") == "openai/clip-vit-base-patch32"
+    assert not select_metrics("coco,bertscore").imageclef_preprocessing
+    with pytest.raises(ConfigError, match=r"--metrics: unknown metric or set 'bertscor' \(known: coco, clinical"):
+        select_metrics("coco,bertscor")
+    assert parse_model_options(["bertscore=/m/deberta", "CLIP=x/y"]) == {"bertscore": "/m/deberta", "clip": "x/y"}
+    with pytest.raises(ConfigError, match="unknown model key 'bleu'"):
+        parse_model_options(["bleu=/m"])
+    with pytest.raises(ConfigError, match="expected KEY=MODEL"):
+        parse_model_options(["/m/deberta"])
+    assert ScoringConfig(metrics="imageclef").metrics == ["imageclef"]
+    with pytest.raises(ValueError, match="unknown metric or set 'bleu'"):
+        ScoringConfig(metrics=["bleu"])
+
+
+def test_the_default_set_is_unchanged() -> None:
+    result = score_predictions(_rows(WEAK), bootstrap=0, java=False)
+    assert set(result["metrics"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr", "modality_accuracy",
+                                      "region_f1", "finding_f1", "laterality_agreement"}
+    assert "unavailable" not in result and "per_image" not in result and "model_metrics" not in result
 
 
 # -- CLI ------------------------------------------------------------------------------------------------
