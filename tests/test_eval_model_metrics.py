@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import string
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 import medblip.cli  # noqa: F401  (registers the commands)
 from _metric_models import CORPUS, noise_images, tiny_clip, tiny_text_model
 from medblip.cli.app import app
+from medblip.errors import MedblipError
 from medblip.evaluation import compare_systems, score_predictions
 
 bert_score = pytest.importorskip("bert_score", reason="needs the imageclef extra (pip install 'medblip[imageclef]')")
@@ -170,22 +172,29 @@ def _cached(model: str) -> bool:
     return isinstance(try_to_load_from_cache(model, "config.json"), str)
 
 
-def test_missing_weights_give_one_line_and_the_rest_is_written(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_missing_weights_give_one_line_and_the_rest_is_written(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     if _cached("microsoft/deberta-xlarge-mnli") or _cached("openai/clip-vit-base-patch32"):
         pytest.skip("the real models are in this machine's Hugging Face cache")
-    pred = tmp_path / "predictions.jsonl"
-    pred.write_text("".join(json.dumps({**r, "image": "img0.png"}) + "\n" for r in _rows()))
+    monkeypatch.chdir(tmp_path)
+    Path("predictions.jsonl").write_text("".join(json.dumps({**r, "image": "img0.png"}) + "\n" for r in _rows()))
     noise_images(tmp_path, 1)
-    res = runner.invoke(app, ["score", str(pred), "--metrics", "coco,clinical,bertscore,clipscore", "--no-java",
-                              "--bootstrap", "10", "--out", str(tmp_path / "out")])
+    # the README's command, as written (offline: the two models are not there)
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    (command,) = [ln for ln in readme.splitlines() if ln.startswith("medblip score predictions.jsonl --metrics imageclef")]
+    res = runner.invoke(app, shlex.split(command.split("#")[0])[1:])
     assert res.exit_code == 0, res.output
-    lines = [ln for ln in res.stderr.splitlines() if "not computed" in ln]
-    assert len(lines) == 2, res.stderr
-    for line, model in zip(lines, ("microsoft/deberta-xlarge-mnli", "openai/clip-vit-base-patch32"), strict=True):
-        assert line.startswith("WARNING: ") and f"'{model}'" in line and f"huggingface-cli download {model}" in line
-    data = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert set(data["unavailable"]) == {"BERTScore-F1", "CLIPScore"}
-    assert {"BLEU-4", "CIDEr", "finding_f1"} <= set(data["metrics"])
+    lines = [ln for ln in res.stderr.splitlines() if "not computed" in ln or "not available" in ln]
+    assert len(lines) == 3, res.stderr  # BERTScore, BLEURT, CLIPScore + RefCLIPScore (one model, one line)
+    for model in ("microsoft/deberta-xlarge-mnli", "openai/clip-vit-base-patch32"):
+        (line,) = [ln for ln in lines if f"'{model}'" in ln]
+        assert line.startswith("WARNING: ") and f"huggingface-cli download {model}" in line
+    assert any(ln.startswith("WARNING: BLEURT not available") for ln in lines)
+    data = json.loads((tmp_path / "scores" / "metrics.json").read_text())
+    assert set(data["unavailable"]) == {"BERTScore-F1", "CLIPScore", "RefCLIPScore", "BLEURT"}
+    assert {"BLEU-1", "METEOR" if data["settings"]["java"] else "BLEU-1", "CIDEr", "ROUGE-1",
+            "finding_f1"} <= set(data["metrics"])
     assert data["settings"]["models"] == {"bertscore": "microsoft/deberta-xlarge-mnli",
                                           "clip": "openai/clip-vit-base-patch32"}
 
@@ -219,12 +228,45 @@ def test_real_minilm_bertscore_ranks_the_right_keywords_above_shuffled_ones(shar
         rid, _, *words = line.split("\t")
         if rid in captions and len(words) >= 3:
             keywords[rid] = " ".join(words)
-    ids = sorted(keywords)[:300]
+    ids = sorted(keywords)[:120]
     right = [{"id": i, "reference": captions[i].strip(), "prediction": keywords[i]} for i in ids]
     # each image gets the keywords of the image 7 places on: a derangement, the same words overall
     shuffled = [{**row, "prediction": keywords[ids[(k + 7) % len(ids)]]} for k, row in enumerate(right)]
     out = compare_systems(shuffled, right, names=("shuffled", "right"), n_resamples=500, java=False,
                           metrics="bertscore", models={"bertscore": model})["metrics"]["BERTScore-F1"]
-    # measured 2026-11: shuffled 0.240, right 0.818 (300 captions), paired bootstrap p = 0.002 (its floor at 500)
+    # measured 2026-11: shuffled 0.240, right 0.818 (300 captions; 120 here), paired bootstrap p = 0.002 (its floor at 500)
     assert 0.1 < out["a"] < out["b"] < 1.0
     assert out["difference"] > 0.3 and out["p_value"] < 0.01 and out["ci_low"] > 0.3
+
+
+def test_compare_config_scoring_metrics_reach_every_system(text_models: dict[str, Path], clip_dir: Path,
+                                                           tmp_path: Path) -> None:
+    import yaml
+
+    from medblip.evaluation.compare import run_compare
+
+    noise_images(tmp_path / "imgs", 10)
+    refs = CORPUS[:10]
+    for name, preds in (("good", [r.split(" showing ")[0] for r in refs]), ("bad", ["pelvis"] * 10)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"id": str(i), "reference": r, "prediction": p, "image": f"imgs/img{i}.png"}) + "\n"
+            for i, (r, p) in enumerate(zip(refs, preds, strict=True))))
+    cfg = tmp_path / "compare.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "reference": "bad", "bootstrap": 50, "significance_samples": 200, "out": str(tmp_path / "out"),
+        "scoring": {"metrics": "coco,bertscore,clipscore", "java": False, "meteor": False,
+                    "models": {"bertscore": str(text_models["bert"]), "clip": str(clip_dir)}},
+        "systems": [{"name": "bad", "predictions": str(tmp_path / "bad.jsonl")},
+                    {"name": "good", "predictions": str(tmp_path / "good.jsonl")}]}))
+    comp = run_compare(cfg, progress=False)
+    assert {"BLEU-4", "BERTScore-F1", "CLIPScore"} <= set(comp.metric_names)
+    good = comp.system("good").metrics
+    assert good["BERTScore-F1"].p_value is not None and good["BERTScore-F1"].p_value < 0.05
+    assert good["CLIPScore"].p_value is not None and good["CLIPScore"].group == "image-text"
+    saved = json.loads((tmp_path / "out" / "systems" / "good" / "metrics.json").read_text())
+    assert len(saved["per_image"]["BERTScore-F1"]) == 10 and saved["model_metrics"]["CLIPScore"]["images_scored"] == 10
+
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text(cfg.read_text().replace("coco,bertscore,clipscore", "coco,bertscor"))
+    with pytest.raises(MedblipError, match=r"bad\.yaml: scoring\.metrics: .*unknown metric or set 'bertscor'"):
+        run_compare(bad_cfg, progress=False)

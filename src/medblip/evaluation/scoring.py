@@ -191,7 +191,7 @@ class _Scorer:
                                   [self.prep(p) for p in preds_raw], images, self.device)
             out.update(found.metrics)
             self.model_results = found
-            self.warnings += [w for w in [*found.unavailable.values(), *found.warnings] if w not in self.warnings]
+            self.warnings = list(dict.fromkeys([*self.warnings, *found.unavailable.values(), *found.warnings]))
         details: dict[str, Any] = {}
         if "clinical" in self.selection:
             clinical, details = clinical_metrics(refs_raw, preds_raw, self.uncertain_as)
