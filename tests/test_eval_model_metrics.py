@@ -270,3 +270,20 @@ def test_compare_config_scoring_metrics_reach_every_system(text_models: dict[str
     bad_cfg.write_text(cfg.read_text().replace("coco,bertscore,clipscore", "coco,bertscor"))
     with pytest.raises(MedblipError, match=r"bad\.yaml: scoring\.metrics: .*unknown metric or set 'bertscor'"):
         run_compare(bad_cfg, progress=False)
+
+
+@pytest.mark.slow
+def test_evaluate_scores_clipscore_on_the_datasets_images(clip_dir: Path, tmp_path: Path) -> None:
+    from medblip.data import synth
+    from medblip.evaluation.predict import evaluate
+    from medblip.models import init_tiny
+
+    data = synth.generate(tmp_path / "synth", n=8, seed=0, size=64, splits=(0.25, 0.0, 0.75)).out
+    model = init_tiny("blip", tmp_path / "tiny-blip", image_size=64, seed=0)
+    result = evaluate(model, data, tmp_path / "run", generation={"num_beams": 1, "max_new_tokens": 6}, bootstrap=20,
+                      score_options={"metrics": ["coco", "clipscore"], "models": {"clip": str(clip_dir)},
+                                     "java": False, "meteor": False}, progress=False)
+    n = len(result.predictions.rows)
+    assert result.metrics["metrics"]["CLIPScore"]["support"] == n
+    assert "unavailable" not in result.metrics and "finding_f1" not in result.metrics["metrics"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["scoring"]["metrics"] == ["coco", "clipscore"]

@@ -33,7 +33,6 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ import numpy as np
 from medblip.errors import ImageError, MedblipError
 from medblip.evaluation.metric_sets import METRIC_NAMES, MetricSelection
 from medblip.evaluation.statistics import AdditiveMetric, mean_metric
+from medblip.runinfo import versions_of
 
 #: Hessel et al.'s weight and text prompt (clipscore.py: ``w=2.5``, ``prefix='A photo depicts'``)
 CLIP_W = 2.5
@@ -75,16 +75,6 @@ def resolve_device(device: str | None) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def versions(*packages: str) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for p in packages:
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            out[p] = None
-    return out
 
 
 def _unavailable_model(metric: str, model: str, key: str, exc: BaseException) -> MetricUnavailable:
@@ -183,7 +173,7 @@ def bertscore_f1(references: Sequence[Sequence[str]], predictions: Sequence[str]
     values = _cached(["bertscore", model, layers, device, list(references), list(predictions)], compute)
     info = {"model": model, "revision": _revision(getattr(scorer._model, "config", None)), "num_layers": layers,
             "idf": False, "rescale_with_baseline": False, "hash": scorer.hash, "device": device,
-            "versions": versions("bert-score", "transformers", "torch")}
+            "versions": versions_of("bert-score", "transformers", "torch")}
     return values, info
 
 
@@ -202,7 +192,7 @@ def rouge1_f(references: Sequence[Sequence[str]], predictions: Sequence[str]) ->
             values.append(1.0)
         else:
             values.append(float(scorer.score_multi(list(refs), pred)["rouge1"].fmeasure))
-    return np.asarray(values, dtype=np.float64), {"use_stemmer": False, "versions": versions("rouge-score")}
+    return np.asarray(values, dtype=np.float64), {"use_stemmer": False, "versions": versions_of("rouge-score")}
 
 
 # -- CLIPScore / RefCLIPScore ---------------------------------------------------------------------------------
@@ -307,7 +297,7 @@ def clip_scores(references: Sequence[Sequence[str]], predictions: Sequence[str],
         notes.append(f"{len(problems)} of {len(predictions)} image(s) could not be used "
                      f"(e.g. {problems[0]}); scored on the other {int(mask.sum())}")
     info = {"model": model, "revision": _revision(clip.config), "w": CLIP_W, "prefix": CLIP_PREFIX.strip(),
-            "device": device, "images_scored": int(mask.sum()), "versions": versions("transformers", "torch")}
+            "device": device, "images_scored": int(mask.sum()), "versions": versions_of("transformers", "torch")}
     return clip_s, ref_clip_s, mask, info, notes
 
 
