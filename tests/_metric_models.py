@@ -58,7 +58,10 @@ def _clip_bpe(corpus: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]
         initial_alphabet=[chr(c) for c in range(33, 127)], min_frequency=1, show_progress=False))
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
-    return dict(model["vocab"]), merges
+    # the trainer's ids follow hash-set order (they change with PYTHONHASHSEED); its tokens and merges do not
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    tokens = specials + sorted(t for t in model["vocab"] if t not in specials)
+    return {t: i for i, t in enumerate(tokens)}, merges
 
 
 def tiny_clip(out: Path, image_size: int = 32, seed: int = 0) -> Path:

@@ -55,7 +55,7 @@ def text_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_clip(tmp_path_factory.mktemp("clip") / "clip", seed=2)
+    return tiny_clip(tmp_path_factory.mktemp("clip") / "clip", seed=4)  # a seed with cosines of both signs
 
 
 # -- BERTScore: the same numbers as bert_score itself ---------------------------------------------------------
