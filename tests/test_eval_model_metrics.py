@@ -31,9 +31,9 @@ REFS = ["Axial CT of the chest shows a 5.2 mm nodule (arrow) in the right upper 
         "Chest radiograph with a large left pleural effusion.",
         "Ultrasound of the thyroid shows a hypoechoic nodule.",
         "CT angiography: aneurysm of the left middle cerebral artery (12 mm).",
-        ""]
+        "..."]
 PREDS = ["ct chest with a small nodule", "brain mri showing a cyst in the left lobe", "x-ray of the chest",
-         "thyroid ultrasound, nodule", "angiography of the head", ""]
+         "thyroid ultrasound, nodule", "angiography of the head", "!"]  # the last pair: empty once preprocessed
 runner = CliRunner()
 
 
@@ -64,8 +64,8 @@ def test_bertscore_equals_bert_score_called_directly(text_models: dict[str, Path
     model = str(text_models[kind])
     result = score_predictions(_rows(), bootstrap=50, java=False, metrics="bertscore", models={"bertscore": model})
     assert set(result["metrics"]) == {"BERTScore-F1"}
-    _, _, f1 = bert_score.score(PREDS[:-1], REFS[:-1], model_type=model, num_layers=2)
-    expected = [*np.asarray(f1, dtype=np.float64), 1.0]  # both empty: 1, as the organisers' evaluator scores it
+    _, _, f1 = bert_score.score(PREDS, REFS, model_type=model, num_layers=2)
+    expected = np.asarray(f1, dtype=np.float64)
     assert result["per_image"]["BERTScore-F1"] == pytest.approx(expected, abs=1e-6)
     assert result["metrics"]["BERTScore-F1"]["value"] == pytest.approx(np.mean(expected), abs=1e-6)
     lo, hi = result["metrics"]["BERTScore-F1"]["ci_low"], result["metrics"]["BERTScore-F1"]["ci_high"]
@@ -82,7 +82,8 @@ def test_imageclef_set_scores_preprocessed_text_like_the_organisers(text_models:
     assert result["settings"]["imageclef"] is True
     _, _, f1 = bert_score.score([organisers_preprocess(p) for p in PREDS[:-1]],
                                 [organisers_preprocess(r) for r in REFS[:-1]], model_type=model, num_layers=2)
-    assert result["per_image"]["BERTScore-F1"][:-1] == pytest.approx(np.asarray(f1, dtype=np.float64), abs=1e-6)
+    # the last pair is empty on both sides once preprocessed: 1, as the organisers' evaluator scores it
+    assert result["per_image"]["BERTScore-F1"] == pytest.approx([*np.asarray(f1, dtype=np.float64), 1.0], abs=1e-6)
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
@@ -141,11 +142,13 @@ def test_clipscore_and_refclipscore_follow_hessel(clip_dir: Path, tmp_path: Path
     # a missing image is a counted skip: the others are scored, the note says how many
     rows[3] = {**rows[3], "image": "images/nope.png"}
     del rows[5]["image"]
+    rows.insert(2, {"id": "no-ref", "reference": "", "prediction": "x", "image": "images/img0.png"})  # dropped
     skipped = score_predictions(rows, bootstrap=0, java=False, metrics="clipscore", models={"clip": str(clip_dir)},
                                 image_root=tmp_path)
     keep = [i for i in range(8) if i not in (3, 5)]
     assert skipped["metrics"]["CLIPScore"]["support"] == 6
     assert skipped["metrics"]["CLIPScore"]["value"] == pytest.approx(clip_s[keep].mean(), abs=1e-6)
+    assert skipped["per_image"]["ids"] == [str(i) for i in range(8)]  # images stay with their rows
     assert skipped["per_image"]["CLIPScore"][3] is None and skipped["per_image"]["CLIPScore"][5] is None
     assert any("2 of 8 image(s) could not be used" in w for w in skipped["warnings"])
 

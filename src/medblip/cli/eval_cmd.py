@@ -15,6 +15,7 @@ import typer
 
 from medblip.cli.app import app
 from medblip.cli.metric_options import IMAGECLEF_HELP, METRIC_MODEL_HELP, METRICS_HELP, scoring_choice
+from medblip.cli.options import OVERWRITE_HELP
 from medblip.errors import ConfigError
 
 
@@ -25,8 +26,9 @@ def score_command(
              "for clipscore/refclipscore also 'image' (a path, relative to the file's folder).",
         show_default=False)],
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Folder for metrics.json and metrics.md [default: the predictions file's folder]",
-        show_default=False)] = None,
+        "--out", "-o", help="Also write metrics.json and metrics.md into this folder (without it, nothing is "
+                            "written: the table is printed).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% CIs (0: none).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
     metrics: Annotated[str | None, typer.Option(
@@ -48,12 +50,16 @@ def score_command(
     title: Annotated[str | None, typer.Option(help="Title of metrics.md.", show_default=False)] = None,
 ) -> None:
     """Score an existing predictions file: COCO metrics, clinical correctness (or --metrics), degeneration, CIs."""
+    from medblip.evaluation import metrics_markdown
     from medblip.evaluation.scoring import read_predictions, score_predictions, write_metrics
     from medblip.evaluation.tokenization import MetricWarning
+    from medblip.outputs import prepare_output_dir
 
     if uncertain_as not in ("present", "absent"):
         raise ConfigError(f"--uncertain-as must be 'present' or 'absent', not {uncertain_as!r}")
     choice = scoring_choice(metrics, metric_model, imageclef, device)
+    if out is not None:
+        out = prepare_output_dir(out, "score", overwrite=overwrite)
     rows = read_predictions(predictions)
     # The library also warns through `warnings`/`logging`; here every warning is printed once, below.
     scoring_log = logging.getLogger("medblip.evaluation.scoring")
@@ -68,9 +74,12 @@ def score_command(
     finally:
         scoring_log.setLevel(level)
     result["source"] = str(predictions)
-    paths = write_metrics(result, out if out is not None else predictions.parent, title=title or predictions.name)
     for warning in result["warnings"]:
         typer.secho(f"WARNING: {warning}", fg=typer.colors.YELLOW, err=True)
+    if out is None:
+        typer.echo(metrics_markdown(result, title or predictions.name))
+        return
+    paths = write_metrics(result, out, title=title or predictions.name)
     typer.echo(paths["markdown"].read_text(encoding="utf-8"))
     typer.echo(f"wrote {paths['json']} and {paths['markdown']}", err=True)
 
