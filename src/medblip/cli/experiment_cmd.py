@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from medblip.cli.app import app
+from medblip.cli.metric_options import IMAGECLEF_HELP, METRIC_MODEL_HELP, METRICS_HELP, scoring_choice
 from medblip.cli.options import MAX_PIXELS_HELP, OVERWRITE_HELP, apply_max_pixels
 
 
@@ -41,7 +42,11 @@ def ablation_command(
     split: str = typer.Option("test", "--split", help="split every best checkpoint is evaluated on"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples for the 95% CIs"),
     meteor: bool = typer.Option(True, "--meteor/--no-meteor", help="METEOR (starts a Java process)"),
-    imageclef: bool = typer.Option(False, "--imageclef", help="ImageCLEF caption preprocessing before scoring"),
+    metrics: str | None = typer.Option(None, "--metrics", help=METRICS_HELP + " [default: the config's "
+                                       "scoring.metrics]", show_default=False),
+    metric_model: list[str] | None = typer.Option(None, "--metric-model", metavar="KEY=MODEL",
+                                                  help=METRIC_MODEL_HELP, show_default=False),
+    imageclef: bool = typer.Option(False, "--imageclef", help=IMAGECLEF_HELP),
     device: str | None = typer.Option(None, "--device", help="evaluation device (default: cuda when available)"),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                           help="evaluation batch size (default: train.batch_size)"),
@@ -62,7 +67,12 @@ def ablation_command(
     names = parse_strategies(strategies)
     cfg = load_config(config, set_)
     _quiet_transformers()
-    score_options = {"meteor": meteor, "imageclef": imageclef}
+    # the config's scoring section, with what the command line says on top
+    score_options = cfg.scoring.options()
+    chosen = scoring_choice(metrics or ",".join(cfg.scoring.metrics), metric_model,
+                            imageclef or cfg.scoring.imageclef, device or cfg.scoring.device)
+    score_options.update({**chosen, "models": {**cfg.scoring.models, **chosen["models"]},
+                          "meteor": meteor and cfg.scoring.meteor})
     t0 = time.perf_counter()
     result = run_ablation(cfg, out, names, source=str(config), split=split, bootstrap=bootstrap,
                           score_options=score_options, device=device, eval_batch_size=batch_size,

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medblip.errors import ConfigError, DataError, MedblipError
+from medblip.evaluation.metric_sets import ScoringConfig
 from medblip.evaluation.predict import (
     PREDICTIONS_FILE,
     load_split,
@@ -93,26 +94,6 @@ class SystemConfig(BaseModel):
         return "model" if self.model is not None else "predictions"
 
 
-class ScoringConfig(BaseModel):
-    """Options of :func:`medblip.evaluation.score_predictions`, the same for every system."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    #: ImageCLEFmedical Caption preprocessing before the COCO metrics (ROCOv2 comparability)
-    imageclef: bool = False
-    #: METEOR needs a Java process that takes 10 s or more to start
-    meteor: bool = True
-    #: "auto": PTB tokenizer + METEOR when Java is installed; false: never use Java
-    java: bool | Literal["auto"] = "auto"
-    spice: bool = False
-    #: BERTScore model (local path or name) or a dict of bert_score.score options
-    bertscore: str | dict[str, Any] | None = None
-    uncertain_as: Literal["present", "absent"] = "present"
-
-    def options(self) -> dict[str, Any]:
-        return self.model_dump()
-
-
 class CompareConfig(BaseModel):
     """The compare config file (see ``configs/compare_synth.yaml`` for a commented example)."""
 
@@ -137,7 +118,7 @@ class CompareConfig(BaseModel):
     significance: Literal["bootstrap", "randomization"] = "bootstrap"
     significance_samples: int = Field(default=1000, ge=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
-    #: options passed to score_predictions (e.g. ImageCLEF preprocessing)
+    #: options passed to score_predictions: metrics (sets), models, device, ImageCLEF preprocessing, ...
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     #: metrics drawn in the bar plot (default: every metric on a 0..1 scale, plus CIDEr)
     plot_metrics: list[str] | None = None
@@ -237,7 +218,7 @@ class MetricValue:
     ci_low: float | None = None
     ci_high: float | None = None
     p_value: float | None = None
-    group: str | None = None  # caption | clinical | embedding (from score_predictions)
+    group: str | None = None  # caption | clinical | embedding | image-text (from score_predictions)
 
 
 @dataclass
@@ -386,12 +367,14 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
         log.warning(msg)
         notes.append(msg)
 
-    # 3. score each system on the shared ids
+    # 3. score each system on the shared ids (CLIPScore reads the dataset's images, else the rows' own)
+    images = {str(r.id): r.image for r in records or []}
     scored: dict[str, list[dict[str, Any]]] = {}
     results: list[SystemResult] = []
     raw_metrics: dict[str, Any] = {}
     for s in cfg.systems:
         rows = [{**own[s.name][i], "id": i, "reference": refs[i]} for i in common]
+        rows = [{**r, "image": images[r["id"]] if r["id"] in images else _own_image(r, s.predictions)} for r in rows]
         scored[s.name] = rows
         folder = info[s.name]["folder"]
         folder.mkdir(parents=True, exist_ok=True)
@@ -430,6 +413,15 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
     run_info(out, {"command": "compare", "config_file": str(config_path) if config_path else None,
                    **cfg.model_dump()}, seed=cfg.seed, n_images=len(common))
     return comp
+
+
+def _own_image(row: Mapping[str, Any], predictions: str | None) -> Any:
+    """A predictions-file row's ``image`` field, relative to that file's folder."""
+    src = row.get("image")
+    if not isinstance(src, str) or not src or predictions is None:
+        return None
+    path = Path(src).expanduser()
+    return path if path.is_absolute() else Path(predictions).expanduser().parent / path
 
 
 def _precheck_models(cfg: CompareConfig, records: Sequence[Any], out: Path, where: str) -> None:
@@ -566,9 +558,10 @@ def paired_pvalues(rows_ref: Sequence[Mapping[str, Any]], rows_sys: Sequence[Map
     """Per metric, the paired test's p-value of ``rows_sys`` vs ``rows_ref`` (same ids, same order)."""
     from medblip.evaluation import paired_test
 
-    a = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows_ref]
+    a = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"], "image": r.get("image")}
+         for r in rows_ref]
     b = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows_sys]
-    res = paired_test(a, b, metrics=list(metrics), method=method, n=samples, seed=seed,
+    res = paired_test(a, b, test_metrics=list(metrics), method=method, n=samples, seed=seed,
                       **dict(score_options or {}))
     out: dict[str, float | None] = {}
     for m in metrics:
@@ -664,7 +657,8 @@ def _csv(x: float | None) -> str:
     return "" if x is None else repr(float(x))
 
 
-_GROUP_TITLES = {"caption": "caption metrics", "clinical": "clinical correctness", "embedding": "embedding"}
+_GROUP_TITLES = {"caption": "caption metrics", "clinical": "clinical correctness", "embedding": "embedding",
+                 "image-text": "image-text"}
 
 
 def plot_comparison(comp: Comparison, path: str | Path, metrics: Sequence[str] | None = None,
