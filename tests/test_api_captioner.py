@@ -88,3 +88,28 @@ def test_unreachable_endpoint_is_retried_then_reported(tmp_path):
     assert (s.images, s.calls, s.retries, s.failures, s.captioned) == (3, 9, 6, 3, 0)
     assert not list((tmp_path / "cache").rglob("*.json"))  # failures are not cached
     assert "3 failed" in c.summary_text()
+
+
+def test_compare_roco_gemini_block_validates():
+    """configs/compare_roco.yaml's commented Gemini system, uncommented, is a valid api system."""
+    from pathlib import Path
+
+    import yaml
+
+    from medblip.evaluation.compare import CompareConfig
+
+    text = (Path(__file__).resolve().parents[1] / "configs" / "compare_roco.yaml").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    start = lines.index("  # - name: gemini-1.5-flash")
+    block = []
+    for line in lines[start:]:
+        if not line.strip():  # the block ends at the blank line
+            break
+        if not line.startswith("  #     #"):  # comments inside the block stay comments
+            block.append("  " + line[4:])
+    uncommented = "\n".join(lines[:start] + block + lines[start:])
+    cfg = CompareConfig.model_validate(yaml.safe_load(uncommented))
+    (gemini,) = [s for s in cfg.systems if s.name == "gemini-1.5-flash"]
+    assert gemini.kind == "api" and gemini.api.model == "gemini-1.5-flash"
+    assert gemini.api.api_key_env == "GEMINI_API_KEY" and gemini.api.requests_per_minute == 15
+    assert gemini.api.base_url.endswith("/v1beta/openai/") and gemini.api.prompt == DEFAULT_PROMPT

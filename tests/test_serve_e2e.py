@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -203,13 +204,34 @@ systems:
     assert "served: tiny at" not in capsys.readouterr().err
 
 
+def _readme_python(marker: str) -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    (block,) = [b for b in blocks if marker in b]
+    return block
+
+
+@pytest.mark.parametrize("marker", ["from openai import OpenAI", "from medblip.models.api import ApiCaptioner"])
+def test_readme_api_examples_run(marker, server, synth_jpegs, local, tmp_path, monkeypatch, capsys):
+    """The README's Python examples, run as written against the test server (its URL and model name)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDBLIP_CACHE", str(tmp_path / "cache"))  # not the user's ~/.cache
+    (tmp_path / "scan.png").write_bytes(_png(synth_jpegs[4]))
+    code = _readme_python(marker)
+    assert "http://127.0.0.1:7860/v1" in code and "roco-blip-full/best" in code
+    exec(code.replace("http://127.0.0.1:7860/v1", server.base_url).replace("roco-blip-full/best", "tiny"), {})
+    assert local(_png(synth_jpegs[4])) in capsys.readouterr().out
+
+
 # -- safety: the key, the queue limit, other hosts -----------------------------------------------------
 def test_key_and_queue_limit(served_blip_dir, synth_jpegs, local, tmp_path, monkeypatch):
     from medblip.models.api import ApiCaptioner
 
-    args = ["--model", f"tiny={served_blip_dir}", "--max-new-tokens", str(MAX_NEW_TOKENS), "--no-page",
+    args = ["--model", f"tiny={served_blip_dir}", "--max-new-tokens", str(MAX_NEW_TOKENS),
             "--max-queue", "1", "--max-batch", "1", "--batch-wait-ms", "0"]
     with ServerProcess(args, env={"MEDBLIP_API_KEY": "s3cret"}, log_path=tmp_path / "server.log") as srv:
+        if CHROMIUM is not None:
+            _page_asks_for_the_key(srv.url)
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             resp = httpx.get(srv.base_url + "/models", headers=headers)
             assert resp.status_code == 401 and resp.json()["error"]["code"] == "invalid_api_key"
@@ -241,6 +263,25 @@ def test_key_and_queue_limit(served_blip_dir, synth_jpegs, local, tmp_path, monk
                                  cache_dir=False, concurrency=8)
         assert captioner.generate([load_image(j) for j in synth_jpegs]) == [local(j) for j in synth_jpegs]
         assert captioner.stats.failures == 0 and captioner.stats.retries == captioner.stats.http_status[503]
+
+
+def _page_asks_for_the_key(url: str) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            for password in ("wrong", "s3cret"):
+                page.fill("input[type=text]", "colleague")
+                page.fill("input[type=password]", password)
+                page.get_by_role("button", name="Login").click()
+                if password == "wrong":
+                    page.wait_for_selector("text=Incorrect Credentials", timeout=30_000)
+                    assert page.locator("#upload").count() == 0
+            page.wait_for_selector("#upload input[type=file]", state="attached", timeout=60_000)
+        finally:
+            browser.close()
 
 
 def test_other_hosts_are_warned_about(served_blip_dir, medblip_cli, capsys, tmp_path):
