@@ -31,19 +31,32 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def server(served_blip_dir, tmp_path_factory):
-    args = ["--model", f"tiny={served_blip_dir}", "--max-new-tokens", str(MAX_NEW_TOKENS), "--max-upload-mb", "1"]
+def other_blip_dir(tmp_path_factory):
+    """A second model (another seed) for the page's model picker."""
+    from medblip.models import init_tiny
+
+    return init_tiny("blip", tmp_path_factory.mktemp("other") / "other", image_size=64, seed=1, vision_init_std=0.02)
+
+
+@pytest.fixture(scope="module")
+def server(served_blip_dir, other_blip_dir, tmp_path_factory):
+    args = ["--model", f"tiny={served_blip_dir}", "--model", f"other={other_blip_dir}",
+            "--max-new-tokens", str(MAX_NEW_TOKENS), "--max-upload-mb", "1"]
     with ServerProcess(args, log_path=tmp_path_factory.mktemp("serve") / "server.log") as srv:
         yield srv
+
+
+def _local(model_dir):
+    from medblip.models import create_model
+
+    adapter = create_model(model_dir)
+    return lambda data: adapter.generate([load_image(data)], max_new_tokens=MAX_NEW_TOKENS)[0]
 
 
 @pytest.fixture(scope="module")
 def local(served_blip_dir):
     """medblip's local captioning with the server's settings: the captions the API must give back."""
-    from medblip.models import create_model
-
-    adapter = create_model(served_blip_dir)
-    return lambda data: adapter.generate([load_image(data)], max_new_tokens=MAX_NEW_TOKENS)[0]
+    return _local(served_blip_dir)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +82,7 @@ def _ask(client, url: str, text: str | None = "Describe this radiology image.", 
 
 # -- (a) the page in a browser -----------------------------------------------------------------------
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/system-deps.sh installs it)")
-def test_page_in_headless_chromium(server, synth_jpegs, ct_dicom, local, tmp_path):
+def test_page_in_headless_chromium(server, synth_jpegs, ct_dicom, local, other_blip_dir, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     png = tmp_path / "ct-chest.png"
     png.write_bytes(_png(synth_jpegs[3]))
@@ -93,6 +106,24 @@ def test_page_in_headless_chromium(server, synth_jpegs, ct_dicom, local, tmp_pat
             assert all(k in concepts for k in ("modality", "region", "findings", "side"))
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 
+            # the model picker: the same image, captioned by the other model
+            page.click("#model input")
+            page.get_by_role("option", name="other").click()
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('other')",
+                                   timeout=60_000)
+            assert page.input_value("#caption textarea") == _local(other_blip_dir)(png.read_bytes())
+
+            # a built-in synthetic example, with its reference caption
+            from medblip.serving.examples import synthetic_examples
+
+            example = synthetic_examples()[1]
+            page.click("#example input")
+            page.get_by_role("option", name=example.label).click()
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('Reference')",
+                                   timeout=60_000)
+            assert example.reference in page.inner_text("#status")
+            assert page.input_value("#caption textarea") == _local(other_blip_dir)(example.data)
+
             for upload, reason in ((notes, "not a recognised image format"), (broken, "cannot decode DICOM")):
                 page.goto(server.url + "/")  # a fresh page: the file box takes one file
                 page.set_input_files("#upload input[type=file]", str(upload))
@@ -107,7 +138,7 @@ def test_page_in_headless_chromium(server, synth_jpegs, ct_dicom, local, tmp_pat
 
 # -- (b) the OpenAI-compatible API with the official client --------------------------------------------
 def test_openai_client_gets_the_local_caption(client, synth_jpegs, ct_dicom, local):
-    assert [m.id for m in client.models.list()] == ["tiny"]
+    assert [m.id for m in client.models.list()] == ["tiny", "other"]
     for data, mime in ((synth_jpegs[0], "image/jpeg"), (_png(synth_jpegs[5]), "image/png"),
                        (ct_dicom, "application/dicom")):
         reply = _ask(client, _uri(data, mime))

@@ -42,7 +42,7 @@ class WordOverlay:
     @property
     def label(self) -> str:
         tag = " · finding" if self.finding else ""
-        return f"{self.word}{tag} · {self.raw_min:.3g}–{self.raw_max:.3g}"
+        return f"{self.word}{tag} · {self.raw_min:.2g}–{self.raw_max:.2g}"
 
 
 @dataclass

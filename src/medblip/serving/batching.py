@@ -78,14 +78,23 @@ class MicroBatcher:
         when ``max_queue`` requests are already waiting."""
         job = _Job(image, settings, tuple(dataclasses.astuple(settings)))
         with self._cond:
-            if self._closed:
-                raise MedblipError("the server is shutting down")
-            if len(self._waiting) >= self.max_queue:
-                self._rejected += 1
-                raise QueueFull(f"the server is busy ({len(self._waiting)} requests waiting); retry shortly")
+            self._refuse_if_full()
             self._waiting.append(job)
             self._cond.notify_all()
         return job.future
+
+    def check_room(self) -> None:
+        """Raise :class:`QueueFull` now if a request would be refused, so that a server can refuse
+        before it spends time decoding the image (:meth:`submit` checks again)."""
+        with self._cond:
+            self._refuse_if_full()
+
+    def _refuse_if_full(self) -> None:
+        if self._closed:
+            raise MedblipError("the server is shutting down")
+        if len(self._waiting) >= self.max_queue:
+            self._rejected += 1
+            raise QueueFull(f"the server is busy ({len(self._waiting)} requests waiting); retry shortly")
 
     def stats(self) -> dict[str, Any]:
         """Requests served, forward passes, batch sizes (size -> count), refusals, waiting now."""

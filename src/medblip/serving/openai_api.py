@@ -215,6 +215,7 @@ def _settings(model: ServedModel, body: dict[str, Any], prompt: str | None) -> A
 
 async def _caption(model: ServedModel, url: Any, limits: UploadLimits, settings: Any) -> str:
     try:
+        model.batcher.check_room()  # a busy server refuses before decoding anything
         data = await run_in_threadpool(image_bytes_from_url, url, limits)
         image = await run_in_threadpool(decode_image, data, limits, "image_url")
         future = model.submit(image, settings)

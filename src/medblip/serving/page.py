@@ -57,26 +57,32 @@ def build_page(models: Sequence[ServedModel], limits: UploadLimits, examples: Se
         gallery = [(o.image, o.label) for o in result.overlays]
         return status, display_copy(image)[0], result.caption, concepts_markdown(result.concepts), gallery
 
+    def show(current: tuple[bytes, str] | None, name: str | None) -> tuple[Any, ...]:
+        """The outputs for the current image (bytes and where they came from) under model ``name``."""
+        if current is None:
+            return run(None, name, "")
+        data, source = current
+        status, *rest = run(data, name, source)
+        example = by_label.get(source)
+        if example is not None and status.startswith("Captioned"):
+            status += f" Reference caption: *{example.reference}*"
+        return status, *rest
+
     def on_upload(path: str | None, name: str | None) -> tuple[Any, ...]:
         if not path:
-            return None, *run(None, name, "")
+            return None, *show(None, name)
         source = os.path.basename(path)
         try:
             limits.check_size(os.path.getsize(path), source)
         except UploadError as exc:
             return None, f"**Cannot use this file.** {exc}", None, "", "", []
-        data = Path(path).read_bytes()
-        return (data, source), *run(data, name, source)
+        current = (Path(path).read_bytes(), source)
+        return current, *show(current, name)
 
     def on_example(label: str | None, name: str | None) -> tuple[Any, ...]:
         example = by_label.get(label or "")
-        if example is None:
-            return None, *run(None, name, "")
-        status, *rest = run(example.data, name, example.label)
-        return (example.data, example.label), f"{status} Reference caption: *{example.reference}*", *rest
-
-    def on_model(current: tuple[bytes, str] | None, name: str | None) -> tuple[Any, ...]:
-        return run(current[0], name, current[1]) if current else run(None, name, "")
+        current = (example.data, example.label) if example else None
+        return current, *show(current, name)
 
     with gr.Blocks(title="medblip", analytics_enabled=False, delete_cache=(900, 900)) as page:
         current = gr.State(None)
@@ -99,5 +105,5 @@ def build_page(models: Sequence[ServedModel], limits: UploadLimits, examples: Se
         shown = [status, preview, caption, concepts, overlays]
         upload.upload(on_upload, [upload, model], [current, *shown], api_visibility="private")
         example.input(on_example, [example, model], [current, *shown], api_visibility="private")
-        model.input(on_model, [current, model], shown, api_visibility="private")
+        model.input(show, [current, model], shown, api_visibility="private")
     return page.queue(default_concurrency_limit=8)
