@@ -12,7 +12,8 @@ URIs) with ``httpx``, and measures, in the same run against the same server:
    request when the previous one is answered): p50/p95 latency, throughput, its ratio to (1), how many
    forward passes the server ran (``/stats``) and whether every image got the caption it got alone;
 3. **overload**: ``--burst`` requests at once against a queue of ``--max-queue``: the surplus must be
-   refused with 503 + ``Retry-After`` at once, not hang.
+   refused with 503 + ``Retry-After`` at once, not hang; for scale, the same burst of ``GET /health``
+   (no work behind it) is timed first, since opening that many connections at once has its own cost.
 
 Every request has a timeout (``--timeout``) and the whole run a deadline (``--time-limit``), so a
 broken server ends the benchmark with failures counted instead of hanging it. Exits 1 when a request
@@ -114,11 +115,18 @@ async def closed_loop(url: str, bodies: list[dict[str, Any]], n: int, clients: i
     return [r if r is not None else {"status": None, "error": "not sent (deadline)", "lost": True} for r in results], elapsed
 
 
-async def burst(url: str, body: dict[str, Any], n: int, timeout: float) -> tuple[list[dict[str, Any]], float]:
+async def burst(url: str, body: dict[str, Any] | None, n: int, timeout: float) -> tuple[list[dict[str, Any]], float]:
+    """``n`` requests at once on fresh connections: chat completions, or ``GET /health`` (``body=None``)
+    to measure what a burst costs the machine (connections, the event loop) with no work behind it."""
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+        async def health() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            resp = await client.get("/health", timeout=timeout)
+            return {"status": resp.status_code, "seconds": time.perf_counter() - t0}
+
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(send(client, body, timeout) for _ in range(n)))
+        results = await asyncio.gather(*(send(client, body, timeout) if body else health() for _ in range(n)))
         return list(results), time.perf_counter() - t0
 
 
@@ -174,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         before = stats(url)["bench"]
         conc, conc_s = asyncio.run(closed_loop(url, bodies, args.requests, args.clients, args.timeout, deadline))
         batching = batch_delta(before, stats(url)["bench"])
+        health, _ = asyncio.run(burst(url, None, burst_n, args.timeout))
         over, over_s = asyncio.run(burst(url, bodies[0], burst_n, args.timeout))
         result["server"]["rejected_total"] = stats(url)["bench"]["rejected"]
 
@@ -195,7 +204,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "burst": burst_n, "ok": sum(r.get("status") == 200 for r in over), "rejected_503": len(rejected),
         "rejected_with_retry_after": sum(bool(r.get("retry_after")) for r in rejected),
         "other": sum(r.get("status") not in (200, 503) for r in over), "seconds": over_s,
-        "slowest_503_seconds": max((r["seconds"] for r in rejected), default=None)}
+        "median_503_seconds": statistics.median([r["seconds"] for r in rejected]) if rejected else None,
+        "slowest_503_seconds": max((r["seconds"] for r in rejected), default=None),
+        "slowest_ok_seconds": max((r["seconds"] for r in over if r.get("status") == 200), default=None),
+        "health_burst_median_seconds": statistics.median([r["seconds"] for r in health]),
+        "health_burst_slowest_seconds": max(r["seconds"] for r in health)}
     result["ratio"] = result["concurrent"]["requests_per_second"] / result["sequential"]["requests_per_second"]
 
     s, c, o = result["sequential"], result["concurrent"], result["overload"]
@@ -211,8 +224,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  throughput ratio (concurrent / one at a time): {result['ratio']:.2f}x "
           f"({'meets' if result['ratio'] >= 2 else 'BELOW'} the 2x target)")
     print(f"  overload: {o['burst']} at once -> {o['ok']} ok, {o['rejected_503']} x 503 "
-          f"({o['rejected_with_retry_after']} with Retry-After, slowest answered in {_ms(o['slowest_503_seconds'])}), "
-          f"{o['other']} other")
+          f"({o['rejected_with_retry_after']} with Retry-After; answered in {_ms(o['median_503_seconds'])} median, "
+          f"{_ms(o['slowest_503_seconds'])} at most), {o['other']} other; slowest 200: {_ms(o['slowest_ok_seconds'])}")
+    print(f"  (the same burst of GET /health on the idle server: {_ms(o['health_burst_median_seconds'])} median, "
+          f"{_ms(o['health_burst_slowest_seconds'])} at most: what {burst_n} new connections at once cost here)")
     bu.write_json(args.json, result)
     broken = s["failed"] or c["failed"] or c["lost"] or not o["rejected_503"] or o["other"]
     if broken:
