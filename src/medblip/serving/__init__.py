@@ -9,6 +9,7 @@
 * :mod:`~medblip.serving.analysis` / :mod:`~medblip.serving.page` / :mod:`~medblip.serving.examples` -
   the Gradio page: caption, clinical concepts, attention overlay per word.
 * :mod:`~medblip.serving.app` - the FastAPI app with the page mounted, run by uvicorn.
+* :mod:`~medblip.serving.process` - ``medblip serve`` in a child process, for scripts, benchmarks, tests.
 
 The client side (captioning through any OpenAI-compatible endpoint, this one included) is
 :class:`medblip.models.api.ApiCaptioner`. FastAPI, uvicorn and Gradio come with the ``serve`` extra
