@@ -112,7 +112,8 @@ def test_cli_validate_real_roco_text_only(shared_dir, tmp_path):
     if not root.is_dir():
         pytest.skip(f"{root} is absent")
     out = tmp_path / "roco.json"
-    result = CliRunner().invoke(app, ["data", "validate", str(root), "-o", str(out), "--allow-missing-images"])
+    result = CliRunner().invoke(app, ["data", "validate", str(root), "-o", str(out), "--allow-missing-images",
+                                      "--roco-subsets", "radiology,non-radiology"])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["records"] == 8791 and data["load_report"]["warnings"]["image missing"] == 8791

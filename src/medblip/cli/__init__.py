@@ -22,8 +22,12 @@ from medblip.cli import serve_cmd  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:
+    from medblip.progress import library_progress
+
+    # Every command's --no-progress also silences the libraries' bars (transformers' "Loading weights").
     try:
-        app()
+        with library_progress("--no-progress" not in sys.argv[1:]):
+            app()
     except MedblipError as exc:
         print(f"medblip: error: {exc}", file=sys.stderr)
         sys.exit(2)

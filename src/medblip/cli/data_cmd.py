@@ -42,6 +42,9 @@ def validate(
     remove_panel_markers: bool = typer.Option(False, "--remove-panel-markers",
                                               help='Strip "(A)", "(arrow)" ... from captions.'),
     lowercase: bool = typer.Option(False, "--lowercase", help="Lowercase captions."),
+    roco_subsets: str = typer.Option("radiology", "--roco-subsets",
+                                     help="ROCO only: subsets to load, comma-separated (radiology, non-radiology); "
+                                          "the others are counted as not loaded."),
     max_pixels: int = typer.Option(64_000_000, "--max-pixels", min=1,
                                    help="Refuse images larger than this (decompression-bomb guard)."),
 ) -> None:
@@ -56,10 +59,12 @@ def validate(
 
     options = CaptionOptions(lowercase=lowercase, remove_panel_markers=remove_panel_markers)
     dataset = load_dataset(path, format=format.value, splits=split or None, caption_options=options,
-                           require_images=not allow_missing_images, limit=limit, seed=seed)
+                           require_images=not allow_missing_images, limit=limit, seed=seed,
+                           roco_subsets=[x.strip() for x in roco_subsets.split(",") if x.strip()])
     result = validate_dataset(dataset, sample=sample, seed=seed, max_pixels=max_pixels, progress=True)
     result["options"] = {"format": format.value, "splits": split or None, "limit": limit, "seed": seed,
                          "sample": sample, "allow_missing_images": allow_missing_images,
+                         "roco_subsets": roco_subsets,
                          "caption_options": options.model_dump()}
     json_path = out or _default_out(path)
     md_path = json_path.with_suffix(".md")

@@ -27,13 +27,10 @@ def train_command(
     """
     from medblip.training.config import check_paths, load_config
 
+    _check_launcher()
     cfg = load_config(config, set_, out=out)
     check_paths(cfg, str(config))
 
-    import transformers
-
-    # Checkpoint loading/saving progress bars would interleave with the training bar.
-    transformers.utils.logging.disable_progress_bar()
     from medblip.training.trainer import train
 
     result = train(cfg, resume=resume, source=str(config), progress=progress)
@@ -45,3 +42,19 @@ def train_command(
         raise typer.Exit(result.exit_code)
     best = f"{result.best_metric_name} {result.best_metric:.4f}" if result.best_metric is not None else "n/a"
     print(f"{result.status}: {result.global_step} steps, best {best}; run folder {result.run_dir}")
+
+
+_MPI_SIZE = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
+
+
+def _check_launcher() -> None:
+    """``accelerate launch --cpu --num_processes N`` (N > 1) without mpirun starts ONE process that trains
+    alone, silently changing the global batch: refuse it and name the command that starts N processes."""
+    from medblip.errors import ConfigError
+
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1", "yes")
+    asked_for_several = "MASTER_ADDR" in os.environ  # the simple launcher sets it only for N > 1
+    if cpu and asked_for_several and "WORLD_SIZE" not in os.environ and not any(k in os.environ for k in _MPI_SIZE):
+        raise ConfigError("accelerate launch --cpu --num_processes N starts one process (accelerate runs several "
+                          "CPU processes only under mpirun); for N CPU processes (gloo) use: accelerate launch "
+                          "--multi_gpu --num_processes N -m medblip train CONFIG")

@@ -96,7 +96,14 @@ def validate_dataset(dataset: Dataset, sample: int = 32, seed: int = 0,
                               progress=progress),
         "load_report": report.to_dict(),
         "summary": report.summary(),
+        **({"roco_subsets": roco_subsets(dataset)} if report.format == "roco" else {}),
     }
+
+
+def roco_subsets(dataset: Dataset) -> dict[str, Any]:
+    """ROCO: records loaded per subset, and those of the subsets left out (``roco_subsets``)."""
+    loaded = Counter(str(r.meta.get("subset")) for r in dataset.records)
+    return {"loaded": dict(loaded), "not_loaded": dict(dataset.report.excluded)}
 
 
 def _fmt(v: Any) -> str:
@@ -114,6 +121,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         c = info["caption_words"]
         lines.append(f"| {split} | {info['records']} | {_fmt(c['mean'])} | {_fmt(c['median'])} | "
                      f"{_fmt(c['p95'])} | {_fmt(c['max'])} |")
+    if "roco_subsets" in result:
+        sub = result["roco_subsets"]
+        lines += ["", "ROCO subsets loaded: " + (", ".join(f"{k} {n}" for k, n in sub["loaded"].items()) or "none")
+                  + "; not loaded: " + (", ".join(f"{k}: {n}" for k, n in sub["not_loaded"].items()) or "none")]
     rep = result["load_report"]
     lines += ["", f"## Dropped records ({rep['total_dropped']})", ""]
     if rep["dropped"] or rep["warnings"]:

@@ -423,9 +423,12 @@ def evaluate(
         records, report = load_split(data, split, format=format, limit=limit, seed=seed)
         notes.extend(_report_notes(report))
     set_seed(seed)  # only sampling (do_sample) draws random numbers
-    run = predict_with(model, records, out / PREDICTIONS_FILE, generation=generation, family=family,
-                       device=device, dtype=dtype, model_options=model_options, batch_size=batch_size,
-                       progress=progress, overwrite=overwrite)
+    from medblip.progress import library_progress
+
+    with library_progress(progress):  # progress=False: transformers' "Loading weights" bar too
+        run = predict_with(model, records, out / PREDICTIONS_FILE, generation=generation, family=family,
+                           device=device, dtype=dtype, model_options=model_options, batch_size=batch_size,
+                           progress=progress, overwrite=overwrite)
     notes.extend(run.notes)
     first = run.rows[0]
     split = records[0].split

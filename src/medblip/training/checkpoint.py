@@ -28,7 +28,7 @@ import torch
 from medblip.io import atomic_replace_dir, recover_dir
 
 if TYPE_CHECKING:
-    from medblip.models.base import CaptionModel
+    from medblip.models.base import CaptionModel, GenerationSettings
 
 CHECKPOINTS = "checkpoints"
 LAST = "last"
@@ -71,14 +71,15 @@ def trainable_state(adapter: CaptionModel) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(adapter: CaptionModel, run_dir: str | Path, name: str,
-                    trainer_state: dict[str, Any] | None = None) -> Path:
-    """Write ``checkpoints/<name>`` atomically; ``trainer_state`` makes it resumable."""
+                    trainer_state: dict[str, Any] | None = None, generation: GenerationSettings | None = None) -> Path:
+    """Write ``checkpoints/<name>`` atomically; ``trainer_state`` makes it resumable; ``generation``: the
+    run's decoding settings, carried in the checkpoint's generation config."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    adapter.save(tmp)
+    adapter.save(tmp, generation=generation)
     if trainer_state is not None:
         if adapter.is_peft:
             # The HF export has the LoRA deltas merged in; resuming needs them unmerged.
