@@ -31,3 +31,11 @@ def main() -> None:
     except MedblipError as exc:
         print(f"medblip: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        # A file or folder the system refused (permissions, a full disk, a read-only mount) is the
+        # user's to fix; anything else is a bug and keeps its traceback.
+        if exc.filename is None:
+            raise
+        print(f"medblip: error: {exc.filename}: {exc.strerror or exc}; check the path and its permissions "
+              "(or free disk space)", file=sys.stderr)
+        sys.exit(2)

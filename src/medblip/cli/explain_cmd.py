@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from medblip.cli.app import app
+from medblip.cli.options import MAX_PIXELS_HELP, OVERWRITE_HELP, apply_max_pixels
 from medblip.errors import MedblipError
 
 
@@ -68,6 +69,8 @@ def explain_cmd(
     dtype: str | None = typer.Option(None, "--dtype", help="float32, float16, bfloat16 (default: the checkpoint's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Explain captions with per-token (or per-word) heat-maps on the original image.
@@ -102,7 +105,10 @@ def explain_cmd(
 
     from medblip.evaluation.predict import auto_device
     from medblip.models import create_model
+    from medblip.outputs import prepare_output_dir
 
+    apply_max_pixels(max_pixels)
+    out = prepare_output_dir(out, "explain", overwrite=overwrite, known_files=("summary.json", "grounding.json"))
     adapter = create_model(model, family=family, device=auto_device(device), dtype=dtype)
     if evaluate:
         _evaluate(adapter, data, split, limit, settings, generated, tolerance, seed, out, progress)

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from medblip.cli.app import app
+from medblip.cli.options import MAX_PIXELS_HELP, OVERWRITE_HELP, apply_max_pixels
 
 
 @app.command("train")
@@ -16,8 +17,15 @@ def train_command(
     config: Path = typer.Argument(..., help="experiment YAML file (see configs/)"),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                    help="override a config value, e.g. --set train.lr=1e-4 (repeatable)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the run in output.dir from checkpoints/last"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in output.dir from checkpoints/last "
+                                                        "(refused when the settings differ from the run's)"),
+    resume_with_changes: bool = typer.Option(
+        False, "--resume-with-changes",
+        help="--resume, allowing harmless setting changes (more epochs or steps, logging and checkpoint "
+             "intervals, loader workers) and changed model or data files; recorded in run.json"),
     out: Path | None = typer.Option(None, "--out", help="run folder (overrides output.dir)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ) -> None:
     """Fine-tune a model as CONFIG describes; writes checkpoints, metrics and costs to the run folder.
@@ -28,12 +36,15 @@ def train_command(
     from medblip.training.config import check_paths, load_config
 
     _check_launcher()
+    apply_max_pixels(max_pixels)
+    resume = resume or resume_with_changes
     cfg = load_config(config, set_, out=out)
     check_paths(cfg, str(config))
 
     from medblip.training.trainer import train
 
-    result = train(cfg, resume=resume, source=str(config), progress=progress)
+    result = train(cfg, resume=resume, source=str(config), progress=progress, overwrite=overwrite,
+                   resume_with_changes=resume_with_changes)
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun only rank 0 reports
         raise typer.Exit(result.exit_code)
     if result.status == "interrupted":

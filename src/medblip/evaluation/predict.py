@@ -4,10 +4,14 @@
 per image as each batch finishes, so an interrupted run resumes where it stopped (a half-written last
 line left by a crash is dropped, with a note). Each line holds::
 
-    {"id", "split", "reference", "prediction", "model", "family", "generation": {...}, "gen_seconds"}
+    {"id", "split", "reference", "prediction", "model", "family", "generation": {...}, "gen_seconds", "image"}
 
-where ``generation`` is the full :class:`~medblip.models.base.GenerationSettings` used and
-``gen_seconds`` the wall-clock generation time per image (batch time / batch size).
+where ``generation`` is the full :class:`~medblip.models.base.GenerationSettings` used,
+``gen_seconds`` the wall-clock generation time per image (batch time / batch size) and ``image`` the
+image's identity (path, size and modification time, or a hash of its bytes). A resume goes on only
+when everything matches: the model (its files' sizes and times, kept in ``predictions.fingerprint.json``
+beside the predictions), the generation settings and the image of every id already captioned;
+otherwise it is refused with what differs, so one file never mixes two models or two data sets.
 
 :func:`evaluate` = load the split, :func:`predict`, score with
 :func:`medblip.evaluation.score_predictions`, write ``metrics.json``, ``metrics.md`` and ``run.json``.
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medblip.errors import ConfigError, DataError, MedblipError
+from medblip.fingerprint import describe_differences, image_signature, model_signature
 from medblip.io import append_jsonl, atomic_write_json, atomic_write_text, dumps
 from medblip.models.base import GenerationSettings
 from medblip.runinfo import set_seed
@@ -269,6 +274,8 @@ def predict(
     notes = list(existing.notes)
     done = existing.by_id
     _check_compatible(out_path, existing.rows, model_name, gen)
+    images = {str(r.id): image_signature(r.image) for r in records}
+    notes += _check_fingerprint(out_path, existing.rows, model_name, images)
 
     ids = [str(r.id) for r in records]
     pending = [r for r in records if str(r.id) not in done]
@@ -284,7 +291,8 @@ def predict(
             loaded = model()  # type: ignore[operator]
             family = getattr(loaded, "family", None) or family
         _generate_into(loaded, pending, out_path, settings, gen, batch_size=batch_size,
-                       model_name=model_name, family=family, progress=progress, desc=desc, done=done)
+                       model_name=model_name, family=family, progress=progress, desc=desc, done=done,
+                       signatures=images)
     # the dataset's caption is the reference (it may differ from a stored one if caption options changed)
     rows = [{**done[i], "reference": r.caption} for i, r in zip(ids, records, strict=True)]
     return PredictionRun(out_path, rows, generated=len(pending), skipped=skipped, notes=notes)
@@ -311,10 +319,51 @@ def _check_compatible(path: Path, rows: list[dict[str, Any]], model_name: str, g
                 f"use another output folder or --overwrite to start again")
 
 
+def fingerprint_path(predictions: Path) -> Path:
+    return predictions.with_name(predictions.stem + ".fingerprint.json")
+
+
+def _check_fingerprint(path: Path, rows: list[dict[str, Any]], model_name: str,
+                       images: Mapping[str, Any]) -> list[str]:
+    """Refuse to add to ``path`` when its rows came from other model files or other images (see module doc).
+
+    Writes the fingerprint when the file starts (or predates fingerprints); returns notes.
+    """
+    fp_file = fingerprint_path(path)
+    current = {"model": model_signature(model_name)}
+    old = None
+    if fp_file.is_file():
+        try:
+            old = json.loads(fp_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+    notes: list[str] = []
+    if rows:
+        if old is not None:
+            diffs = describe_differences(old, current)
+            if diffs:
+                raise MedblipError(
+                    f"{path} holds predictions of a model that has changed since ({'; '.join(diffs)}); resuming "
+                    "would mix two models' captions: use another output folder, or --overwrite to start again")
+        else:
+            notes.append(f"{path}: no {fp_file.name} (written by an older medblip); resuming on the model name "
+                         "and settings alone")
+        for row in rows:
+            rid = str(row["id"])
+            if rid in images and row.get("image") is not None and row["image"] != images[rid]:
+                raise MedblipError(
+                    f"{path}: id {rid!r} was captioned from another image ({row['image'].get('path', 'bytes')}) "
+                    f"than the data set now holds ({(images[rid] or {}).get('path', 'bytes')}); resuming would "
+                    "mix two data sets: use another output folder, or --overwrite to start again")
+    if old != current:
+        atomic_write_json(fp_file, current)
+    return notes
+
+
 def _generate_into(model: CaptionModel, pending: Sequence[Record], out_path: Path,
                    settings: GenerationSettings, gen: dict[str, Any], *, batch_size: int,
                    model_name: str, family: str | None, progress: bool, desc: str | None,
-                   done: dict[str, dict[str, Any]]) -> None:
+                   done: dict[str, dict[str, Any]], signatures: Mapping[str, Any]) -> None:
     from tqdm.auto import tqdm
 
     from medblip.data import load_image
@@ -346,6 +395,7 @@ def _generate_into(model: CaptionModel, pending: Sequence[Record], out_path: Pat
                     "family": family,
                     "generation": gen,
                     "gen_seconds": round(per_image, 6),
+                    "image": signatures.get(str(rec.id)),
                 }
                 append_jsonl(out_path, row)
                 done[row["id"]] = row
@@ -413,11 +463,25 @@ def evaluate(
     :func:`medblip.evaluation.score_predictions` (``imageclef``, ``meteor``, ``java``, ``spice``,
     ``bertscore``, ``uncertain_as``). ``records`` skips loading ``data``.
     """
+    from medblip.locks import output_lock
+    from medblip.outputs import prepare_output_dir
+
     unknown = sorted(set(score_options or {}) - set(SCORE_OPTIONS))
     if unknown:
         raise ConfigError(f"unknown scoring option {unknown[0]!r} (known: {', '.join(SCORE_OPTIONS)})")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "evaluate", overwrite=overwrite, known_files=(PREDICTIONS_FILE,))
+    with output_lock(out, "evaluate"):
+        return _evaluate(model, data, out, split=split, format=format, limit=limit, batch_size=batch_size,
+                         generation=generation, family=family, device=device, dtype=dtype,
+                         model_options=model_options, bootstrap=bootstrap, seed=seed, score_options=score_options,
+                         progress=progress, overwrite=overwrite, records=records)
+
+
+def _evaluate(model: str | Path | CaptionModel, data: str | Path, out: Path, *, split: str, format: str,
+              limit: int | None, batch_size: int, generation: GenerationSettings | Mapping[str, Any] | None,
+              family: str | None, device: str | None, dtype: str | None, model_options: Mapping[str, Any] | None,
+              bootstrap: int, seed: int, score_options: Mapping[str, Any] | None, progress: bool, overwrite: bool,
+              records: Sequence[Record] | None) -> EvaluationResult:
     notes: list[str] = []
     if records is None:
         records, report = load_split(data, split, format=format, limit=limit, seed=seed)

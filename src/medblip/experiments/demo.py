@@ -114,6 +114,7 @@ class DemoOptions:
     data: Path | None = None  # dataset; None: generate the synthetic benchmark
     device: str | None = None
     progress: bool = True
+    overwrite: bool = False  # write into a non-empty folder that holds no demo run
 
     @property
     def real(self) -> bool:
@@ -301,8 +302,12 @@ def compare_config(opts: DemoOptions, data: Path, out: Path, zero_shot: str, fin
 
 def _seed_predictions(src: Path, dst: Path) -> None:
     """Reuse the ablation's captions of the fine-tuned BLIP (same checkpoint, same settings)."""
+    from medblip.evaluation.predict import fingerprint_path
+
     if src.is_file() and not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
+        if fingerprint_path(src).is_file():
+            shutil.copyfile(fingerprint_path(src), fingerprint_path(dst))
         shutil.copyfile(src, dst)
 
 
@@ -350,12 +355,13 @@ def headline_table(comparison: Mapping[str, Any], ablation: AblationResult | Non
 # -- the pipeline ------------------------------------------------------------------------------------------------
 def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     """Run (or resume) every stage; see the module docstring."""
+    from medblip.outputs import prepare_output_dir
     from medblip.runinfo import run_metadata, set_seed
 
     out = opts.out.expanduser()
     if opts.data is not None and not opts.data.expanduser().exists():
         raise MedblipError(f"--data {opts.data}: no such file or folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "demo", overwrite=opts.overwrite, known_files=(DEMO_JSON,))
     state_path = out / DEMO_JSON
     fingerprint = _fingerprint(opts)
     state: dict[str, Any] = {}
@@ -369,8 +375,6 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
             raise MedblipError(f"{out} holds a demo run with other settings ({old.get('recipe')}, model "
                                f"{old.get('model') or 'tiny'}, data {old.get('data') or 'synthetic'}); "
                                "use another --out or delete it")
-    elif out.is_dir() and any(out.iterdir()):
-        raise MedblipError(f"{out} is not empty and holds no demo run ({DEMO_JSON}); choose another --out")
     recipe = QUICK if opts.quick else FULL
     seed = 0
     set_seed(seed)

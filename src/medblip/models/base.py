@@ -207,12 +207,14 @@ def load_pretrained(family: str, source: str, processor_class: Any, model_class:
     ``device_map`` (e.g. ``"auto"``: spread a 7B model over the visible GPUs and the CPU) and 8/4-bit
     loading place the weights themselves; ``device`` is then not applied.
     """
-    from medblip.models.registry import hub_errors
+    from medblip.models.registry import check_device, hub_access, hub_errors
 
     known = set(known) | LOAD_OPTIONS
     unknown = sorted(set(options) - known)
     if unknown:
         raise MedblipError(f"unknown option {unknown[0]!r} for family {family}; known: {', '.join(sorted(known))}")
+    check_device(device)
+    local_files_only = hub_access(source, local_files_only)
     kw: dict[str, Any] = {}
     if local_files_only is not None:
         kw["local_files_only"] = local_files_only

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from medblip.errors import MedblipError
-from medblip.io import atomic_replace_dir
+
+INIT_TINY = "model init-tiny"  # the command named in the output folder's marker
 
 _MODALITIES = ["CT", "MRI", "radiograph", "ultrasound", "chest x-ray", "PET", "angiography", "mammography"]
 _REGIONS = ["brain", "chest", "liver", "kidney", "abdomen", "pelvis", "spine", "knee", "lung", "heart",
@@ -405,7 +406,7 @@ def init_tiny(family: str | None, out: str | Path, *, captions: Iterable[str] | 
               intermediate_size: int | None = None, max_text_length: int = 128,
               num_query_tokens: int = 4, language_model: str | None = None,
               vision_init_std: float | None = None, position_init_std: float | None = None,
-              like: str | Path | None = None) -> Path:
+              like: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write a tiny randomly initialised ``family`` checkpoint (model + processor) to ``out``.
 
     ``captions``: tokenizer training text (an iterable, or a file with one caption per line) added to
@@ -421,10 +422,13 @@ def init_tiny(family: str | None, out: str | Path, *, captions: Iterable[str] | 
     normalisation, generation defaults) and takes only its widths, depths and heads from the sizes given
     here (see :mod:`medblip.models.twins`; ``family`` may then be None; image, patch, query and vocabulary
     sizes are the published ones).
+    A non-empty ``out`` that is not an earlier tiny model is refused unless ``overwrite`` (then the
+    model's files are added and its other files kept); see :mod:`medblip.outputs`.
     """
     import torch
 
     from medblip.models.registry import get_family
+    from medblip.outputs import check_output_dir, ensure_writable_dir, install_output_dir
 
     builder: Any = None
     if like is not None:
@@ -459,10 +463,8 @@ def init_tiny(family: str | None, out: str | Path, *, captions: Iterable[str] | 
             raise MedblipError(f"--language-model applies to blip2 and instructblip, not {family}")
         if language_model not in _LMS:
             raise MedblipError(f"unknown tiny language model {language_model!r}; choose {', '.join(_LMS)}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MedblipError(f"output {out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, INIT_TINY, overwrite=overwrite, replaces=True)
+    ensure_writable_dir(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with torch.random.fork_rng(devices=[]):
@@ -472,7 +474,7 @@ def init_tiny(family: str | None, out: str | Path, *, captions: Iterable[str] | 
             spec.init_positions(model)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        atomic_replace_dir(tmp, out)
+        install_output_dir(tmp, out, INIT_TINY)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -61,6 +61,7 @@ from medblip.training.data import (
     batched,
     validation_subset,
 )
+from medblip.training.run_guard import open_run
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -100,18 +101,22 @@ class RunResult:
 
 
 def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<config>",
-          progress: bool = True, should_stop: Callable[[int], bool] | None = None) -> RunResult:
+          progress: bool = True, should_stop: Callable[[int], bool] | None = None,
+          overwrite: bool = False, resume_with_changes: bool = False) -> RunResult:
     """Fine-tune ``config.model`` on ``config.data`` with ``config.strategy``; see the module doc.
 
     ``resume``: continue the run in ``config.output.dir`` from ``checkpoints/last``. ``source``: the
     config's file name, for error messages. ``should_stop(global_step)``: asked after every optimizer
     step; True stops the run like SIGTERM does (resumable checkpoint, status "interrupted").
+    ``overwrite`` and ``resume_with_changes``: see :mod:`medblip.training.run_guard` (folder guard,
+    lock, resume check).
     """
     from medblip.progress import library_progress
 
     # train.tf32 switches a process-wide flag; a caller's setting comes back after. transformers' checkpoint
     # loading / saving bars would interleave with the training bar: off for the run, restored after.
-    with tf32_restored(), library_progress(False):
+    with (open_run(config, resume=resume, overwrite=overwrite, allow_changes=resume_with_changes, source=source),
+          tf32_restored(), library_progress(False)):
         return _train(config, resume=resume, source=source, progress=progress, should_stop=should_stop)
 
 
@@ -189,9 +194,6 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
         if fsdp or state.get("optimizer") is None:
             raise ConfigError("--resume is not supported for FSDP runs (their optimizer state is sharded); "
                               "use DDP, e.g. with the lora strategy, for resumable runs of large models")
-    elif last_dir.exists() or (run_dir / "result.json").exists():
-        raise ConfigError(f"{source}: output.dir: {run_dir} already holds a run; pass --resume to continue "
-                          "it, or --out to write a new run elsewhere")
 
     # -- data --------------------------------------------------------------------------------------
     dc = config.data
