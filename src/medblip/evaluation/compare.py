@@ -1,8 +1,9 @@
 """``medblip compare CONFIG``: several captioning systems on one split, one table, one plot.
 
-A compare config (YAML) lists *systems*; each is either a model run through
-:func:`medblip.evaluation.predict.predict_with` (``model:``) or an existing predictions file
-(``predictions:``, e.g. captions from a commercial API, scored with the same code). All systems are
+A compare config (YAML) lists *systems*; each is a model run through
+:func:`medblip.evaluation.predict.predict_with` (``model:``), a model behind an OpenAI-compatible
+endpoint (``api:``, e.g. Gemini; see :mod:`medblip.models.api`) or an existing predictions file
+(``predictions:``, captions made elsewhere, scored with the same code). All systems are
 scored on the ids they share (the intersection; what was left out is reported), every metric gets
 its bootstrap 95% CI, and each system is tested against the ``reference`` system per metric with the
 evaluation core's paired test. Output folder::
@@ -43,6 +44,7 @@ from medblip.evaluation.predict import (
     seconds_per_image,
 )
 from medblip.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from medblip.models.api import ApiConfig
 from medblip.runinfo import set_seed
 
 log = logging.getLogger(__name__)
@@ -52,13 +54,15 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 # -- config ----------------------------------------------------------------------------------------
 class SystemConfig(BaseModel):
-    """One system: ``model:`` (run by medblip) or ``predictions:`` (an existing JSONL file)."""
+    """One system: ``model:`` (run by medblip), ``api:`` (an OpenAI-compatible endpoint) or
+    ``predictions:`` (an existing JSONL file)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     model: str | None = None
     predictions: str | None = None
+    api: ApiConfig | None = None
     family: str | None = None
     generation: dict[str, Any] = Field(default_factory=dict)
     model_options: dict[str, Any] = Field(default_factory=dict)
@@ -79,19 +83,21 @@ class SystemConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> SystemConfig:
-        if (self.model is None) == (self.predictions is None):
-            raise ValueError("give exactly one of 'model' or 'predictions'")
-        if self.predictions is not None:
+        if sum(x is not None for x in (self.model, self.predictions, self.api)) != 1:
+            raise ValueError("give exactly one of 'model', 'api' or 'predictions'")
+        if self.model is None:
+            allowed = ("batch_size",) if self.api is not None else ()
             for key in ("family", "model_options", "batch_size", "device", "dtype"):
-                if key in self.model_fields_set:
+                if key in self.model_fields_set and key not in allowed:
                     raise ValueError(f"'{key}' only applies to a 'model' system")
             if self.generation:
-                raise ValueError("'generation' only applies to a 'model' system")
+                raise ValueError("'generation' only applies to a 'model' system (an 'api' system has "
+                                 "prompt, max_tokens and temperature in its api block)")
         return self
 
     @property
     def kind(self) -> str:
-        return "model" if self.model is not None else "predictions"
+        return "model" if self.model is not None else "api" if self.api is not None else "predictions"
 
 
 class CompareConfig(BaseModel):
@@ -138,8 +144,8 @@ class CompareConfig(BaseModel):
                                          f"(systems: {', '.join(names)})")
         if self.data is None:
             for i, s in enumerate(self.systems):
-                if s.model is not None:
-                    raise _KeyError("data", f"required: system {s.name!r} (systems[{i}]) runs a model")
+                if s.predictions is None:
+                    raise _KeyError("data", f"required: system {s.name!r} (systems[{i}]) captions images")
         return self
 
 
@@ -202,7 +208,7 @@ def load_compare_config(path: str | Path, overrides: Mapping[str, Any] | None = 
     for i, s in enumerate(cfg.systems):
         if s.model is not None:
             make_settings({**cfg.generation, **s.generation}, source=f"{path}: systems[{i}].generation")
-        elif not Path(s.predictions).expanduser().is_file():  # type: ignore[arg-type]
+        elif s.predictions is not None and not Path(s.predictions).expanduser().is_file():
             raise ConfigError(f"{path}: systems[{i}].predictions: no such file: {s.predictions}")
     if cfg.generation:
         make_settings(cfg.generation, source=f"{path}: generation")
@@ -342,12 +348,22 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
     shared()
     _precheck_models(cfg, records or [], out, where)
 
-    # 2. model systems: caption the whole split (resumable), each into its own folder
+    # 2. model and api systems: caption the whole split (resumable), each into its own folder
     for i, s in enumerate(cfg.systems):
-        if s.model is None:
+        if s.predictions is not None:
             continue
         folder = out / "systems" / s.name
         set_seed(cfg.seed)  # only sampling (do_sample) draws random numbers
+        if s.api is not None:
+            from medblip.models.api import predict_through_api
+
+            run = predict_through_api(s.api, records, folder / PREDICTIONS_FILE,  # type: ignore[arg-type]
+                                      batch_size=s.batch_size, progress=progress, desc=s.name)
+            notes.extend(f"{s.name}: {n}" for n in run.notes)
+            own[s.name] = {r["id"]: r for r in run.rows}
+            info[s.name] = {"kind": "api", "source": run.rows[0].get("model"), "family": None,
+                            "generation": run.rows[0].get("generation"), "folder": folder}
+            continue
         run = predict_with(
             s.model, records, folder / PREDICTIONS_FILE,  # type: ignore[arg-type]
             generation={**cfg.generation, **s.generation}, family=s.family,
