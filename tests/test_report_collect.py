@@ -63,7 +63,7 @@ ROWS = [
 def _scored(folder: Path, rows: list[dict[str, Any]] = ROWS) -> dict[str, Any]:
     """An evaluation's files as evaluate writes them: predictions, metrics.json and per_image.jsonl."""
     _jsonl(folder / "predictions.jsonl", rows)
-    result = score_predictions(rows, bootstrap=20, java=False, meteor=False, per_image=True)
+    result = score_predictions(rows, bootstrap=20, java=False, meteor=False, image_rows=True)
     write_metrics(result, folder)
     return result
 
@@ -243,8 +243,8 @@ def test_reads_the_real_producers_files(tmp_path: Path) -> None:
     results = []
     for name, rows in (("base", ROWS), ("tuned", other)):
         folder = tmp_path / "cmp" / "systems" / name
-        metrics = _scored(folder, rows)
-        scores = Scores.model_validate({k: v for k, v in metrics.items() if k != "per_image"})
+        _scored(folder, rows)
+        scores = Scores.read(folder)
         for v in scores.metrics.values():
             v.p_value = 0.004 if name == "tuned" else None
         results.append(ComparedSystem(name=name, kind="model", source=f"/m/{name}", n_predictions=3,

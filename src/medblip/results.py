@@ -118,7 +118,8 @@ class Metric(Record):
     ci_high: float | None = None
     #: mean of the bootstrap resamples minus the value (metrics whose resamples are biased, e.g. CIDEr)
     bootstrap_bias: float | None = None
-    group: Literal["caption", "clinical", "embedding"] | None = None
+    #: the table it belongs in: caption, clinical, embedding, image-text (:func:`medblip.evaluation.scoring.metric_group`)
+    group: str | None = None
     #: images the metric is defined on (clinical metrics: those whose reference names the property)
     support: int | None = None
     #: paired test against a comparison's reference system
@@ -168,6 +169,12 @@ class Scores(Result):
     settings: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, Any] = Field(default_factory=dict)
     generation_time: GenerationTime | None = None
+    #: model-based metrics (BERTScore, CLIPScore, ...): metric -> the model, its revision and settings
+    model_metrics: dict[str, dict[str, Any]] | None = None
+    #: requested metrics that could not be computed: metric -> the reason and how to fix it
+    unavailable: dict[str, str] | None = None
+    #: per-image values of the model-based metrics: ``{"ids": [...], metric: [value or null, ...]}``
+    per_image: dict[str, list[Any]] | None = None
     #: ``medblip score``: the predictions file scored
     source: str | None = None
     #: evaluate / compare / ablation: the model, its decoding settings and the data
@@ -222,14 +229,22 @@ class Prediction(BaseModel):
 
     def image_path(self) -> str | None:
         """The image file this row names, if any."""
-        return self.image.get("path") if isinstance(self.image, dict) else self.image
+        return image_path(self.image)
+
+
+def image_path(image: Any) -> str | None:
+    """The image file a predictions row's ``image`` names: medblip's identity (``{"path": ...}``) or a path;
+    None for bytes' identity (``{"sha256": ...}``) or no image."""
+    if isinstance(image, dict):
+        image = image.get("path")
+    return image if isinstance(image, str) and image else None
 
 
 # -- compare ----------------------------------------------------------------------------------------------------
 class ComparedSystem(Record):
     name: str
-    kind: Literal["model", "predictions"]
-    #: the model (hub id or checkpoint path) or the predictions file
+    kind: Literal["model", "api", "predictions"]
+    #: the model (hub id, checkpoint path, or the API's model name) or the predictions file
     source: str
     family: str | None = None
     description: str | None = None
@@ -240,12 +255,13 @@ class ComparedSystem(Record):
     metrics: dict[str, Metric]
     diagnostics: Degeneration | None = None
     warnings: list[str] = Field(default_factory=list)
-    #: ``systems/<name>/``: metrics.json and per_image.jsonl on the shared ids (model systems: predictions.jsonl)
+    #: ``systems/<name>/``: metrics.json and per_image.jsonl on the shared ids (model and api systems:
+    #: predictions.jsonl)
     folder: str
 
     @property
     def predictions_file(self) -> Path:
-        return Path(self.folder) / "predictions.jsonl" if self.kind == "model" else Path(self.source)
+        return Path(self.source) if self.kind == "predictions" else Path(self.folder) / "predictions.jsonl"
 
 
 class Significance(Record):

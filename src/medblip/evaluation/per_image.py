@@ -1,7 +1,7 @@
 """Scores of single images: what the report shows on example cards and sorts failure cases by.
 
 Computed once, when a system is scored (:func:`medblip.evaluation.score_predictions` with
-``per_image=True``, which the evaluate / compare / ablation / score writers ask for), and stored as
+``image_rows=True``, which the evaluate / compare / ablation / score writers ask for), and stored as
 ``per_image.jsonl`` (:class:`medblip.results.ImageScores`) beside ``metrics.json``:
 
 * ``CIDEr``: the image's CIDEr-D, under this system's document frequencies (the same numbers whose

@@ -37,7 +37,7 @@ from medblip.fingerprint import describe_differences, image_signature, model_sig
 from medblip.io import append_jsonl, atomic_write_json, dumps
 from medblip.models.base import GenerationSettings
 from medblip.models.loading import auto_device, resolve_checkpoint
-from medblip.results import Prediction
+from medblip.results import Prediction, image_path
 from medblip.runinfo import set_seed
 
 if TYPE_CHECKING:
@@ -358,8 +358,9 @@ def evaluate(
 
     ``generation`` holds only the settings to change from the family's defaults (or a complete
     :class:`GenerationSettings`). ``score_options``: options of
-    :func:`medblip.evaluation.score_predictions` (``imageclef``, ``meteor``, ``java``, ``spice``,
-    ``bertscore``, ``uncertain_as``). ``records`` skips loading ``data``.
+    :func:`medblip.evaluation.score_predictions` (``metrics``, ``models``, ``device``, ``imageclef``,
+    ``meteor``, ``java``, ``spice``, ``uncertain_as``); CLIPScore reads the records' images.
+    ``records`` skips loading ``data``.
     """
     from medblip.locks import output_lock
     from medblip.outputs import prepare_output_dir
@@ -394,8 +395,10 @@ def _evaluate(model: str | Path | CaptionModel, data: str | Path, out: Path, *, 
     notes.extend(run.notes)
     first = run.rows[0]
     split = records[0].split
+    images = {str(r.id): r.image for r in records}
     metrics, markdown = score_and_write(
-        run.rows, out, bootstrap=bootstrap, seed=seed, score_options=score_options, progress=progress,
+        [{**row, "image": images.get(str(row["id"]))} for row in run.rows], out, bootstrap=bootstrap, seed=seed,
+        score_options=score_options, progress=progress,
         title=f"{display_name(first['model'])} on {split} ({len(run.rows)} images)",
         extra={"model": first.get("model"), "family": first.get("family"),
                "generation": first.get("generation"), "data": str(data), "split": split, "format": format})
@@ -453,7 +456,7 @@ def predict_with(
 
 # -- scoring and files -----------------------------------------------------------------------------
 #: options of score_predictions that evaluate/compare pass through (``scoring:`` in a compare config)
-SCORE_OPTIONS = ("java", "imageclef", "meteor", "spice", "bertscore", "uncertain_as")
+SCORE_OPTIONS = ("metrics", "models", "device", "java", "imageclef", "meteor", "spice", "uncertain_as")
 
 
 def score_and_write(rows: Sequence[Mapping[str, Any]], out: Path, *, bootstrap: int, seed: int,
@@ -464,15 +467,23 @@ def score_and_write(rows: Sequence[Mapping[str, Any]], out: Path, *, bootstrap: 
     Returns the result (without the per-image rows) and the Markdown."""
     from medblip.evaluation.scoring import score_predictions, write_metrics
 
-    clean = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows]
-    result = score_predictions(clean, bootstrap=bootstrap, seed=seed, progress=progress, per_image=True,
+    # the image is what CLIPScore reads; nothing else of a row is scored
+    clean = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"],
+              **({"image": image} if (image := _image(r.get("image"))) is not None else {})} for r in rows]
+    result = score_predictions(clean, bootstrap=bootstrap, seed=seed, progress=progress, image_rows=True,
                                **dict(score_options or {}))
     result["generation_time"] = {"seconds_per_image": seconds_per_image(rows),
                                  "images_timed": sum(1 for r in rows if "gen_seconds" in r)}
     result.update(extra or {})
     paths = write_metrics(result, out, title=title)
-    result.pop("per_image")
+    result.pop("image_rows")
     return result, paths["markdown"].read_text(encoding="utf-8")
+
+
+def _image(image: Any) -> Any:
+    """What CLIPScore reads of a row's ``image``: a path or bytes as given (compare passes the data set's),
+    or the path in the image identity medblip records in predictions.jsonl."""
+    return image_path(image) if isinstance(image, dict) else image
 
 
 def run_info(out: Path, config: Mapping[str, Any], *, seed: int | None = None, **extra: Any) -> Path:

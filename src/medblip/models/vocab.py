@@ -44,18 +44,21 @@ def wordpiece_vocab(corpus: list[str], vocab_size: int, specials: list[str]) -> 
 
 
 def bpe_vocab(corpus: list[str], vocab_size: int, specials: list[str], *, pre_tokenizer: Any = None,
-              alphabet: list[str] | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+              alphabet: list[str] | None = None,
+              end_of_word_suffix: str | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A BPE vocabulary (token -> id) and its merges trained on ``corpus`` (``tokenizers``' BpeTrainer).
 
-    Default: GPT-2 style byte-level (``ByteLevel`` pre-tokenizer and alphabet).
+    Default: GPT-2 style byte-level (``ByteLevel`` pre-tokenizer and alphabet). ``end_of_word_suffix``:
+    CLIP's style, word-final pieces end in it (``</w>``).
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE())
+    suffix = {"end_of_word_suffix": end_of_word_suffix} if end_of_word_suffix else {}
+    tok = Tokenizer(models.BPE(**suffix))
     tok.pre_tokenizer = pre_tokenizer if pre_tokenizer is not None else pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=1,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if alphabet is None else alphabet,
-                                  show_progress=False)
+                                  show_progress=False, **suffix)
     tok.train_from_iterator(corpus, trainer)
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]

@@ -214,7 +214,7 @@ class _Reader:
 
 # -- tables ----------------------------------------------------------------------------------------
 def metric_groups(metrics: Sequence[str], groups: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Metrics split into caption / clinical / embedding tables, each in the given order.
+    """Metrics split into caption / clinical / embedding / image-text tables, each in the given order.
 
     ``groups`` is the producer's ``group`` per metric; a metric without one (a training run's validation
     metrics) is grouped as the evaluation groups it.
@@ -222,7 +222,8 @@ def metric_groups(metrics: Sequence[str], groups: Mapping[str, str] | None = Non
     order: dict[str, list[str]] = {}
     for m in metrics:
         order.setdefault(str((groups or {}).get(m) or metric_group(m)), []).append(m)
-    titles = {"caption": "Caption metrics", "clinical": "Clinical correctness", "embedding": "Embedding similarity"}
+    titles = {"caption": "Caption metrics", "clinical": "Clinical correctness", "embedding": "Embedding similarity",
+              "image-text": "Image-text agreement"}
     return [{"name": g, "title": titles.get(g, g.capitalize()), "metrics": ms} for g, ms in order.items()]
 
 
