@@ -45,11 +45,16 @@ def evaluate_cmd(
     seed: int = typer.Option(0, "--seed"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: runs/eval/<model>-<split>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard existing predictions instead of resuming."),
+    captioner: str = typer.Option("auto", "--captioner",
+                                  help="auto: the fast captioner where it supports the settings (same captions), "
+                                       "else transformers' generate; generate: always generate."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Caption a split with a model and score it: predictions.jsonl, metrics.json/.md, run.json.
 
     Re-running with the same --out resumes: images already in predictions.jsonl are not captioned again.
+    Under `accelerate launch --num_processes N -m medblip evaluate ...` the images are split between
+    the processes and merged into one predictions.jsonl.
     """
     from medblip.errors import ConfigError
     from medblip.evaluation.predict import display_name, evaluate
@@ -71,15 +76,21 @@ def evaluate_cmd(
         out = Path("runs") / "eval" / f"{name}-{split}"
     result = evaluate(model, data, out, split=split, format=format, limit=limit, batch_size=batch_size,
                       generation=generation, family=family, device=device, dtype=dtype, bootstrap=bootstrap,
-                      seed=seed, score_options=scoring, progress=progress, overwrite=overwrite)
+                      seed=seed, score_options=scoring, progress=progress, overwrite=overwrite,
+                      captioner=captioner)
+    if not result.is_main:  # another process of a multi-process run: the main one reports
+        return
     for n in result.notes:
         _note(n)
     for w in result.metrics.get("warnings") or []:
         typer.secho(f"WARNING: {w}", fg=typer.colors.YELLOW, err=True)
     typer.echo(result.markdown.rstrip("\n"))
     run = result.predictions
-    _note(f"{len(run.rows)} image(s): {run.generated} captioned now, {run.skipped} resumed; "
-          f"written to {result.out}")
+    how = run.captioner.get("path")
+    if how and run.captioner.get("fallback_reason"):
+        how = f"{how} (the fast captioner does not support {run.captioner['fallback_reason']})"
+    _note(f"{len(run.rows)} image(s): {run.generated} captioned now" + (f" with {how}" if how else "")
+          + f", {run.skipped} resumed; written to {result.out}")
 
 
 @app.command("compare")

@@ -186,7 +186,15 @@ def _voi_range(ds: DicomDataset) -> tuple[float, float] | None:
     return (lo, hi) if hi > lo else None
 
 
-def _dicom_to_rgb(ds: DicomDataset, label: str, max_pixels: int | None) -> Image.Image:
+def dicom_frame_count(ds: DicomDataset) -> int:
+    """Frames in a DICOM dataset (1 for a single-frame image)."""
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _dicom_to_rgb(ds: DicomDataset, label: str, max_pixels: int | None, frame: int | None = None) -> Image.Image:
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -196,14 +204,17 @@ def _dicom_to_rgb(ds: DicomDataset, label: str, max_pixels: int | None) -> Image
         raise ImageError(f"{label}: DICOM file has no image size (Rows/Columns missing)")
     _check_pixels(cols, rows, max_pixels, label)
     _check_transfer_syntax(ds, label)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = dicom_frame_count(ds)
+    if frame is not None and not 0 <= frame < frames:
+        raise ImageError(f"{label}: frame {frame} does not exist (the file has {frames} frame(s))")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for broken or short pixel data
         raise ImageError(f"{label}: cannot decode DICOM pixel data ({type(exc).__name__}: {exc})") from None
     if frames > 1:
-        arr = arr[frames // 2]  # the middle frame is the most representative of a volume or cine loop
+        # default: the middle frame, the most representative of a volume or cine loop
+        arr = arr[frames // 2 if frame is None else frame]
 
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
@@ -222,27 +233,31 @@ def _dicom_to_rgb(ds: DicomDataset, label: str, max_pixels: int | None) -> Image
     return Image.fromarray(gray, mode="L").convert("RGB")
 
 
-def _load_dicom(source: ImageSource, label: str, max_pixels: int | None, force: bool) -> Image.Image:
+def _load_dicom(source: ImageSource, label: str, max_pixels: int | None, force: bool,
+                frame: int | None = None) -> Image.Image:
     ds = _read_dicom(source, label, force)
-    return _dicom_to_rgb(ds, label, max_pixels)
+    return _dicom_to_rgb(ds, label, max_pixels, frame)
 
 
 # ---------------------------------------------------------------------------------------------
 # Public API
 
 def load_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               name: str | None = None) -> Image.Image:
+               name: str | None = None, *, frame: int | None = None) -> Image.Image:
     """Decode ``source`` (a path or encoded bytes) to an RGB image.
 
     16-bit and float images are rescaled from their own min/max to 8 bit; transparency is composited
     on black; DICOM gets its modality LUT (slope/intercept), VOI LUT or window, and MONOCHROME1
-    inversion. ``max_pixels`` (``None``: no limit) guards against decompression bombs. ``name`` is
-    used in error messages for in-memory bytes (e.g. "train-0.parquet row 12").
+    inversion. A multi-frame DICOM gives its middle frame, or frame ``frame`` (0-based) when given.
+    ``max_pixels`` (``None``: no limit) guards against decompression bombs. ``name`` is used in error
+    messages for in-memory bytes (e.g. "train-0.parquet row 12").
     """
     label = _describe(source, name)
     head, is_dicom = _read_head(source, label)
     if is_dicom:
-        return _load_dicom(source, label, max_pixels, force=head[128:132] != b"DICM")
+        return _load_dicom(source, label, max_pixels, force=head[128:132] != b"DICM", frame=frame)
+    if frame not in (None, 0):
+        raise ImageError(f"{label}: frame {frame} requested, but only DICOM files have frames")
     return _load_pil(source, label, max_pixels)
 
 
