@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from pydicom.data import get_testdata_file
-from test_data_inputs import write_series
-from test_perf_common import CAPTIONS, spice_up
 
 from medblip.data import load_image
 from medblip.models import GenerationSettings, create_model, init_tiny
+from test_data_inputs import write_series
+from test_perf_common import CAPTIONS, spice_up
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 GEN = ["--num-beams", "2", "--max-new-tokens", "8"]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from test_caption_cli import GEN, archive, spicy_blip  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow

@@ -10,11 +10,11 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from test_data_images import _dicom
 
 from medblip.data import load_image
 from medblip.data.inputs import find_inputs
 from medblip.errors import ConfigError, ImageError
+from test_data_images import _dicom
 
 
 def write_series(folder: Path, n: int, *, uid: str | None = None, suffix: str = ".dcm") -> tuple[str, list[Path]]:

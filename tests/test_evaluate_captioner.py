@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_caption_cli import spicy_blip  # noqa: F401  (fixture)
 
 from medblip.evaluation.predict import evaluate
+from test_caption_cli import spicy_blip  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SCORE = {"meteor": False, "java": False}

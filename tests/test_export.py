@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from _train_fixtures import experiment, train_one_thread
-from test_caption_cli import spicy_blip  # noqa: F401  (fixture)
 
+from _train_fixtures import experiment, train_one_thread
 from medblip.training.config import validate_config
+from test_caption_cli import spicy_blip  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 RUN_GENERATION = {"num_beams": 3, "max_new_tokens": 10}
@@ -114,3 +114,48 @@ def test_push_to_hub_offline_fails_in_one_line(run_dir, tmp_path, medblip_cli, c
     assert err[-1].startswith("medblip: error: cannot push ") and "someone/medblip-test" in err[-1]
     assert "offline mode is enabled" in err[-1] and err[-1].endswith("the export itself is complete")
     assert (out / "README.md").is_file()
+
+
+@pytest.mark.slow
+def test_readme_training_logs_and_export_lines_run_as_written(run_dir, small_synth_dir, tmp_path, medblip_cli,
+                                                              capsys, monkeypatch):
+    """The README's TensorBoard and export commands, in a folder holding runs/roco-blip-full (a copy of
+    the test run; its evaluation is left behind so that the README's evaluate line makes it) and with the
+    synthetic benchmark in place of /data/rocov2. Offline, --push-to-hub fails in one line (exit 2)."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    import huggingface_hub.constants
+
+    from _readme import code_blocks, commands
+
+    shutil.copytree(run_dir, tmp_path / "runs" / "roco-blip-full", ignore=shutil.ignore_patterns("eval-test"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    blocks = code_blocks("Reproducing the study", "bash")
+    tensorboard, export = (commands(b) for b in blocks if "tensorboard" in b or "medblip export" in b)
+    bindir = Path(sys.executable).parent
+    server, inspect = tensorboard
+    proc = subprocess.run([str(bindir / inspect[0]), *inspect[1:]], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "validation/val_loss" in proc.stdout + proc.stderr
+    board = subprocess.Popen([str(bindir / server[0]), *server[1:]], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, seen = time.time() + 120, ""
+        while "http://localhost:" not in seen and time.time() < deadline and board.poll() is None:
+            seen += board.stdout.readline()
+        assert "http://localhost:" in seen, seen
+    finally:
+        board.terminate()
+        board.wait(timeout=30)
+
+    evaluate, exported = export
+    evaluate = [str(small_synth_dir) if a == "/data/rocov2" else a for a in evaluate]
+    assert medblip_cli(*evaluate[1:]) == 0
+    assert medblip_cli(*exported[1:]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("medblip: error: cannot push exports/roco-blip-full to the Hugging Face Hub")
+    card = (tmp_path / "exports" / "roco-blip-full" / "README.md").read_text()
+    assert "### `test` split of" in card and "| CIDEr |" in card

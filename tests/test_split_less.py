@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from _train_fixtures import experiment, train_one_thread
 
+from _train_fixtures import experiment, train_one_thread
 from medblip.data import Record, load_dataset
 from medblip.errors import DataError
 from medblip.training.data import holdout_validation
@@ -57,8 +57,8 @@ def test_training_on_a_split_less_manifest_holds_out_validation(tiny_blip_dir, s
     result = train_one_thread(cfg)
     assert result.status == "completed"
     err = capsys.readouterr().err
-    note = ("no 'validation' records in {} (it names no split): held out 2 of 24 training records for "
-            "validation (data.val_fraction 0.1, seed 0, whole 'patient' groups: 1 of 12)").format(manifest)
+    note = (f"no 'validation' records in {manifest} (it names no split): held out 2 of 24 training records for "
+            "validation (data.val_fraction 0.1, seed 0, whole 'patient' groups: 1 of 12)")
     assert note in err
     assert json.loads((tmp_path / "run" / "run.json").read_text())["validation"] == note
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -7,12 +7,14 @@ from pathlib import Path
 import typer
 
 from medblip.cli.app import app
+from medblip.cli.options import generation_options
 
 #: unreadable inputs listed on the terminal when they are also in run.json (all of them otherwise)
 _LISTED = 20
 
 
 @app.command("caption")
+@generation_options
 def caption_cmd(
     inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively), glob patterns "
                                                  "('scans/**/*.dcm', quoted), DICOM series folders, or CSV/JSONL "
@@ -25,15 +27,6 @@ def caption_cmd(
     series: str = typer.Option("middle", "--series",
                                help="DICOM series and multi-frame files: 'middle' slice/frame of each, or 'all'."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
-    num_beams: int | None = typer.Option(None, "--num-beams", min=1, help="Beam width (1 = greedy)."),
-    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1),
-    min_new_tokens: int | None = typer.Option(None, "--min-new-tokens", min=0),
-    do_sample: bool | None = typer.Option(None, "--do-sample/--no-sample", help="Nucleus sampling."),
-    top_p: float | None = typer.Option(None, "--top-p"),
-    temperature: float | None = typer.Option(None, "--temperature"),
-    repetition_penalty: float | None = typer.Option(None, "--repetition-penalty"),
-    no_repeat_ngram_size: int | None = typer.Option(None, "--no-repeat-ngram-size", min=0),
-    prompt: str | None = typer.Option(None, "--prompt", help="Prompt (BLIP-2 / InstructBLIP; default: the family's)."),
     family: str | None = typer.Option(None, "--family", help="Model family (default: from config.json)."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: best available)."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, float16, bfloat16."),
@@ -42,6 +35,7 @@ def caption_cmd(
                                        "else transformers' generate; generate: always generate."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Caption everything again (discard the log of --out)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    generation: dict | None = None,  # the generation options (see medblip.cli.options)
 ) -> None:
     """Caption your own images: no reference captions needed.
 
@@ -53,19 +47,12 @@ def caption_cmd(
     """
     from medblip.captioning import caption_inputs
 
-    generation = {
-        "num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens,
-        "do_sample": do_sample, "top_p": top_p, "temperature": temperature,
-        "repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size,
-        "prompt": prompt,
-    }
-
     def show(row: dict) -> None:
         label = f"{row['path']}#{row['frame']}" if row.get("frame") is not None else row["path"]
         typer.echo(f"{label}\t{row['caption']}")
 
     result = caption_inputs(model, inputs, out, series=series,
-                            generation={k: v for k, v in generation.items() if v is not None},
+                            generation=generation,
                             batch_size=batch_size, family=family, device=device, dtype=dtype, captioner=captioner,
                             progress=progress, overwrite=overwrite, on_caption=None if out else show)
     if not result.is_main:  # another process of a multi-process run: the main one reports

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from medblip.cli.app import app
+from medblip.cli.options import generation_options
 
 
 def _note(msg: str) -> None:
@@ -14,6 +15,7 @@ def _note(msg: str) -> None:
 
 
 @app.command("evaluate")
+@generation_options
 def evaluate_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Hub id or local checkpoint folder."),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder or file (any supported layout)."),
@@ -21,15 +23,6 @@ def evaluate_cmd(
     format: str = typer.Option("auto", "--format", help="Dataset format (auto-detected by default)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most N images (a seeded subset)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
-    num_beams: int | None = typer.Option(None, "--num-beams", min=1, help="Beam width (1 = greedy)."),
-    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1),
-    min_new_tokens: int | None = typer.Option(None, "--min-new-tokens", min=0),
-    do_sample: bool | None = typer.Option(None, "--do-sample/--no-sample", help="Nucleus sampling."),
-    top_p: float | None = typer.Option(None, "--top-p"),
-    temperature: float | None = typer.Option(None, "--temperature"),
-    repetition_penalty: float | None = typer.Option(None, "--repetition-penalty"),
-    no_repeat_ngram_size: int | None = typer.Option(None, "--no-repeat-ngram-size", min=0),
-    prompt: str | None = typer.Option(None, "--prompt", help="Prompt (BLIP-2 / InstructBLIP; default: the family's)."),
     family: str | None = typer.Option(None, "--family", help="Model family (default: from config.json)."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: best available)."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, float16, bfloat16."),
@@ -49,6 +42,7 @@ def evaluate_cmd(
                                   help="auto: the fast captioner where it supports the settings (same captions), "
                                        "else transformers' generate; generate: always generate."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    generation: dict | None = None,  # the generation options (see medblip.cli.options)
 ) -> None:
     """Caption a split with a model and score it: predictions.jsonl, metrics.json/.md, run.json.
 
@@ -64,13 +58,6 @@ def evaluate_cmd(
     scoring = {"java": False if no_java else "auto", "imageclef": imageclef, "meteor": not no_meteor,
                "spice": spice, "bertscore": bertscore, "uncertain_as": uncertain_as}
 
-    generation = {
-        "num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens,
-        "do_sample": do_sample, "top_p": top_p, "temperature": temperature,
-        "repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size,
-        "prompt": prompt,
-    }
-    generation = {k: v for k, v in generation.items() if v is not None}
     if out is None:
         name = display_name(model.rstrip("/")).replace("/", "-") or "model"
         out = Path("runs") / "eval" / f"{name}-{split}"
