@@ -598,9 +598,11 @@ def evaluate(
     fast captioner where it supports the settings) or ``generate``; run.json says which ran and why.
 
     Under ``accelerate launch`` the images are split between the processes; the main process merges
-    the predictions, scores them and writes the files; the others return a result with
-    ``is_main=False`` and no metrics.
+    the predictions, scores them and writes the files; the others wait for it and return the same
+    metrics in a result with ``is_main=False``.
     """
+    from medblip.evaluation.sharding import Processes
+
     unknown = sorted(set(score_options or {}) - set(SCORE_OPTIONS))
     if unknown:
         raise ConfigError(f"unknown scoring option {unknown[0]!r} (known: {', '.join(SCORE_OPTIONS)})")
@@ -615,8 +617,11 @@ def evaluate(
                        device=device, dtype=dtype, model_options=model_options, batch_size=batch_size,
                        progress=progress, overwrite=overwrite, captioner=captioner)
     notes.extend(run.notes)
-    if not run.is_main:
-        return EvaluationResult(out, run, None, "", notes)
+    procs = Processes()
+    if not run.is_main:  # the main process scores and writes the files; the others read them
+        procs.barrier()
+        return EvaluationResult(out, run, json.loads((out / METRICS_JSON).read_text(encoding="utf-8")),
+                                (out / METRICS_MD).read_text(encoding="utf-8"), notes)
     first = run.rows[0]
     split = records[0].split
     metrics, markdown = score_and_write(
@@ -634,6 +639,7 @@ def evaluate(
         "captioner": captioner,
     }, seed=seed, images=len(run.rows), generated=run.generated, skipped=run.skipped,
         seconds_per_image=run.seconds_per_image, captioner=run.captioner, processes=run.num_processes)
+    procs.barrier()
     return EvaluationResult(out, run, metrics, markdown, notes)
 
 
