@@ -8,6 +8,8 @@ Register them once in ``tests/conftest.py`` with ``pytest_plugins = ["_train_fix
   demo's recipe (1440 images, 8 px patches; one to two minutes of CPU). It names the modality of ~0.9 of
   the test images and its attention points at the lesion beyond chance: the interpretability tests'
   model, and what ``medblip demo`` shows. See :class:`TrainedTinyBlip`.
+- ``twin``: ``twin(like)`` -> a tiny twin of a real checkpoint (a hub id medblip ships the published
+  config of, or a folder of published config files), built once per session (see medblip.models.twins).
 - ``learned_tiny_blip``: the same with the learning recipe (10,000 images, 16 px patches; about 3
   minutes on 2 CPU threads): it names the modality and the lesion's side. The trainer's learning tests.
 """
@@ -66,6 +68,22 @@ def tiny_blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from medblip.models import init_tiny
 
     return init_tiny("blip", tmp_path_factory.mktemp("train-tiny") / "tiny-blip", image_size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def twin(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from medblip.models import init_tiny
+
+    built: dict[str, Path] = {}
+
+    def make(like: str | Path) -> Path:
+        key = str(like)
+        if key not in built:
+            name = key.strip("/").replace("/", "__")
+            built[key] = init_tiny(None, tmp_path_factory.mktemp("twin") / name, like=like, seed=0)
+        return built[key]
+
+    return make
 
 
 @pytest.fixture(scope="session")

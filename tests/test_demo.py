@@ -71,7 +71,7 @@ def test_quick_demo_end_to_end_and_rerun(tmp_path: Path) -> None:
 def test_refuses_a_foreign_folder_and_missing_data(tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(MedblipError, match="not empty and holds no demo run"):
+    with pytest.raises(MedblipError, match="not empty and is not an earlier output of `medblip demo`"):
         run_demo(DemoOptions(out=tmp_path / "mine", quick=True))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     with pytest.raises(MedblipError, match="--data .*no such file"):

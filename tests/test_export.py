@@ -45,7 +45,7 @@ def test_export_loads_in_plain_transformers_with_the_run_settings(run_dir, small
     out = tmp_path / "export"
     assert medblip_cli("export", str(run_dir), "--out", str(out)) == 0
     assert "exporting its checkpoints/best" in capsys.readouterr().err
-    files = sorted(p.name for p in out.iterdir())
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert files == ["README.md", "config.json", "generation_config.json", "medblip_export.json",
                      "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
     gc = json.loads((out / "generation_config.json").read_text())
@@ -83,23 +83,23 @@ def test_model_card(run_dir, tmp_path):
     assert "`num_beams=3`" in card and "generation_config=model.generation_config" in card
 
 
-def test_export_refuses_folders_it_did_not_write_and_skips_resume_files(run_dir, tmp_path):
+def test_export_keeps_files_it_did_not_write_and_skips_resume_files(run_dir, tmp_path):
     from medblip.errors import MedblipError
     from medblip.models.export import export_model
 
     out = tmp_path / "e"
     export_model(run_dir / "checkpoints" / "last", out)
     assert not (out / "trainer_state.pt").exists() and (out / "model.safetensors").is_file()
-    export_model(run_dir, out)  # an earlier export is replaced
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(MedblipError, match="notes.txt was not written by it"):
-        export_model(run_dir, out)
+    export_model(run_dir, out)  # an earlier export is replaced; a file the user added stays
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "medblip_export.json").read_text())["source"].endswith("checkpoints/best")
     other = tmp_path / "other"
     other.mkdir()
     (other / "data.csv").write_text("x")
-    with pytest.raises(MedblipError, match="not empty and not a medblip export"):
+    with pytest.raises(MedblipError, match="not an earlier output of `medblip export`"):
         export_model(run_dir, other)
-    assert (out / "notes.txt").read_text() == "mine" and (other / "data.csv").read_text() == "x"
+    assert sorted(p.name for p in other.iterdir()) == ["data.csv"]
     with pytest.raises(MedblipError, match="not a training run or checkpoint folder"):
         export_model(tmp_path, tmp_path / "x")
 

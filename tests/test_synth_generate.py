@@ -13,6 +13,7 @@ from PIL import Image
 
 from medblip.data.synth import MODALITIES, MODALITY_CUIS, generate, load_facts, split_counts
 from medblip.errors import DataError, MedblipError
+from medblip.outputs import OutputError
 
 SIZE = 64
 
@@ -159,7 +160,7 @@ def test_replaces_an_earlier_benchmark_but_not_other_directories(tmp_path: Path)
     other = tmp_path / "precious"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    with pytest.raises(DataError, match="refusing"):
+    with pytest.raises(OutputError, match="not an earlier output of `medblip data synth`"):
         generate(other, 3, size=40)
     assert (other / "notes.txt").read_text() == "keep me"
 

@@ -8,6 +8,7 @@ and writes, for ``out=captions.csv`` (or ``.jsonl``)::
     captions.csv                one row per image: id, path, series_uid, instance_number, frame, caption
     captions.run.json           model, settings, captioner used, counts, what was skipped and why; versions
     captions.predictions.jsonl  the resumable log (one line per captioned image, as ``medblip evaluate``'s)
+    captions.predictions.fingerprint.json  what the log was made with (a resume with other model files stops)
 
 A rerun with the same ``out`` captions only the images the log does not hold yet. An image that cannot
 be read is skipped, counted and listed (``CaptionRun.unreadable``, run.json); the run goes on.
@@ -104,6 +105,9 @@ def caption_inputs(
 
     files = output_files(out) if out is not None else {}
     if files:
+        from medblip.outputs import check_output_file
+
+        check_output_file(files["captions"])  # not a folder; its folder writable
         _check_out(files, overwrite)
     scan = find_inputs(inputs, series=series)
     if not scan.items:

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from medblip.cli.app import app
+from medblip.cli.options import OVERWRITE_HELP
 from medblip.errors import ConfigError
 
 
@@ -23,8 +24,9 @@ def score_command(
         help="JSONL file, one object per line with 'id', 'reference' (string or list) and 'prediction'.",
         show_default=False)],
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Folder for metrics.json and metrics.md [default: the predictions file's folder]",
-        show_default=False)] = None,
+        "--out", "-o", help="Also write metrics.json and metrics.md into this folder (without it, nothing is "
+                            "written: the table is printed).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the 95% CIs (0: none).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
     imageclef: Annotated[bool, typer.Option(
@@ -44,11 +46,15 @@ def score_command(
     title: Annotated[str | None, typer.Option(help="Title of metrics.md.", show_default=False)] = None,
 ) -> None:
     """Score an existing predictions file: COCO metrics, clinical correctness, degeneration, CIs."""
+    from medblip.evaluation import metrics_markdown
     from medblip.evaluation.scoring import read_predictions, score_predictions, write_metrics
     from medblip.evaluation.tokenization import MetricWarning
+    from medblip.outputs import prepare_output_dir
 
     if uncertain_as not in ("present", "absent"):
         raise ConfigError(f"--uncertain-as must be 'present' or 'absent', not {uncertain_as!r}")
+    if out is not None:
+        out = prepare_output_dir(out, "score", overwrite=overwrite)
     rows = read_predictions(predictions)
     # The library also warns through `warnings`/`logging`; here every warning is printed once, below.
     scoring_log = logging.getLogger("medblip.evaluation.scoring")
@@ -64,9 +70,12 @@ def score_command(
     finally:
         scoring_log.setLevel(level)
     result["source"] = str(predictions)
-    paths = write_metrics(result, out if out is not None else predictions.parent, title=title or predictions.name)
     for warning in result["warnings"]:
         typer.secho(f"WARNING: {warning}", fg=typer.colors.YELLOW, err=True)
+    if out is None:
+        typer.echo(metrics_markdown(result, title or predictions.name))
+        return
+    paths = write_metrics(result, out, title=title or predictions.name)
     typer.echo(paths["markdown"].read_text(encoding="utf-8"))
     typer.echo(f"wrote {paths['json']} and {paths['markdown']}", err=True)
 

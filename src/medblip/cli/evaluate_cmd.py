@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from medblip.cli.app import app
-from medblip.cli.options import generation_options
+from medblip.cli.options import MAX_PIXELS_HELP, OVERWRITE_HELP, apply_max_pixels, generation_options
 
 
 def _note(msg: str) -> None:
@@ -37,7 +37,10 @@ def evaluate_cmd(
                                      help="Uncertain findings count as 'present' or 'absent' in finding F1."),
     seed: int = typer.Option(0, "--seed"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: runs/eval/<model>-<split>)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Discard existing predictions instead of resuming."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Discard earlier predictions in --out instead of resuming; also write into "
+                                        "a non-empty folder that is not an earlier evaluate output."),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     captioner: str = typer.Option("auto", "--captioner",
                                   help="auto: the fast captioner where it supports the settings (same captions), "
                                        "else transformers' generate; generate: always generate."),
@@ -46,15 +49,17 @@ def evaluate_cmd(
 ) -> None:
     """Caption a split with a model and score it: predictions.jsonl, metrics.json/.md, run.json.
 
-    Re-running with the same --out resumes: images already in predictions.jsonl are not captioned again.
-    Under `accelerate launch --num_processes N -m medblip evaluate ...` the images are split between
-    the processes and merged into one predictions.jsonl.
+    Re-running with the same --out resumes: images already in predictions.jsonl are not captioned again,
+    provided the model files, the images and the settings are those the predictions were made with
+    (otherwise it stops and says what differs). Under `accelerate launch --num_processes N -m medblip
+    evaluate ...` the images are split between the processes and merged into one predictions.jsonl.
     """
     from medblip.errors import ConfigError
     from medblip.evaluation.predict import display_name, evaluate
 
     if uncertain_as not in ("present", "absent"):
         raise ConfigError(f"--uncertain-as must be 'present' or 'absent', not {uncertain_as!r}")
+    apply_max_pixels(max_pixels)
     scoring = {"java": False if no_java else "auto", "imageclef": imageclef, "meteor": not no_meteor,
                "spice": spice, "bertscore": bertscore, "uncertain_as": uncertain_as}
 
@@ -84,6 +89,8 @@ def evaluate_cmd(
 def compare_cmd(
     config: Path = typer.Argument(..., help="Compare config (YAML); see configs/compare_synth.yaml."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (overrides the config's out)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Run or load several systems on one split; write comparison.{md,csv,json,png}.
@@ -92,7 +99,8 @@ def compare_cmd(
     """
     from medblip.evaluation.compare import run_compare
 
-    comp = run_compare(config, out=out, progress=progress)
+    apply_max_pixels(max_pixels)
+    comp = run_compare(config, out=out, progress=progress, overwrite=overwrite)
     for n in comp.notes:
         _note(n)
     for s in comp.systems:

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from medblip.cli.app import app
+from medblip.cli.options import MAX_PIXELS_HELP, OVERWRITE_HELP, apply_max_pixels
 
 
 def _quiet_transformers() -> None:
@@ -44,6 +45,8 @@ def ablation_command(
     device: str | None = typer.Option(None, "--device", help="evaluation device (default: cuda when available)"),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                           help="evaluation batch size (default: train.batch_size)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """Fine-tune once per strategy with identical data, seed and budget; evaluate each best checkpoint.
@@ -55,6 +58,7 @@ def ablation_command(
     from medblip.experiments.ablation import parse_strategies, run_ablation, summary_lines
     from medblip.training.config import load_config
 
+    apply_max_pixels(max_pixels)
     names = parse_strategies(strategies)
     cfg = load_config(config, set_)
     _quiet_transformers()
@@ -62,7 +66,7 @@ def ablation_command(
     t0 = time.perf_counter()
     result = run_ablation(cfg, out, names, source=str(config), split=split, bootstrap=bootstrap,
                           score_options=score_options, device=device, eval_batch_size=batch_size,
-                          progress=progress, log=_log)
+                          progress=progress, log=_log, overwrite=overwrite)
     if result.interrupted is not None:
         run = result.interrupted
         print(f"medblip: {result.interrupted_strategy} stopped by {run.signal} at step {run.global_step}; "
@@ -87,6 +91,8 @@ def demo_command(
     data: Path | None = typer.Option(None, "--data", help="dataset (e.g. a ROCOv2 folder) instead of the "
                                                           "generated synthetic benchmark"),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda when available)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """The whole study in one command, offline: synthetic data, tiny models, zero-shot vs fine-tuned
@@ -99,9 +105,10 @@ def demo_command(
     from medblip.experiments.demo import DemoOptions, main_print, run_demo
 
     _quiet_transformers()
+    apply_max_pixels(max_pixels)
     t0 = time.perf_counter()
-    result = run_demo(DemoOptions(out=out, quick=quick, model=model, data=data, device=device, progress=progress),
-                      log=_log)
+    result = run_demo(DemoOptions(out=out, quick=quick, model=model, data=data, device=device, progress=progress,
+                                  overwrite=overwrite), log=_log)
     if result.interrupted is not None:
         run = result.interrupted
         print(f"medblip: stopped by {run.signal} at step {run.global_step}; run the same command again to resume",

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from medblip.cli.app import app
+from medblip.cli.options import MAX_PIXELS_HELP, OVERWRITE_HELP, apply_max_pixels
 from medblip.errors import MedblipError
 
 
@@ -63,9 +64,13 @@ def explain_cmd(
     max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1, help="Length limit of generated captions."),
     min_new_tokens: int = typer.Option(0, "--min-new-tokens", min=0, help="Minimum length of generated captions."),
     family: str | None = typer.Option(None, "--family", help="Model family (default: from config.json)."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: the model's)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: best available, "
+                                                            "as medblip evaluate)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, float16, bfloat16 (default: the checkpoint's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Explain captions with per-token (or per-word) heat-maps on the original image.
@@ -98,9 +103,13 @@ def explain_cmd(
     if words is not None and evaluate:
         raise MedblipError("--words does not apply to --evaluate (the finding words are scored)")
 
+    from medblip.evaluation.predict import auto_device
     from medblip.models import create_model
+    from medblip.outputs import prepare_output_dir
 
-    adapter = create_model(model, family=family, device=device)
+    apply_max_pixels(max_pixels)
+    out = prepare_output_dir(out, "explain", overwrite=overwrite, known_files=("summary.json", "grounding.json"))
+    adapter = create_model(model, family=family, device=auto_device(device), dtype=dtype)
     if evaluate:
         _evaluate(adapter, data, split, limit, settings, generated, tolerance, seed, out, progress)
     else:

@@ -54,6 +54,11 @@ class InputItem:
     instance_number: int | None = None
 
     @property
+    def image(self) -> Path:
+        """The file, as a :class:`~medblip.data.Record` names its image (resume fingerprints read it)."""
+        return self.path
+
+    @property
     def label(self) -> str:
         """How the item is shown to a person: the path as found, plus ``#frame``."""
         return f"{self.path}#{self.frame}" if self.frame is not None else str(self.path)

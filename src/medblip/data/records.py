@@ -77,6 +77,8 @@ class LoadReport:
     warnings: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     limited: dict[str, list[int]] = field(default_factory=dict)  # split -> [before, after]
+    #: records left out by choice, not by a problem (e.g. ROCO's non-radiology subset): what -> count
+    excluded: Counter[str] = field(default_factory=Counter)
     #: records whose source names no split (a manifest without a ``split`` column); loaders put them in
     #: ``train``, and readers of one split (evaluate, training's validation) decide what that means
     unsplit: int = 0
@@ -119,6 +121,8 @@ class LoadReport:
             for reason, n in counter.most_common():
                 ex = self.examples.get(reason, [])
                 lines.append(f"  {title}: {reason}: {n}" + (f" (e.g. {ex[0]})" if ex else ""))
+        for what, n in self.excluded.items():
+            lines.append(f"  not loaded: {what}: {n} records")
         for split, (before, after) in self.limited.items():
             lines.append(f"  limit: {split} subset to {after} of {before}")
         if self.unsplit:
@@ -140,6 +144,7 @@ class LoadReport:
             "warnings": dict(self.warnings.most_common()),
             "examples": {k: list(v) for k, v in self.examples.items()},
             "limited": {k: list(v) for k, v in self.limited.items()},
+            "excluded": dict(self.excluded),
             "unsplit": self.unsplit,
             "notes": list(self.notes),
         }

@@ -297,14 +297,19 @@ class Comparison:
 
 # -- runner ----------------------------------------------------------------------------------------
 def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = None,
-                progress: bool = True, config_path: str | Path | None = None) -> Comparison:
-    """Run/load every system, score them on their shared ids and write the comparison files."""
+                progress: bool = True, config_path: str | Path | None = None, overwrite: bool = False) -> Comparison:
+    """Run/load every system, score them on their shared ids and write the comparison files.
+
+    A non-empty ``out`` that holds no comparison is refused unless ``overwrite`` (:mod:`medblip.outputs`).
+    """
+    from medblip.outputs import prepare_output_dir
+
     if not isinstance(config, CompareConfig):
         config_path = config
         config = load_compare_config(config)
     cfg = config
     out = Path(out or cfg.out or Path("runs") / "compare" / (Path(config_path).stem if config_path else "compare"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "compare", overwrite=overwrite, known_files=("comparison.json", "systems"))
     notes: list[str] = []
     where = str(config_path) if config_path else "compare config"
 

@@ -4,10 +4,14 @@
 per image as each batch finishes, so an interrupted run resumes where it stopped (a half-written last
 line left by a crash is dropped, with a note). Each line holds::
 
-    {"id", "split", "reference", "prediction", "model", "family", "generation": {...}, "gen_seconds"}
+    {"id", "split", "reference", "prediction", "model", "family", "generation": {...}, "gen_seconds", "image"}
 
-where ``generation`` is the full :class:`~medblip.models.base.GenerationSettings` used and
-``gen_seconds`` the wall-clock generation time per image (batch time / batch size).
+where ``generation`` is the full :class:`~medblip.models.base.GenerationSettings` used,
+``gen_seconds`` the wall-clock generation time per image (batch time / batch size) and ``image`` the
+image's identity (path, size and modification time, or a hash of its bytes). A resume goes on only
+when everything matches: the model (its files' sizes and times, kept in ``predictions.fingerprint.json``
+beside the predictions), the generation settings and the image of every id already captioned;
+otherwise it is refused with what differs, so one file never mixes two models or two data sets.
 
 :func:`evaluate` = load the split, :func:`predict`, score with
 :func:`medblip.evaluation.score_predictions`, write ``metrics.json``, ``metrics.md`` and ``run.json``.
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medblip.errors import ConfigError, DataError, MedblipError
+from medblip.fingerprint import describe_differences, image_signature, model_signature
 from medblip.io import append_jsonl, atomic_write_json, atomic_write_text, dumps, write_jsonl
 from medblip.models.base import GenerationSettings
 from medblip.runinfo import set_seed
@@ -316,6 +321,7 @@ def predict(
     notes: list[str] = []
     done: dict[str, dict[str, Any]] = {}
     own_file = None
+    images = {str(r.id): image_signature(r.image) for r in records}
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         if overwrite and procs.is_main:
@@ -330,6 +336,8 @@ def predict(
                 notes.extend(existing.notes)
             _check_compatible(path, existing.rows, model_name, gen)
             done.update(existing.by_id)
+        fingerprint_notes = _check_fingerprint(out_path, list(done.values()), model_name, images)
+        notes += fingerprint_notes if procs.is_main else []
         procs.barrier()  # nobody appends before everybody has read
 
     ids = [str(r.id) for r in records]
@@ -363,7 +371,7 @@ def predict(
         _generate_into(engine, mine, own_file, settings, gen, batch_size=batch_size, model_name=model_name,
                        family=lambda: family, progress=progress, desc=desc, done=done, image_of=image_of,
                        fields_of=fields_of, on_unreadable=on_unreadable, unreadable=unreadable,
-                       on_batch=on_batch)
+                       on_batch=on_batch, signatures=images)
         fallbacks = getattr(made[0], "fallbacks", None) if made else None
         if fallbacks:
             info["fallbacks"] = dict(fallbacks)
@@ -438,6 +446,47 @@ def _check_compatible(path: Path, rows: list[dict[str, Any]], model_name: str, g
                 f"use another output folder or --overwrite to start again")
 
 
+def fingerprint_path(predictions: Path) -> Path:
+    return predictions.with_name(predictions.stem + ".fingerprint.json")
+
+
+def _check_fingerprint(path: Path, rows: list[dict[str, Any]], model_name: str,
+                       images: Mapping[str, Any]) -> list[str]:
+    """Refuse to add to ``path`` when its rows came from other model files or other images (see module doc).
+
+    Writes the fingerprint when the file starts (or predates fingerprints); returns notes.
+    """
+    fp_file = fingerprint_path(path)
+    current = {"model": model_signature(model_name)}
+    old = None
+    if fp_file.is_file():
+        try:
+            old = json.loads(fp_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+    notes: list[str] = []
+    if rows:
+        if old is not None:
+            diffs = describe_differences(old, current)
+            if diffs:
+                raise MedblipError(
+                    f"{path} holds predictions of a model that has changed since ({'; '.join(diffs)}); resuming "
+                    "would mix two models' captions: use another output folder, or --overwrite to start again")
+        else:
+            notes.append(f"{path}: no {fp_file.name} (written by an older medblip); resuming on the model name "
+                         "and settings alone")
+        for row in rows:
+            rid = str(row["id"])
+            if rid in images and row.get("image") is not None and row["image"] != images[rid]:
+                raise MedblipError(
+                    f"{path}: id {rid!r} was captioned from another image ({row['image'].get('path', 'bytes')}) "
+                    f"than the data set now holds ({(images[rid] or {}).get('path', 'bytes')}); resuming would "
+                    "mix two data sets: use another output folder, or --overwrite to start again")
+    if old != current:
+        atomic_write_json(fp_file, current)
+    return notes
+
+
 def _load_batch(batch: Sequence[Any], image_of: Callable[[Any], Image.Image],
                 on_unreadable: str) -> tuple[list[Any], list[Image.Image], list[tuple[str, str]]]:
     """(readable items, their images, (item, reason) of the unreadable ones)."""
@@ -465,7 +514,8 @@ def _generate_into(engine: Callable[[], Any], pending: Sequence[Any], out_path: 
                    done: dict[str, dict[str, Any]], image_of: Callable[[Any], Image.Image],
                    fields_of: Callable[[Any], dict[str, Any]], on_unreadable: str,
                    unreadable: list[tuple[str, str]],
-                   on_batch: Callable[[list[dict[str, Any]]], None] | None) -> None:
+                   on_batch: Callable[[list[dict[str, Any]]], None] | None,
+                   signatures: Mapping[str, Any]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -499,7 +549,8 @@ def _generate_into(engine: Callable[[], Any], pending: Sequence[Any], out_path: 
                     rows = []
                     for item, caption in zip(items, captions, strict=True):
                         row = {"id": str(item.id), **fields_of(item), "prediction": caption, "model": model_name,
-                               "family": family(), "generation": gen, "gen_seconds": round(per_image, 6)}
+                               "family": family(), "generation": gen, "gen_seconds": round(per_image, 6),
+                               "image": signatures.get(str(item.id))}
                         if out_path is not None:
                             append_jsonl(out_path, row)
                         done[row["id"]] = row
@@ -601,23 +652,45 @@ def evaluate(
     the predictions, scores them and writes the files; the others wait for it and return the same
     metrics in a result with ``is_main=False``.
     """
+    import contextlib
+
     from medblip.evaluation.sharding import Processes
+    from medblip.locks import output_lock
+    from medblip.outputs import prepare_output_dir
 
     unknown = sorted(set(score_options or {}) - set(SCORE_OPTIONS))
     if unknown:
         raise ConfigError(f"unknown scoring option {unknown[0]!r} (known: {', '.join(SCORE_OPTIONS)})")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    procs = Processes()
+    # the main process guards, marks and locks the folder; the others write only their part files there
+    if procs.is_main:
+        out = prepare_output_dir(out, "evaluate", overwrite=overwrite, known_files=(PREDICTIONS_FILE,))
+    procs.barrier()
+    out = Path(out).expanduser()
+    with output_lock(out, "evaluate") if procs.is_main else contextlib.nullcontext():
+        return _evaluate(model, data, out, split=split, format=format, limit=limit, batch_size=batch_size,
+                         generation=generation, family=family, device=device, dtype=dtype,
+                         model_options=model_options, bootstrap=bootstrap, seed=seed, score_options=score_options,
+                         progress=progress, overwrite=overwrite, records=records, captioner=captioner, procs=procs)
+
+
+def _evaluate(model: str | Path | CaptionModel, data: str | Path, out: Path, *, split: str, format: str,
+              limit: int | None, batch_size: int, generation: GenerationSettings | Mapping[str, Any] | None,
+              family: str | None, device: str | None, dtype: str | None, model_options: Mapping[str, Any] | None,
+              bootstrap: int, seed: int, score_options: Mapping[str, Any] | None, progress: bool, overwrite: bool,
+              records: Sequence[Record] | None, captioner: str, procs: Any) -> EvaluationResult:
+    from medblip.progress import library_progress
+
     notes: list[str] = []
     if records is None:
         records, report = load_split(data, split, format=format, limit=limit, seed=seed)
         notes.extend(_report_notes(report))
     set_seed(seed)  # only sampling (do_sample) draws random numbers
-    run = predict_with(model, records, out / PREDICTIONS_FILE, generation=generation, family=family,
-                       device=device, dtype=dtype, model_options=model_options, batch_size=batch_size,
-                       progress=progress, overwrite=overwrite, captioner=captioner)
+    with library_progress(progress):  # progress=False: transformers' "Loading weights" bar too
+        run = predict_with(model, records, out / PREDICTIONS_FILE, generation=generation, family=family,
+                           device=device, dtype=dtype, model_options=model_options, batch_size=batch_size,
+                           progress=progress, overwrite=overwrite, captioner=captioner)
     notes.extend(run.notes)
-    procs = Processes()
     if not run.is_main:  # the main process scores and writes the files; the others read them
         procs.barrier()
         return EvaluationResult(out, run, json.loads((out / METRICS_JSON).read_text(encoding="utf-8")),

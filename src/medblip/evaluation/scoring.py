@@ -41,6 +41,15 @@ log = logging.getLogger(__name__)
 
 METRICS_JSON, METRICS_MD = "metrics.json", "metrics.md"
 PAIRED_METHODS = ("bootstrap", "randomization")
+EMPTY_REFERENCE = "empty reference"
+
+
+class PredictionRows(list):  # type: ignore[type-arg]
+    """Rows read from a predictions file that remember where each came from (``source``, ``line_numbers``),
+    so that whatever is dropped later is reported as ``file:line``."""
+
+    source: str | None = None
+    line_numbers: list[int] | None = None
 
 
 # -- input ------------------------------------------------------------------------------------------
@@ -65,8 +74,14 @@ def _normalise_row(row: Mapping[str, Any], where: str, id_key: str, references_k
 
 def parse_rows(rows: Iterable[Mapping[str, Any]], *, id_key: str = "id", references_key: str = "reference",
                prediction_key: str = "prediction", source: str | None = None,
-               line_numbers: Sequence[int] | None = None) -> tuple[list[str], list[list[str]], list[str]]:
-    """Validate prediction rows -> (ids, references, predictions); errors name the row (or file:line)."""
+               line_numbers: Sequence[int] | None = None,
+               dropped: list[str] | None = None) -> tuple[list[str], list[list[str]], list[str]]:
+    """Validate prediction rows -> (ids, references, predictions); errors name the row (or file:line).
+
+    Blank references are left out of a row's list; a row with no non-blank reference is dropped (there
+    is nothing to score it against) and its ``file:line`` (or row number) appended to ``dropped``.
+    """
+    dropped = dropped if dropped is not None else []
     ids: list[str] = []
     refs: list[list[str]] = []
     preds: list[str] = []
@@ -77,6 +92,10 @@ def parse_rows(rows: Iterable[Mapping[str, Any]], *, id_key: str = "id", referen
         if not isinstance(row, Mapping):
             raise DataError(f"{where}: expected an object with {id_key!r}, {references_key!r}, {prediction_key!r}")
         rid, ref, pred = _normalise_row(row, where, id_key, references_key, prediction_key)
+        ref = [r for r in ref if r.strip()]
+        if not ref:
+            dropped.append(where)
+            continue
         if rid in seen:
             raise DataError(f"{where}: duplicate id {rid!r} (first at {seen[rid]})")
         seen[rid] = where
@@ -84,8 +103,14 @@ def parse_rows(rows: Iterable[Mapping[str, Any]], *, id_key: str = "id", referen
         refs.append(ref)
         preds.append(pred)
     if not ids:
-        raise DataError(f"{source or 'predictions'}: no predictions to score")
+        why = f" (every row has an {EMPTY_REFERENCE})" if dropped else ""
+        raise DataError(f"{source or 'predictions'}: no predictions to score{why}")
     return ids, refs, preds
+
+
+def dropped_summary(dropped: Sequence[str]) -> dict[str, Any]:
+    """``{"empty reference": {"count", "examples"}}`` for a result's ``dropped`` field."""
+    return {EMPTY_REFERENCE: {"count": len(dropped), "examples": list(dropped[:5])}} if dropped else {}
 
 
 def read_predictions(path: str | Path, *, id_key: str = "id", references_key: str = "reference",
@@ -95,10 +120,10 @@ def read_predictions(path: str | Path, *, id_key: str = "id", references_key: st
     if not path.is_file():
         raise DataError(f"{path}: predictions file not found")
     numbered = list(read_jsonl_lines(path))
-    lines = [lineno for lineno, _ in numbered]
-    rows = [obj for _, obj in numbered]
+    rows = PredictionRows(obj for _, obj in numbered)
+    rows.source, rows.line_numbers = str(path), [lineno for lineno, _ in numbered]
     parse_rows(rows, id_key=id_key, references_key=references_key, prediction_key=prediction_key,
-               source=str(path), line_numbers=lines)
+               source=rows.source, line_numbers=rows.line_numbers)
     return rows
 
 
@@ -255,8 +280,10 @@ def score_predictions(rows: Iterable[Mapping[str, Any]], *, references_key: str 
     the raw text (negation needs punctuation). ``bertscore``: a model path/name or a dict of
     ``bert_score.score`` options. Returns a JSON-ready dict (see :func:`metrics_markdown`).
     """
+    dropped: list[str] = []
     ids, refs, preds = parse_rows(rows, id_key=id_key, references_key=references_key,
-                                  prediction_key=prediction_key)
+                                  prediction_key=prediction_key, source=getattr(rows, "source", None),
+                                  line_numbers=getattr(rows, "line_numbers", None), dropped=dropped)
     with _Scorer(java=java, imageclef=imageclef, spice=spice, bertscore=bertscore,
                  uncertain_as=uncertain_as, progress=progress, meteor=meteor) as scorer:
         refs_tok, (preds_tok,) = scorer.tokenize(refs, [preds])
@@ -271,12 +298,15 @@ def score_predictions(rows: Iterable[Mapping[str, Any]], *, references_key: str 
         if name in clinical["support"]:
             entry["support"] = clinical["support"][name]
         table[name] = entry
+    dropped_note = ([f"{len(dropped)} row(s) with an {EMPTY_REFERENCE} dropped, not scored "
+                     f"(e.g. {', '.join(dropped[:3])})"] if dropped else [])
     return {
         "n_images": len(ids),
+        "dropped": dropped_summary(dropped),
         "metrics": table,
         "clinical": clinical,
         "degeneration": degeneration.to_dict(),
-        "warnings": scorer.warnings + degeneration.warnings,
+        "warnings": dropped_note + scorer.warnings + degeneration.warnings,
         "settings": {
             "tokenizer": scorer.tokenizer, "java": scorer.use_java, "meteor": scorer.use_meteor,
             "imageclef": imageclef,

@@ -132,39 +132,13 @@ def strategy_config(config: ExperimentConfig, strategy: str, out: str | Path) ->
     return validate_config(raw, f"ablation {strategy}")
 
 
-def _comparable(raw: Mapping[str, Any]) -> dict[str, Any]:
-    d = json.loads(json.dumps(raw, default=str))
-    d.pop("output", None)  # the folder may be spelt differently (relative / absolute) between runs
-    d.pop("name", None)
-    return d
-
-
 def _check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
-    import yaml
+    from medblip.training.run_guard import config_changes
 
-    path = run_dir / "config.resolved.yaml"
-    if not path.is_file():
-        return
-    try:
-        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return
-    new = cfg.model_dump(mode="json")
-    if _comparable(old) != _comparable(new):
-        a, b = _comparable(old), _comparable(new)
-        diff = _first_difference(a, b) or "?"
-        raise ConfigError(f"{run_dir} holds a run made with a different config ({diff}); use another --out "
+    changes = config_changes(run_dir, cfg)
+    if changes:
+        raise ConfigError(f"{run_dir} holds a run made with a different config ({changes[0]}); use another --out "
                           "or delete that folder to train it again")
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in list(dict.fromkeys([*a, *b])):
-            d = _first_difference(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
-            if d:
-                return d
-        return None
-    return None if a == b else f"{prefix}: {a!r} -> {b!r}"
 
 
 def budget_of(config: ExperimentConfig) -> dict[str, Any]:
@@ -541,20 +515,25 @@ def run_ablation(config: ExperimentConfig, out: str | Path | None = None,
                  strategies: Sequence[str] | str | None = None, *, source: str = "<config>", split: str = "test",
                  bootstrap: int = 1000, score_options: Mapping[str, Any] | None = None,
                  device: str | None = None, eval_batch_size: int | None = None, progress: bool = True,
-                 log: Log = print) -> AblationResult:
+                 log: Log = print, overwrite: bool = False) -> AblationResult:
     """Train every strategy (resuming / skipping finished ones), evaluate each, write the table.
 
     ``out`` defaults to ``config.output.dir``. ``device``: where the evaluation captions (default:
     CUDA when available); training places itself (accelerate). ``score_options``: options of
     :func:`medblip.evaluation.score_predictions` (e.g. ``{"meteor": False}``). ``log`` receives one
     line per stage. When a run is stopped by a signal the result's ``interrupted`` is set and no
-    table is written (rerun to resume).
+    table is written (rerun to resume). A non-empty ``out`` that holds no ablation is refused unless
+    ``overwrite`` (:mod:`medblip.outputs`).
     """
+    from medblip.models.strategies import STRATEGIES
+    from medblip.outputs import check_output_dir, prepare_output_dir
     from medblip.runinfo import run_metadata
     from medblip.training.config import check_paths
 
     names = parse_strategies(strategies)
     out = Path(out if out is not None else config.output.dir)
+    # its strategy run folders identify an ablation folder written before markers existed
+    check_output_dir(out, "ablation", overwrite=overwrite, known_files=(ABLATION_JSON, *STRATEGIES))
     check_paths(config, source)
     check_strategies(config, names, source)
     if bootstrap < 0:
@@ -565,7 +544,7 @@ def run_ablation(config: ExperimentConfig, out: str | Path | None = None,
     if config.train.early_stopping.patience is not None:
         result.notes.append(f"train.early_stopping.patience={config.train.early_stopping.patience}: strategies "
                             "may stop after different numbers of steps (see the steps column)")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, "ablation", overwrite=overwrite, known_files=(ABLATION_JSON, *STRATEGIES))
     configs = {s: strategy_config(config, s, out) for s in names}
     atomic_write_json(out / "run.json", run_metadata(
         config.model_dump(mode="json"), config.train.seed, command="ablation", source=source,

@@ -61,7 +61,8 @@ FULL = {
     "vit_gpt2": {"image_size": 64, "patch_size": 8, "hidden_size": 128, "num_layers": 2, "num_heads": 4,
                  "vocab_size": 512, "seed": 0},
     "train": {"epochs": 8, "batch_size": 32, "lr": 2e-3, "warmup_ratio": 0.05, "weight_decay": 0.05,
-              "schedule": "cosine", "seed": 0, "val_subset": 64, "val_generate": False, "log_every": 5},
+              "schedule": "cosine", "seed": 0, "val_subset": 64, "val_generate": False, "log_every": 5,
+              "label_smoothing": 0.0},  # as measured: these from-scratch recipes predate BLIP's 0.1 default
     "generation": {"num_beams": 1, "max_new_tokens": 40},
     "bootstrap": 1000, "scoring": {"meteor": False},
     "explain_images": 6, "grounding_images": None,
@@ -78,7 +79,8 @@ LEARN = {
     "blip": {"image_size": 64, "patch_size": 16, "hidden_size": 128, "num_layers": 2, "num_heads": 4,
              "vocab_size": 512, "seed": 0, "vision_init_std": 0.02, "position_init_std": 1.0},
     "train": {"epochs": 5, "batch_size": 32, "lr": 2e-3, "warmup_ratio": 0.05, "weight_decay": 0.05,
-              "schedule": "cosine", "seed": 0, "val_subset": 64, "val_generate": False, "log_every": 20},
+              "schedule": "cosine", "seed": 0, "val_subset": 64, "val_generate": False, "log_every": 20,
+              "label_smoothing": 0.0},
 }
 #: --quick: the same pipeline in a minute or two (numbers meaningless, every file written).
 QUICK = {
@@ -88,7 +90,8 @@ QUICK = {
     "vit_gpt2": {"image_size": 64, "patch_size": 8, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
                  "vocab_size": 512, "seed": 0},
     "train": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_ratio": 0.0, "weight_decay": 0.05,
-              "schedule": "cosine", "seed": 0, "val_subset": 6, "val_generate": False, "log_every": 1},
+              "schedule": "cosine", "seed": 0, "val_subset": 6, "val_generate": False, "log_every": 1,
+              "label_smoothing": 0.0},
     "generation": {"num_beams": 1, "max_new_tokens": 12, "min_new_tokens": 2},
     "bootstrap": 200, "scoring": {"meteor": False, "java": False},
     "explain_images": 2, "grounding_images": 6,
@@ -111,6 +114,7 @@ class DemoOptions:
     data: Path | None = None  # dataset; None: generate the synthetic benchmark
     device: str | None = None
     progress: bool = True
+    overwrite: bool = False  # write into a non-empty folder that holds no demo run
 
     @property
     def real(self) -> bool:
@@ -298,8 +302,12 @@ def compare_config(opts: DemoOptions, data: Path, out: Path, zero_shot: str, fin
 
 def _seed_predictions(src: Path, dst: Path) -> None:
     """Reuse the ablation's captions of the fine-tuned BLIP (same checkpoint, same settings)."""
+    from medblip.evaluation.predict import fingerprint_path
+
     if src.is_file() and not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
+        if fingerprint_path(src).is_file():
+            shutil.copyfile(fingerprint_path(src), fingerprint_path(dst))
         shutil.copyfile(src, dst)
 
 
@@ -347,12 +355,13 @@ def headline_table(comparison: Mapping[str, Any], ablation: AblationResult | Non
 # -- the pipeline ------------------------------------------------------------------------------------------------
 def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     """Run (or resume) every stage; see the module docstring."""
+    from medblip.outputs import prepare_output_dir
     from medblip.runinfo import run_metadata, set_seed
 
     out = opts.out.expanduser()
     if opts.data is not None and not opts.data.expanduser().exists():
         raise MedblipError(f"--data {opts.data}: no such file or folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "demo", overwrite=opts.overwrite, known_files=(DEMO_JSON,))
     state_path = out / DEMO_JSON
     fingerprint = _fingerprint(opts)
     state: dict[str, Any] = {}
@@ -366,8 +375,6 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
             raise MedblipError(f"{out} holds a demo run with other settings ({old.get('recipe')}, model "
                                f"{old.get('model') or 'tiny'}, data {old.get('data') or 'synthetic'}); "
                                "use another --out or delete it")
-    elif out.is_dir() and any(out.iterdir()):
-        raise MedblipError(f"{out} is not empty and holds no demo run ({DEMO_JSON}); choose another --out")
     recipe = QUICK if opts.quick else FULL
     seed = 0
     set_seed(seed)

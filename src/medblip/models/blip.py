@@ -55,6 +55,10 @@ class BlipCaptioner(CaptionModel):
     lora_groups = ("text_decoder",)
     model_class_name = "BlipForConditionalGeneration"
     processor_class_name = "BlipProcessor"
+    # BLIP's own training code (salesforce/BLIP models/med.py, BertLMHeadModel: CrossEntropyLoss(...,
+    # label_smoothing=0.1)); transformers reads it from text_config.label_smoothing (default 0.0).
+    default_label_smoothing = 0.1
+    native_label_smoothing = True
 
     @classmethod
     def load(cls, source: str, *, dtype: Any = None, device: Any = None,
@@ -66,6 +70,13 @@ class BlipCaptioner(CaptionModel):
         if options.get("prompt") is True:
             options["prompt"] = ZERO_SHOT_PROMPT
         return cls(model, processor, source, **options)
+
+    def set_label_smoothing(self, value: float) -> None:
+        super().set_label_smoothing(value)
+        # BlipTextLMHeadModel copies config.label_smoothing at construction; set both so the loss and a
+        # saved checkpoint's config agree
+        self.base_model.config.text_config.label_smoothing = self.label_smoothing
+        self.base_model.text_decoder.label_smoothing = self.label_smoothing
 
     # -- groups ----------------------------------------------------------------------------------
     def _group_members(self) -> dict[str, list[Member]]:

@@ -4,7 +4,9 @@
 folder means its best checkpoint) without medblip's resume files, writes the run's generation settings
 into ``generation_config.json`` and a model card ``README.md`` (base model, data, strategy, metrics with
 95% CIs from ``medblip evaluate`` runs of this checkpoint, intended use, not-a-medical-device warning),
-and swaps the folder into place atomically. :func:`push_to_hub` uploads it with huggingface_hub.
+and puts the folder in place with medblip's output guard (:mod:`medblip.outputs`: a new, empty or
+earlier ``export`` folder; files a user added to an earlier export survive). :func:`push_to_hub`
+uploads it with huggingface_hub.
 
 Loading the export needs nothing from medblip::
 
@@ -25,13 +27,14 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from medblip.errors import ConfigError, MedblipError
-from medblip.io import atomic_replace_dir, atomic_write_json, atomic_write_text, recover_dir
+from medblip.io import atomic_write_json, atomic_write_text
 
-#: written into every export; lists the files the export wrote (a rerun may replace exactly those)
-MARKER = "medblip_export.json"
+#: written into every export: where it came from, the generation settings, the evaluations in the card
+EXPORT_INFO = "medblip_export.json"
 #: checkpoint files that only medblip's ``--resume`` reads
 _RESUME_FILES = ("trainer_state.pt", "trainable.safetensors")
 #: families whose ``generate`` delegates to an inner model (see the module doc)
@@ -48,15 +51,17 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def export_model(source: str | Path, out: str | Path, *, evaluations: Sequence[str | Path] = ()) -> ExportResult:
+def export_model(source: str | Path, out: str | Path, *, evaluations: Sequence[str | Path] = (),
+                 overwrite: bool = False) -> ExportResult:
     """Write the export of ``source`` (a training run or checkpoint folder) to ``out``.
 
-    ``out`` must not exist, be empty, or be an earlier export (holding only what that export wrote);
-    anything else is refused rather than deleted. ``evaluations``: ``medblip evaluate`` output folders
-    whose ``metrics.json`` go into the card (default: those inside the run folder that evaluated this
-    checkpoint).
+    ``out`` must be new, empty or an earlier export, unless ``overwrite`` (then files of the same names
+    are replaced and others kept; :mod:`medblip.outputs`). ``evaluations``: ``medblip evaluate`` output
+    folders whose ``metrics.json`` go into the card (default: those inside the run folder that
+    evaluated this checkpoint).
     """
     from medblip.evaluation.predict import resolve_checkpoint
+    from medblip.outputs import check_output_dir, install_output_dir
 
     checkpoint_text, _, notes = resolve_checkpoint(source)
     notes = [n.replace("; evaluating its", "; exporting its") for n in notes]
@@ -64,8 +69,7 @@ def export_model(source: str | Path, out: str | Path, *, evaluations: Sequence[s
     if not (checkpoint / "config.json").is_file():
         raise MedblipError(f"{source}: not a training run or checkpoint folder (no config.json"
                            + (", no checkpoints/best or checkpoints/last" if checkpoint.is_dir() else "") + ")")
-    out = Path(out)
-    _check_target(out)
+    out = check_output_dir(out, "export", overwrite=overwrite, known_files=(EXPORT_INFO,), replaces=True)
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
     config = _read_yaml(run_dir / "config.resolved.yaml") if run_dir else {}
     if run_dir is not None and not config:
@@ -75,7 +79,7 @@ def export_model(source: str | Path, out: str | Path, *, evaluations: Sequence[s
     family = _family(checkpoint)
     evals = _find_evaluations(run_dir, checkpoint, evaluations, notes)
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -91,38 +95,15 @@ def export_model(source: str | Path, out: str | Path, *, evaluations: Sequence[s
         card = model_card(checkpoint=checkpoint, run_dir=run_dir, config=config, model_config=model_config,
                           family=family, generation=generation, settings=settings, evaluations=evals)
         atomic_write_text(tmp / "README.md", card)
-        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-        atomic_write_json(tmp / MARKER, {"source": str(checkpoint), "run_dir": str(run_dir) if run_dir else None,
-                                          "files": [*files, MARKER], "generation": generation,
-                                          "evaluations": [str(e) for e in evals]})
-        if out.exists() and not any(out.iterdir()):
-            out.rmdir()
+        atomic_write_json(tmp / EXPORT_INFO, {"source": str(checkpoint),
+                                              "run_dir": str(run_dir) if run_dir else None,
+                                              "generation": generation, "evaluations": [str(e) for e in evals]})
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_replace_dir(tmp, out)
+        install_output_dir(tmp, out, "export", known_files=(EXPORT_INFO,))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(out, checkpoint, run_dir, generation, evals, notes)
-
-
-def _check_target(out: Path) -> None:
-    recover_dir(out)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise MedblipError(f"--out {out}: exists and is not a folder; choose another --out")
-    present = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    if not present:
-        return
-    try:
-        written = set(json.loads((out / MARKER).read_text(encoding="utf-8"))["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise MedblipError(f"--out {out}: not empty and not a medblip export; choose another --out "
-                           "(nothing was changed)") from None
-    foreign = [p for p in present if p not in written]
-    if foreign:
-        raise MedblipError(f"--out {out}: an earlier export, but {foreign[0]} was not written by it; move it "
-                           "away or choose another --out (nothing was changed)")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -153,18 +134,18 @@ def _family(checkpoint: Path) -> str:
 
 
 def _write_generation_config(checkpoint: Path, out: Path, settings: Any) -> dict[str, Any]:
-    """The checkpoint's generation config updated with the run's settings; returns the fields set."""
+    """The checkpoint's generation config with the run's settings in it (as a checkpoint saved by the
+    trainer carries them: :func:`medblip.models.base.checkpoint_generation_config`); returns the fields set."""
     from transformers import AutoConfig, GenerationConfig
+
+    from medblip.models.base import checkpoint_generation_config
 
     try:
         gc = GenerationConfig.from_pretrained(checkpoint)
     except OSError:
         gc = GenerationConfig.from_model_config(AutoConfig.from_pretrained(checkpoint))
-    values = settings.generate_kwargs()
-    gc.update(**values)
-    gc._from_model_config = False  # these settings are the run's, not defaults derived from config.json
-    gc.save_pretrained(out)
-    return values
+    checkpoint_generation_config(SimpleNamespace(generation_config=gc), settings).save_pretrained(out)
+    return {k: v for k, v in settings.generate_kwargs().items() if v is not None}
 
 
 def _find_evaluations(run_dir: Path | None, checkpoint: Path, given: Sequence[str | Path],
@@ -290,7 +271,7 @@ def model_card(*, checkpoint: Path, run_dir: Path | None, config: dict[str, Any]
     lines.append(f"- Trained with medblip {versions.get('medblip', '?')} (git {run_info.get('git_commit') or '?'}), "
                  f"transformers {versions.get('transformers', '?')}, torch {versions.get('torch', '?')}"
                  if run_info else "- No run.json beside the checkpoint.")
-    lines.append("- Exported with `medblip export`; `medblip_export.json` lists the exported files.")
+    lines.append(f"- Exported with `medblip export`; `{EXPORT_INFO}` names the checkpoint and the evaluations.")
     return "\n".join(lines) + "\n"
 
 
@@ -328,7 +309,7 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, toke
     try:
         api = HfApi(token=token)
         url = api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", ignore_patterns=[".*"],
                           commit_message="Upload model exported by medblip")
     except Exception as exc:  # noqa: BLE001 -- network, auth and offline errors come in many types
         reason = " ".join(str(exc).split()) or type(exc).__name__

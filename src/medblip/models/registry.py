@@ -6,6 +6,7 @@ Each family module decorates its adapter class with :func:`register_family`; imp
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -132,13 +133,127 @@ def detect_family(name_or_path: str | Path, *, local_files_only: bool | None = N
             return family
     from transformers import AutoConfig
 
+    local_files_only = hub_access(source, local_files_only)
     with hub_errors(source, local_files_only):
         config = AutoConfig.from_pretrained(source, local_files_only=bool(local_files_only))
     return _family_from_model_type(getattr(config, "model_type", None), source)
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_HUB_PROBE_SECONDS = 3.0
+
+
+def _corrupt_weights(folder: Path, exc: BaseException) -> MedblipError | None:
+    """A truncated / damaged weights file, or a pickle refused by weights-only loading, named as such."""
+    import pickle
+
+    from safetensors import SafetensorError, safe_open
+
+    from medblip.errors import CorruptFileError
+
+    reader_failed = isinstance(exc, SafetensorError | pickle.UnpicklingError | EOFError) or (
+        isinstance(exc, RuntimeError) and "PytorchStreamReader" in str(exc)) or (
+        isinstance(exc, OSError) and exc.errno == 22)  # mmap of a cut-off file: "Invalid argument"
+    if not reader_failed:
+        return None
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+    except OSError:
+        files = []
+    for f in files:
+        if f.suffix == ".safetensors":
+            try:
+                with safe_open(str(f), framework="pt"):
+                    pass
+            except Exception:  # noqa: BLE001 - any failure to read the header is the answer
+                return CorruptFileError.from_exception(f, exc)
+    wanted = ".safetensors" if isinstance(exc, SafetensorError) else ".bin"
+    named = next((f for f in files if f.suffix == wanted), files[0] if files else folder)
+    return CorruptFileError.from_exception(named, exc)
+
+
+def check_device(device: Any) -> None:
+    """A device this torch can use, else one line naming it and the fix (before any weights are read)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise MedblipError(f"--device {device!r}: not a device name ({exc}); use cpu, cuda, cuda:1 or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            raise MedblipError(f"--device {device}: {why} (torch {torch.__version__}); use --device cpu, or "
+                               "install a CUDA build of torch on a machine with a GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MedblipError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                               f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise MedblipError(f"--device {device}: Apple's MPS backend is not available here; use --device cpu")
+
+
+@functools.lru_cache(maxsize=4)
+def _hub_unreachable(endpoint: str) -> str | None:
+    """Why the hub (or the HTTPS proxy) cannot be reached, found within a few seconds; None when it can.
+
+    One TCP connection in a thread, so that neither a slow DNS nor a silently dropped packet holds the
+    caller longer than the timeout (huggingface_hub would retry for minutes).
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy or endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    result: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=_HUB_PROBE_SECONDS).close()
+            result.append(None)
+        except OSError as exc:
+            result.append(exc.strerror or str(exc) or type(exc).__name__)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(_HUB_PROBE_SECONDS + 0.5)
+    what = f"{host}:{port}" + (" (the HTTPS proxy)" if proxy else "")
+    if not result:
+        return f"{what}: no answer within {_HUB_PROBE_SECONDS:g} s"
+    return f"{what}: {result[0]}" if result[0] else None
+
+
+def hub_access(source: str, local_files_only: bool | None) -> bool | None:
+    """``local_files_only`` to load ``source`` with: a hub id with no network fails here, in seconds.
+
+    Local folders, offline mode and ``local_files_only`` pass through. When the hub cannot be reached
+    a cached copy is used (``True``); without one the error names the id and the offline switch.
+    """
+    if local_files_only or _offline(local_files_only) or Path(source).expanduser().exists():
+        return local_files_only
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        endpoint = constants.ENDPOINT
+        cached = isinstance(try_to_load_from_cache(source, "config.json"), str)
+    except Exception:  # noqa: BLE001 - no usable huggingface_hub: let from_pretrained answer
+        return local_files_only
+    why = _hub_unreachable(endpoint)
+    if why is None:
+        return local_files_only
+    if cached:
+        return True
+    raise MedblipError(f"model {source!r} is not a local folder and not in the Hugging Face cache, and the hub "
+                       f"cannot be reached ({why}); check the id for typos or pass a checkpoint folder (set "
+                       "HF_HUB_OFFLINE=1 to use only the local cache without trying the network)")
+
+
 class hub_errors:  # noqa: N801 - used as a context manager like contextlib helpers
-    """Turn from_pretrained's OSError/ValueError for a missing or unreachable checkpoint into one line."""
+    """Turn from_pretrained's errors for a missing, unreachable or damaged checkpoint into one line."""
 
     def __init__(self, source: str, local_files_only: bool | None) -> None:
         self.source = source
@@ -150,6 +265,11 @@ class hub_errors:  # noqa: N801 - used as a context manager like contextlib help
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         if exc is None or isinstance(exc, MedblipError):
             return False
+        folder = Path(self.source).expanduser()
+        if folder.is_dir():
+            corrupt = _corrupt_weights(folder, exc)
+            if corrupt is not None:
+                raise corrupt from None
         if not isinstance(exc, OSError | ValueError | EnvironmentError):
             return False
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from medblip.errors import MedblipError
-from medblip.io import atomic_replace_dir
+
+INIT_TINY = "model init-tiny"  # the command named in the output folder's marker
 
 _MODALITIES = ["CT", "MRI", "radiograph", "ultrasound", "chest x-ray", "PET", "angiography", "mammography"]
 _REGIONS = ["brain", "chest", "liver", "kidney", "abdomen", "pelvis", "spine", "knee", "lung", "heart",
@@ -399,12 +400,13 @@ def register_tiny_builder(family: str, fn: Any) -> None:
     _BUILDERS[family] = fn
 
 
-def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | Path | None = None,
+def init_tiny(family: str | None, out: str | Path, *, captions: Iterable[str] | str | Path | None = None,
               image_size: int = 64, seed: int = 0, vocab_size: int = 512, patch_size: int | None = None,
               hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2,
               intermediate_size: int | None = None, max_text_length: int = 128,
               num_query_tokens: int = 4, language_model: str | None = None,
-              vision_init_std: float | None = None, position_init_std: float | None = None) -> Path:
+              vision_init_std: float | None = None, position_init_std: float | None = None,
+              like: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write a tiny randomly initialised ``family`` checkpoint (model + processor) to ``out``.
 
     ``captions``: tokenizer training text (an iterable, or a file with one caption per line) added to
@@ -414,15 +416,39 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
     the transformers config's: 1e-10 for BLIP families, 0.02 for ViT; see :class:`TinySpec`).
     ``position_init_std``: std of the vision tower's position embeddings (default: as the rest). The
     folder is written to a temporary sibling first and moved into place, so ``out`` is never half-written.
+
+    ``like``: a folder of a real checkpoint's published config files (or a hub id whose published values
+    medblip ships): a *twin* that keeps every non-dimension value of it (ids, vocabulary sizes, image size,
+    normalisation, generation defaults) and takes only its widths, depths and heads from the sizes given
+    here (see :mod:`medblip.models.twins`; ``family`` may then be None; image, patch, query and vocabulary
+    sizes are the published ones).
+    A non-empty ``out`` that is not an earlier tiny model is refused unless ``overwrite`` (then the
+    model's files are added and its other files kept); see :mod:`medblip.outputs`.
     """
     import torch
 
     from medblip.models.registry import get_family
+    from medblip.outputs import check_output_dir, ensure_writable_dir, install_output_dir
 
+    builder: Any = None
+    if like is not None:
+        from medblip.models.twins import Published, build_twin
+
+        published = Published.resolve(like)
+        if family is not None and get_family(family).family != published.family:
+            raise MedblipError(f"--like {like} is a {published.family} checkpoint, not {family}")
+        if language_model is not None:
+            raise MedblipError("--language-model does not apply to --like (the published config names it)")
+        family = published.family
+
+        def builder(corpus: list[str], spec: TinySpec) -> tuple[Any, Any]:
+            return build_twin(published, corpus, spec)
+    if family is None:
+        raise MedblipError("init_tiny: give a family or like=FOLDER")
     family = get_family(family).family
-    if family not in _BUILDERS:
+    if builder is None and family not in _BUILDERS:
         import medblip.models  # noqa: F401  (family modules register their builders on import)
-    if family not in _BUILDERS:
+    if builder is None and family not in _BUILDERS:
         raise MedblipError(f"no tiny model builder for family {family!r}")
     if isinstance(captions, str | Path):
         captions = read_captions(captions)
@@ -437,20 +463,18 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
             raise MedblipError(f"--language-model applies to blip2 and instructblip, not {family}")
         if language_model not in _LMS:
             raise MedblipError(f"unknown tiny language model {language_model!r}; choose {', '.join(_LMS)}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MedblipError(f"output {out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, INIT_TINY, overwrite=overwrite, replaces=True)
+    ensure_writable_dir(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             extra = {"language_model": language_model} if language_model else {}
-            model, processor = _BUILDERS[family](_corpus(captions, seed), spec, **extra)
+            model, processor = (builder or _BUILDERS[family])(_corpus(captions, seed), spec, **extra)
             spec.init_positions(model)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        atomic_replace_dir(tmp, out)
+        install_output_dir(tmp, out, INIT_TINY)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

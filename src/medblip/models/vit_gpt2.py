@@ -90,6 +90,9 @@ class ViTGPT2Captioner(CaptionModel):
     strategy_groups = ENCODER_DECODER_GROUPS
     model_class_name = "VisionEncoderDecoderModel"
     processor_class_name = "VitGpt2Processor"
+    # Label smoothing: none by default (nlpconnect trained with the Hugging Face Seq2SeqTrainer, whose
+    # label_smoothing_factor defaults to 0.0; its card names no other). VisionEncoderDecoderModel's loss
+    # compares logits[t] with labels[t] (the decoder inputs are the labels shifted right).
 
     @classmethod
     def load(cls, source: str, *, dtype: Any = None, device: Any = None,

@@ -25,6 +25,7 @@ from medblip.io import atomic_replace_dir, atomic_write_json, atomic_write_text
 from medblip.reports.collect import Report, lower_is_better
 
 ASSETS = "assets"
+REPORT_HTML = "report.html"
 THUMBNAIL_PX = 320
 TEMPLATE = "report.html.j2"
 
@@ -256,12 +257,15 @@ def _sections(rep: Report) -> list[dict[str, Any]]:
     ]
 
 
-def build_report(rep: Report, out: str | Path) -> dict[str, Path]:
-    """Write report.html, report.md, report.json and assets/ into ``out``; returns their paths."""
+def build_report(rep: Report, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """Write report.html, report.md, report.json and assets/ into ``out``; returns their paths.
+
+    A non-empty ``out`` that holds no report is refused unless ``overwrite`` (see :mod:`medblip.outputs`).
+    """
+    from medblip.outputs import prepare_output_dir
     from medblip.reports.markdown import render_markdown
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "report", overwrite=overwrite, known_files=(REPORT_HTML,))
     tmp = Path(tempfile.mkdtemp(prefix=".assets.", dir=out))
     try:
         _prepare_assets(rep, tmp)
@@ -270,7 +274,7 @@ def build_report(rep: Report, out: str | Path) -> dict[str, Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     paths = {
-        "html": atomic_write_text(out / "report.html", render_html(rep)),
+        "html": atomic_write_text(out / REPORT_HTML, render_html(rep)),
         "markdown": atomic_write_text(out / "report.md", render_markdown(rep)),
         "json": atomic_write_json(out / "report.json", rep.to_dict()),
         "assets": out / ASSETS,

@@ -28,7 +28,7 @@ import torch
 from medblip.io import atomic_replace_dir, recover_dir
 
 if TYPE_CHECKING:
-    from medblip.models.base import CaptionModel
+    from medblip.models.base import CaptionModel, GenerationSettings
 
 CHECKPOINTS = "checkpoints"
 LAST = "last"
@@ -71,14 +71,15 @@ def trainable_state(adapter: CaptionModel) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(adapter: CaptionModel, run_dir: str | Path, name: str,
-                    trainer_state: dict[str, Any] | None = None) -> Path:
-    """Write ``checkpoints/<name>`` atomically; ``trainer_state`` makes it resumable."""
+                    trainer_state: dict[str, Any] | None = None, generation: GenerationSettings | None = None) -> Path:
+    """Write ``checkpoints/<name>`` atomically; ``trainer_state`` makes it resumable; ``generation``: the
+    run's decoding settings, carried in the checkpoint's generation config."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    adapter.save(tmp)
+    adapter.save(tmp, generation=generation)
     if trainer_state is not None:
         if adapter.is_peft:
             # The HF export has the LoRA deltas merged in; resuming needs them unmerged.
@@ -90,10 +91,26 @@ def save_checkpoint(adapter: CaptionModel, run_dir: str | Path, name: str,
     return atomic_replace_dir(tmp, root / name)
 
 
+_RESUME_FIX = "resume from an intact checkpoint, or start the run again without --resume"
+
+
 def load_trainer_state(folder: str | Path) -> dict[str, Any]:
+    import pickle
+    import zipfile
+
+    from medblip.errors import CorruptFileError
+
     path = Path(folder) / STATE_FILE
-    # weights_only: the state holds only tensors, numbers, strings and containers (see rng_state).
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        # weights_only: the state holds only tensors, numbers, strings and containers (see rng_state);
+        # anything else (a pickle with code in it) is refused, never run.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CorruptFileError.from_exception(path, exc, _RESUME_FIX) from None
+    if not isinstance(state, dict):
+        raise CorruptFileError(path, f"holds a {type(state).__name__}, not a trainer state", _RESUME_FIX)
     if state.get("version") != STATE_VERSION:
         from medblip.errors import MedblipError
 
@@ -104,9 +121,16 @@ def load_trainer_state(folder: str | Path) -> dict[str, Any]:
 
 def load_trainable(adapter: CaptionModel, folder: str | Path) -> None:
     """Copy a LoRA run's saved trainable parameters into a freshly strategy-wrapped adapter."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    saved = load_file(str(Path(folder) / TRAINABLE_FILE))
+    from medblip.errors import CorruptFileError
+
+    path = Path(folder) / TRAINABLE_FILE
+    try:
+        saved = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CorruptFileError.from_exception(path, exc, _RESUME_FIX) from None
     params = dict(adapter.model.named_parameters())
     missing = sorted(set(saved) - set(params))
     if missing:

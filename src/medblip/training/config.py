@@ -11,6 +11,7 @@ other path given on the command line), not to the config file.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,28 @@ from medblip.models.base import GenerationSettings
 FAMILIES = ("blip", "blip2", "instructblip", "vit-gpt2")
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true / false.
+
+    YAML 1.1 (PyYAML's default) also reads yes / no / on / off as booleans, so ``mixed_precision: no`` or
+    ``--set train.mixed_precision=no`` arrived as False and was rejected ("got False"). Here they stay the
+    strings users typed; a boolean key still accepts them (pydantic reads "no" / "off" as False).
+    """
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse experiment YAML (a file's text or an override's value) with YAML 1.2 booleans."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 class _Section(BaseModel):
     # extra="forbid" is what turns a misspelt key into an error instead of a silent default.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -40,6 +63,15 @@ class ModelConfig(_Section):
     attn_implementation: str | None = Field(None, description="eager | sdpa | flash_attention_2; None: transformers' default")
     prompt: str | None = Field(None, description="BLIP / BLIP-2 text prompt the caption continues (family default when None)")
     instruction: str | None = Field(None, description="InstructBLIP instruction (family default when None)")
+    max_length: int | None = Field(None, ge=2, description="caption token limit in training (longer captions are "
+                                                           "truncated); None: the family's default, 128")
+    device_map: str | dict[str, Any] | None = Field(
+        None, description="place the weights with accelerate's device map (e.g. auto: a 7B model over the visible "
+                          "GPUs and the CPU) instead of on the training device; for evaluation-only (strategy none) "
+                          "and LoRA runs of models that do not fit one GPU")
+    load_in_8bit: bool = Field(False, description="8-bit weights (bitsandbytes, CUDA; pip install 'medblip[quantization]'); "
+                                                  "only strategy none or lora can use them")
+    load_in_4bit: bool = Field(False, description="4-bit NF4 weights (bitsandbytes, CUDA), as load_in_8bit (QLoRA with lora)")
 
     @field_validator("family")
     @classmethod
@@ -51,13 +83,17 @@ class ModelConfig(_Section):
     def family_options(self) -> dict[str, Any]:
         """Keyword options for ``create_model``; unset ones are left to the family's defaults."""
         opts = {"attn_implementation": self.attn_implementation, "prompt": self.prompt,
-                "instruction": self.instruction}
+                "instruction": self.instruction, "max_length": self.max_length, "device_map": self.device_map,
+                "load_in_8bit": self.load_in_8bit or None, "load_in_4bit": self.load_in_4bit or None}
         return {k: v for k, v in opts.items() if v is not None}
 
 
 class DataConfig(_Section):
     path: str = Field(description="dataset folder or file (ROCOv2 layout, synthetic benchmark, HF export, ...)")
     format: Literal["auto", "roco", "rocov2", "hf", "manifest"] = "auto"
+    roco_subsets: list[Literal["radiology", "non-radiology"]] = Field(
+        ["radiology"], min_length=1, description="ROCO layout only: the subsets loaded (non-radiology/ holds "
+                                                 "charts, photos and drawings; the study fine-tunes on radiology)")
     train_split: str = "train"
     val_split: str = "validation"
     val_fraction: float = Field(
@@ -124,6 +160,10 @@ class TrainConfig(_Section):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     clip_grad: float | None = Field(1.0, gt=0.0, description="max gradient norm; None: no clipping")
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    label_smoothing: float | None = Field(
+        None, ge=0.0, lt=1.0, description="cross-entropy label smoothing of the captioning loss; None: the family's own "
+                                          "training code's (BLIP 0.1; BLIP-2, InstructBLIP, ViT-GPT2 0.0). run.json "
+                                          "records the value used (label_smoothing)")
     gradient_checkpointing: bool = False
     seed: int = 42
     deterministic: bool = Field(False, description="deterministic kernels (slower); needed for bit-exact resume")
@@ -261,7 +301,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. train.lr=1e-4")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value) if value.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value is not valid YAML ({exc.__class__.__name__})") from None
     # YAML 1.1 reads "1e-4" as a string; pydantic's lax mode turns it into the float the field wants.
@@ -291,7 +331,7 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

@@ -62,6 +62,7 @@ from medblip.training.data import (
     holdout_validation,
     validation_subset,
 )
+from medblip.training.run_guard import open_run
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -101,14 +102,22 @@ class RunResult:
 
 
 def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<config>",
-          progress: bool = True, should_stop: Callable[[int], bool] | None = None) -> RunResult:
+          progress: bool = True, should_stop: Callable[[int], bool] | None = None,
+          overwrite: bool = False, resume_with_changes: bool = False) -> RunResult:
     """Fine-tune ``config.model`` on ``config.data`` with ``config.strategy``; see the module doc.
 
     ``resume``: continue the run in ``config.output.dir`` from ``checkpoints/last``. ``source``: the
     config's file name, for error messages. ``should_stop(global_step)``: asked after every optimizer
     step; True stops the run like SIGTERM does (resumable checkpoint, status "interrupted").
+    ``overwrite`` and ``resume_with_changes``: see :mod:`medblip.training.run_guard` (folder guard,
+    lock, resume check).
     """
-    with tf32_restored():  # train.tf32 switches a process-wide flag; a caller's setting comes back after
+    from medblip.progress import library_progress
+
+    # train.tf32 switches a process-wide flag; a caller's setting comes back after. transformers' checkpoint
+    # loading / saving bars would interleave with the training bar: off for the run, restored after.
+    with (open_run(config, resume=resume, overwrite=overwrite, allow_changes=resume_with_changes, source=source),
+          tf32_restored(), library_progress(False)):
         return _train(config, resume=resume, source=source, progress=progress, should_stop=should_stop)
 
 
@@ -186,14 +195,11 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
         if fsdp or state.get("optimizer") is None:
             raise ConfigError("--resume is not supported for FSDP runs (their optimizer state is sharded); "
                               "use DDP, e.g. with the lora strategy, for resumable runs of large models")
-    elif last_dir.exists() or (run_dir / "result.json").exists():
-        raise ConfigError(f"{source}: output.dir: {run_dir} already holds a run; pass --resume to continue "
-                          "it, or --out to write a new run elsewhere")
 
     # -- data --------------------------------------------------------------------------------------
     dc = config.data
     dataset = load_dataset(dc.path, format=dc.format, splits=[dc.train_split, dc.val_split],
-                           caption_options=dc.captions, limit=dc.limit, seed=dc.seed)
+                           caption_options=dc.captions, limit=dc.limit, seed=dc.seed, roco_subsets=dc.roco_subsets)
     train_records = dataset.split(dc.train_split)
     val_all = dataset.split(dc.val_split)
     validation_note = None
@@ -225,10 +231,16 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     # -- model and strategy ------------------------------------------------------------------------
     # A resumed full / partial fine-tune reloads its own HF checkpoint; a LoRA run rebuilds the base
     # model and loads the unmerged adapters (the HF export has them merged into the weights).
+    mc = config.model
+    if (mc.load_in_8bit or mc.load_in_4bit) and training and config.strategy.name != "lora":
+        raise ConfigError(f"{source}: model.load_in_{'8' if mc.load_in_8bit else '4'}bit: quantized weights cannot be "
+                          f"trained with strategy {config.strategy.name}; use strategy lora (QLoRA) or none")
     resume_from_export = state is not None and not (last_dir / ckpt.TRAINABLE_FILE).is_file()
     model_source = str(last_dir) if resume_from_export else config.model.name_or_path
     adapter = create_model(model_source, config.model.family, dtype=config.model.dtype,
                            device=accelerator.device, **config.model.family_options())
+    # None: the family's own training recipe's (run.json records the value used)
+    adapter.set_label_smoothing(adapter.default_label_smoothing if tc.label_smoothing is None else tc.label_smoothing)
     report = adapter.apply_strategy(config.strategy.name, **config.strategy.options())
     if state is not None and not resume_from_export:
         ckpt.load_trainable(adapter, last_dir)
@@ -239,10 +251,11 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
 
     if is_main:
         atomic_write_text(run_dir / "config.resolved.yaml", config.to_yaml())
-        _write_run_json(run_dir, config, strategy_info, accelerator, state, kernels, validation_note)
+        _write_run_json(run_dir, config, strategy_info, accelerator, state, kernels, adapter.label_smoothing,
+                        validation_note)
     metrics_path = run_dir / "metrics.jsonl"
     settings = config.generation_settings()
-    scorer, scorer_name = _caption_scorer()
+    scorer, scorer_name = validation_scores, SCORER_NAME
     if training and val_records:
         _check_metric_name(tc, scorer, source)
 
@@ -327,7 +340,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
         tstate = trainer_state(epoch, batch_in_epoch) if resumable else None
         with _full_params(model, fsdp):
             if is_main:
-                ckpt.save_checkpoint(adapter, run_dir, name, tstate)
+                ckpt.save_checkpoint(adapter, run_dir, name, tstate, generation=settings)
         accelerator.wait_for_everyone()
 
     def evaluate(epoch: int) -> dict[str, Any]:
@@ -835,7 +848,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _write_run_json(run_dir: Path, config: ExperimentConfig, strategy: dict[str, Any], accelerator: Any,
-                    state: dict[str, Any] | None, kernels: dict[str, Any], validation: str | None = None) -> None:
+                    state: dict[str, Any] | None, kernels: dict[str, Any], label_smoothing: float,
+                    validation: str | None = None) -> None:
     import json
 
     path = run_dir / "run.json"
@@ -848,7 +862,7 @@ def _write_run_json(run_dir: Path, config: ExperimentConfig, strategy: dict[str,
                         "distributed": dist})
     else:
         info = run_metadata(config.model_dump(mode="json"), config.train.seed, strategy=strategy, distributed=dist,
-                            validation=validation)
+                            label_smoothing=label_smoothing, validation=validation)
     atomic_write_json(path, info)
 
 
@@ -894,65 +908,19 @@ class _StopFlag:
 
 # -- caption metrics ----------------------------------------------------------------------------------
 
-def _caption_scorer() -> tuple[Any, str]:
-    """medblip.evaluation's scorer when that package provides one, else a cheap built-in one."""
-    try:
-        from medblip.evaluation import score_predictions  # type: ignore[attr-defined]
-    except ImportError:
-        return _fallback_scores, "builtin (bleu4, token_f1): medblip.evaluation.score_predictions unavailable"
-
-    def score(rows: list[dict[str, Any]]) -> dict[str, float]:
-        result = score_predictions(rows, bootstrap=0)
-        return _flatten_scores(result)
-
-    return score, "medblip.evaluation"
+#: what result.json names as the validation scorer
+SCORER_NAME = "medblip.evaluation.score_predictions (bootstrap 0, METEOR off)"
 
 
-def _flatten_scores(result: Any) -> dict[str, float]:
-    """Numbers out of whatever the evaluator returns: {name: float} or {name: {"value": float, ...}}."""
-    if hasattr(result, "to_dict"):
-        result = result.to_dict()
-    if hasattr(result, "metrics"):
-        result = result.metrics
-    out: dict[str, float] = {}
-    for key, value in dict(result).items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            out[key] = float(value)
-        elif isinstance(value, dict):
-            inner = value.get("value", value.get("mean"))
-            if isinstance(inner, int | float) and not isinstance(inner, bool):
-                out[key] = float(inner)
-        elif hasattr(value, "value") and isinstance(value.value, int | float):
-            out[key] = float(value.value)
-    return out
+def validation_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """{metric: value} of the validation captions, by the evaluator every other command uses.
 
+    No bootstrap (early stopping needs the point values only) and no METEOR, whose Java process takes
+    10 s or more to start at every evaluation; every other metric (CIDEr, BLEU, ROUGE-L, the clinical
+    ones) is the one ``medblip evaluate`` reports.
+    """
+    from medblip.evaluation import score_predictions
 
-def _fallback_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Corpus BLEU-4 (uniform weights, +1 smoothing of higher orders) and mean token F1."""
-    from collections import Counter
-
-    matches, totals = [0] * 4, [0] * 4
-    hyp_len = ref_len = 0
-    f1s = []
-    for r in rows:
-        hyp, ref = r["prediction"].lower().split(), r["reference"].lower().split()
-        hyp_len, ref_len = hyp_len + len(hyp), ref_len + len(ref)
-        for n in range(4):
-            h = Counter(tuple(hyp[i:i + n + 1]) for i in range(len(hyp) - n))
-            g = Counter(tuple(ref[i:i + n + 1]) for i in range(len(ref) - n))
-            matches[n] += sum((h & g).values())
-            totals[n] += max(len(hyp) - n, 0)
-        common = sum((Counter(hyp) & Counter(ref)).values())
-        p = common / len(hyp) if hyp else 0.0
-        q = common / len(ref) if ref else 0.0
-        f1s.append(2 * p * q / (p + q) if p + q else 0.0)
-    if not hyp_len:
-        bleu = 0.0
-    else:
-        logs = [math.log((matches[n] + (n > 0)) / (totals[n] + (n > 0))) if matches[n] + (n > 0) else -math.inf
-                for n in range(4)]
-        bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
-        bleu = bp * math.exp(sum(logs) / 4) if all(math.isfinite(x) for x in logs) else 0.0
-    return {"bleu4": bleu, "token_f1": sum(f1s) / len(f1s) if f1s else 0.0}
+    result = score_predictions(rows, bootstrap=0, meteor=False)
+    return {name: float(entry["value"]) for name, entry in result["metrics"].items()
+            if isinstance(entry.get("value"), int | float)}
