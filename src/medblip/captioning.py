@@ -109,7 +109,7 @@ def caption_inputs(
 
         check_output_file(files["captions"])  # not a folder; its folder writable
         _check_out(files, overwrite)
-    scan = find_inputs(inputs, series=series)
+    scan = find_inputs(inputs, series=series, progress=progress)
     if not scan.items:
         raise MedblipError(f"no image to caption in {', '.join(map(str, inputs))}"
                            + (f" ({scan.skipped[0][0]}: {scan.skipped[0][1]})" if scan.skipped else ""))
@@ -119,10 +119,13 @@ def caption_inputs(
             for row in rows:
                 on_caption(caption_row(row))
 
-    run = predict_with(model, scan.items, files.get("log"), generation=generation, family=family, device=device,
-                       dtype=dtype, batch_size=batch_size, progress=progress, overwrite=overwrite,
-                       desc="captioning", source="caption", captioner=captioner, on_unreadable="skip",
-                       image_of=InputItem.load, fields_of=InputItem.fields, on_batch=emit)
+    from medblip.progress import library_progress
+
+    with library_progress(progress):  # progress=False: transformers' "Loading weights" bar too
+        run = predict_with(model, scan.items, files.get("log"), generation=generation, family=family, device=device,
+                           dtype=dtype, batch_size=batch_size, progress=progress, overwrite=overwrite,
+                           desc="captioning", source="caption", captioner=captioner, on_unreadable="skip",
+                           image_of=InputItem.load, fields_of=InputItem.fields, on_batch=emit)
     result = CaptionRun(rows=[caption_row(r) for r in run.rows], scan=scan,
                         unreadable=[*scan.skipped, *run.unreadable], generated=run.generated,
                         resumed=run.skipped, out=Path(out) if out is not None else None, files=files,

@@ -104,11 +104,14 @@ class _Dicom:
     position: float | None
 
 
-def find_inputs(inputs: Sequence[str | Path], *, series: str = "middle") -> InputScan:
+def find_inputs(inputs: Sequence[str | Path], *, series: str = "middle", progress: bool = False) -> InputScan:
     """Items for ``inputs`` (files, folders, glob patterns, CSV/JSONL manifests with an ``image`` column).
 
     Nothing here raises for a bad input: it is skipped with its reason (``InputScan.skipped``).
+    ``progress``: a bar over the files found (reading DICOM headers takes a while in large archives).
     """
+    from tqdm.auto import tqdm
+
     if series not in SERIES_MODES:
         raise ConfigError(f"--series must be one of {', '.join(SERIES_MODES)}, not {series!r}")
     if not inputs:
@@ -138,7 +141,8 @@ def find_inputs(inputs: Sequence[str | Path], *, series: str = "middle") -> Inpu
     placed: list[tuple[int, InputItem]] = list(manifest_items)
     dicoms: list[_Dicom] = []
     reached: set[str] = set()
-    for order, f in enumerate(files):
+    for order, f in enumerate(tqdm(files, desc="finding images", unit="file", dynamic_ncols=True,
+                                   disable=not progress or len(files) < 500)):
         if os.path.abspath(f) in reached:  # a file reached twice (folder and pattern) counts once
             continue
         reached.add(os.path.abspath(f))
