@@ -63,6 +63,15 @@ def test_training_on_a_split_less_manifest_holds_out_validation(tiny_blip_dir, s
     assert json.loads((tmp_path / "run" / "run.json").read_text())["validation"] == note
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_images"] for r in rows if r.get("split") == "validation"] == [2]
+    # with a `medblip data cache` of the manifest (its one split, train) the held-out images come from it too
+    from medblip.data.cache import build_image_cache
+
+    build_image_cache(manifest, tmp_path / "cache", size=64)
+    cfg.data.image_cache = str(tmp_path / "cache")
+    cfg.output.dir = str(tmp_path / "cached")
+    assert train_one_thread(cfg).status == "completed"
+    rows = [json.loads(x) for x in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_images"] for r in rows if r.get("split") == "validation"] == [2]
 
 
 def test_evaluate_on_a_split_less_manifest_uses_every_record(tiny_blip_dir, small_synth_dir, tmp_path,

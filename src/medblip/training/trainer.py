@@ -203,6 +203,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     train_records = dataset.split(dc.train_split)
     val_all = dataset.split(dc.val_split)
     validation_note = None
+    val_source_split = dc.val_split  # where the validation records are in the data (and its image cache)
     if train_records and not val_all:
         # e.g. a manifest without a split column: every record is in train
         missing = (f"no {dc.val_split!r} records in {dc.path}"
@@ -210,6 +211,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
         if dc.val_fraction > 0:
             train_records, val_all, how = holdout_validation(train_records, dc.val_fraction, dc.seed)
             validation_note = f"{missing}: {how}"
+            val_source_split = dc.train_split
         else:
             validation_note = (f"{missing} and data.val_fraction is 0: training without validation; "
                                "checkpoints/best is then the first evaluation's checkpoint, not a chosen one")
@@ -226,7 +228,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     train_ds = CaptionDataset(train_records, dc.image_size, cache=in_memory,
                               image_cache=_image_cache(dc, dc.train_split, train_records, source))
     val_ds = CaptionDataset(val_records, dc.image_size, cache=in_memory,
-                            image_cache=_image_cache(dc, dc.val_split, val_records, source))
+                            image_cache=_image_cache(dc, val_source_split, val_records, source))
 
     # -- model and strategy ------------------------------------------------------------------------
     # A resumed full / partial fine-tune reloads its own HF checkpoint; a LoRA run rebuilds the base
