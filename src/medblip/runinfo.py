@@ -19,8 +19,13 @@ _TRACKED_PACKAGES = (
 
 
 def package_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for name in _TRACKED_PACKAGES:
+    return {"python": sys.version.split()[0], **versions_of(*_TRACKED_PACKAGES)}
+
+
+def versions_of(*packages: str) -> dict[str, str | None]:
+    """The installed version of each distribution (``None`` when it is not installed)."""
+    out: dict[str, str | None] = {}
+    for name in packages:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

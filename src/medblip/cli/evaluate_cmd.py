@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from medblip.cli.app import app
+from medblip.cli.metric_options import IMAGECLEF_HELP, METRIC_MODEL_HELP, METRICS_HELP, scoring_choice
 from medblip.cli.options import MAX_PIXELS_HELP, OVERWRITE_HELP, apply_max_pixels, generation_options
 
 
@@ -24,15 +25,17 @@ def evaluate_cmd(
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most N images (a seeded subset)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     family: str | None = typer.Option(None, "--family", help="Model family (default: from config.json)."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: best available)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... for the model and the model-based "
+                                      "metrics (default: best available)."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, float16, bfloat16."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for 95% CIs (0 = none)."),
-    imageclef: bool = typer.Option(False, "--imageclef", help="ImageCLEFmedical Caption preprocessing before "
-                                   "the COCO metrics (ROCOv2 comparability)."),
+    metrics: str | None = typer.Option(None, "--metrics", help=METRICS_HELP, show_default=False),
+    metric_model: list[str] | None = typer.Option(None, "--metric-model", metavar="KEY=MODEL",
+                                                  help=METRIC_MODEL_HELP, show_default=False),
+    imageclef: bool = typer.Option(False, "--imageclef", help=IMAGECLEF_HELP),
     no_java: bool = typer.Option(False, "--no-java", help="Do not use Java: no METEOR, PTB-like tokenizer."),
     no_meteor: bool = typer.Option(False, "--no-meteor", help="Skip METEOR (its Java process is slow to start)."),
     spice: bool = typer.Option(False, "--spice", help="Also try SPICE (reported, never fatal)."),
-    bertscore: str | None = typer.Option(None, "--bertscore", help="BERTScore model (local path or name)."),
     uncertain_as: str = typer.Option("present", "--uncertain-as",
                                      help="Uncertain findings count as 'present' or 'absent' in finding F1."),
     seed: int = typer.Option(0, "--seed"),
@@ -60,8 +63,8 @@ def evaluate_cmd(
     if uncertain_as not in ("present", "absent"):
         raise ConfigError(f"--uncertain-as must be 'present' or 'absent', not {uncertain_as!r}")
     apply_max_pixels(max_pixels)
-    scoring = {"java": False if no_java else "auto", "imageclef": imageclef, "meteor": not no_meteor,
-               "spice": spice, "bertscore": bertscore, "uncertain_as": uncertain_as}
+    scoring = {"java": False if no_java else "auto", "meteor": not no_meteor, "spice": spice,
+               "uncertain_as": uncertain_as, **scoring_choice(metrics, metric_model, imageclef, device)}
 
     if out is None:
         name = display_name(model.rstrip("/")).replace("/", "-") or "model"

@@ -1,8 +1,9 @@
 """``medblip compare CONFIG``: several captioning systems on one split, one table, one plot.
 
-A compare config (YAML) lists *systems*; each is either a model run through
-:func:`medblip.evaluation.predict.predict_with` (``model:``) or an existing predictions file
-(``predictions:``, e.g. captions from a commercial API, scored with the same code). All systems are
+A compare config (YAML) lists *systems*; each is a model run through
+:func:`medblip.evaluation.predict.predict_with` (``model:``), a model behind an OpenAI-compatible
+endpoint (``api:``, e.g. Gemini; see :mod:`medblip.models.api`) or an existing predictions file
+(``predictions:``, captions made elsewhere, scored with the same code). All systems are
 scored on the ids they share (the intersection; what was left out is reported), every metric gets
 its bootstrap 95% CI, and each system is tested against the ``reference`` system per metric with the
 evaluation core's paired test. Output folder::
@@ -31,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medblip.errors import ConfigError, DataError, MedblipError
+from medblip.evaluation.metric_sets import ScoringConfig
 from medblip.evaluation.predict import (
     PREDICTIONS_FILE,
     load_split,
@@ -42,6 +44,7 @@ from medblip.evaluation.predict import (
     seconds_per_image,
 )
 from medblip.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from medblip.models.api import ApiConfig
 from medblip.runinfo import set_seed
 
 log = logging.getLogger(__name__)
@@ -51,13 +54,15 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 # -- config ----------------------------------------------------------------------------------------
 class SystemConfig(BaseModel):
-    """One system: ``model:`` (run by medblip) or ``predictions:`` (an existing JSONL file)."""
+    """One system: ``model:`` (run by medblip), ``api:`` (an OpenAI-compatible endpoint) or
+    ``predictions:`` (an existing JSONL file)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     model: str | None = None
     predictions: str | None = None
+    api: ApiConfig | None = None
     family: str | None = None
     generation: dict[str, Any] = Field(default_factory=dict)
     model_options: dict[str, Any] = Field(default_factory=dict)
@@ -78,39 +83,21 @@ class SystemConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> SystemConfig:
-        if (self.model is None) == (self.predictions is None):
-            raise ValueError("give exactly one of 'model' or 'predictions'")
-        if self.predictions is not None:
+        if sum(x is not None for x in (self.model, self.predictions, self.api)) != 1:
+            raise ValueError("give exactly one of 'model', 'api' or 'predictions'")
+        if self.model is None:
+            allowed = ("batch_size",) if self.api is not None else ()
             for key in ("family", "model_options", "batch_size", "device", "dtype"):
-                if key in self.model_fields_set:
+                if key in self.model_fields_set and key not in allowed:
                     raise ValueError(f"'{key}' only applies to a 'model' system")
             if self.generation:
-                raise ValueError("'generation' only applies to a 'model' system")
+                raise ValueError("'generation' only applies to a 'model' system (an 'api' system has "
+                                 "prompt, max_tokens and temperature in its api block)")
         return self
 
     @property
     def kind(self) -> str:
-        return "model" if self.model is not None else "predictions"
-
-
-class ScoringConfig(BaseModel):
-    """Options of :func:`medblip.evaluation.score_predictions`, the same for every system."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    #: ImageCLEFmedical Caption preprocessing before the COCO metrics (ROCOv2 comparability)
-    imageclef: bool = False
-    #: METEOR needs a Java process that takes 10 s or more to start
-    meteor: bool = True
-    #: "auto": PTB tokenizer + METEOR when Java is installed; false: never use Java
-    java: bool | Literal["auto"] = "auto"
-    spice: bool = False
-    #: BERTScore model (local path or name) or a dict of bert_score.score options
-    bertscore: str | dict[str, Any] | None = None
-    uncertain_as: Literal["present", "absent"] = "present"
-
-    def options(self) -> dict[str, Any]:
-        return self.model_dump()
+        return "model" if self.model is not None else "api" if self.api is not None else "predictions"
 
 
 class CompareConfig(BaseModel):
@@ -137,7 +124,7 @@ class CompareConfig(BaseModel):
     significance: Literal["bootstrap", "randomization"] = "bootstrap"
     significance_samples: int = Field(default=1000, ge=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
-    #: options passed to score_predictions (e.g. ImageCLEF preprocessing)
+    #: options passed to score_predictions: metrics (sets), models, device, ImageCLEF preprocessing, ...
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     #: metrics drawn in the bar plot (default: every metric on a 0..1 scale, plus CIDEr)
     plot_metrics: list[str] | None = None
@@ -157,8 +144,8 @@ class CompareConfig(BaseModel):
                                          f"(systems: {', '.join(names)})")
         if self.data is None:
             for i, s in enumerate(self.systems):
-                if s.model is not None:
-                    raise _KeyError("data", f"required: system {s.name!r} (systems[{i}]) runs a model")
+                if s.predictions is None:
+                    raise _KeyError("data", f"required: system {s.name!r} (systems[{i}]) captions images")
         return self
 
 
@@ -221,7 +208,7 @@ def load_compare_config(path: str | Path, overrides: Mapping[str, Any] | None = 
     for i, s in enumerate(cfg.systems):
         if s.model is not None:
             make_settings({**cfg.generation, **s.generation}, source=f"{path}: systems[{i}].generation")
-        elif not Path(s.predictions).expanduser().is_file():  # type: ignore[arg-type]
+        elif s.predictions is not None and not Path(s.predictions).expanduser().is_file():
             raise ConfigError(f"{path}: systems[{i}].predictions: no such file: {s.predictions}")
     if cfg.generation:
         make_settings(cfg.generation, source=f"{path}: generation")
@@ -237,7 +224,7 @@ class MetricValue:
     ci_low: float | None = None
     ci_high: float | None = None
     p_value: float | None = None
-    group: str | None = None  # caption | clinical | embedding (from score_predictions)
+    group: str | None = None  # caption | clinical | embedding | image-text (from score_predictions)
 
 
 @dataclass
@@ -361,12 +348,22 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
     shared()
     _precheck_models(cfg, records or [], out, where)
 
-    # 2. model systems: caption the whole split (resumable), each into its own folder
+    # 2. model and api systems: caption the whole split (resumable), each into its own folder
     for i, s in enumerate(cfg.systems):
-        if s.model is None:
+        if s.predictions is not None:
             continue
         folder = out / "systems" / s.name
         set_seed(cfg.seed)  # only sampling (do_sample) draws random numbers
+        if s.api is not None:
+            from medblip.models.api import predict_through_api
+
+            run = predict_through_api(s.api, records, folder / PREDICTIONS_FILE,  # type: ignore[arg-type]
+                                      batch_size=s.batch_size, progress=progress, desc=s.name)
+            notes.extend(f"{s.name}: {n}" for n in run.notes)
+            own[s.name] = {r["id"]: r for r in run.rows}
+            info[s.name] = {"kind": "api", "source": run.rows[0].get("model"), "family": None,
+                            "generation": run.rows[0].get("generation"), "folder": folder}
+            continue
         run = predict_with(
             s.model, records, folder / PREDICTIONS_FILE,  # type: ignore[arg-type]
             generation={**cfg.generation, **s.generation}, family=s.family,
@@ -386,12 +383,14 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
         log.warning(msg)
         notes.append(msg)
 
-    # 3. score each system on the shared ids
+    # 3. score each system on the shared ids (CLIPScore reads the dataset's images, else the rows' own)
+    images = {str(r.id): r.image for r in records or []}
     scored: dict[str, list[dict[str, Any]]] = {}
     results: list[SystemResult] = []
     raw_metrics: dict[str, Any] = {}
     for s in cfg.systems:
         rows = [{**own[s.name][i], "id": i, "reference": refs[i]} for i in common]
+        rows = [{**r, "image": images[r["id"]] if r["id"] in images else _own_image(r, s.predictions)} for r in rows]
         scored[s.name] = rows
         folder = info[s.name]["folder"]
         folder.mkdir(parents=True, exist_ok=True)
@@ -430,6 +429,15 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
     run_info(out, {"command": "compare", "config_file": str(config_path) if config_path else None,
                    **cfg.model_dump()}, seed=cfg.seed, n_images=len(common))
     return comp
+
+
+def _own_image(row: Mapping[str, Any], predictions: str | None) -> Any:
+    """A predictions-file row's ``image`` field, relative to that file's folder."""
+    src = row.get("image")
+    if not isinstance(src, str) or not src or predictions is None:
+        return None
+    path = Path(src).expanduser()
+    return path if path.is_absolute() else Path(predictions).expanduser().parent / path
 
 
 def _precheck_models(cfg: CompareConfig, records: Sequence[Any], out: Path, where: str) -> None:
@@ -566,9 +574,10 @@ def paired_pvalues(rows_ref: Sequence[Mapping[str, Any]], rows_sys: Sequence[Map
     """Per metric, the paired test's p-value of ``rows_sys`` vs ``rows_ref`` (same ids, same order)."""
     from medblip.evaluation import paired_test
 
-    a = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows_ref]
+    a = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"], "image": r.get("image")}
+         for r in rows_ref]
     b = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows_sys]
-    res = paired_test(a, b, metrics=list(metrics), method=method, n=samples, seed=seed,
+    res = paired_test(a, b, test_metrics=list(metrics), method=method, n=samples, seed=seed,
                       **dict(score_options or {}))
     out: dict[str, float | None] = {}
     for m in metrics:
@@ -664,7 +673,8 @@ def _csv(x: float | None) -> str:
     return "" if x is None else repr(float(x))
 
 
-_GROUP_TITLES = {"caption": "caption metrics", "clinical": "clinical correctness", "embedding": "embedding"}
+_GROUP_TITLES = {"caption": "caption metrics", "clinical": "clinical correctness", "embedding": "embedding",
+                 "image-text": "image-text"}
 
 
 def plot_comparison(comp: Comparison, path: str | Path, metrics: Sequence[str] | None = None,

@@ -644,9 +644,10 @@ def evaluate(
 
     ``generation`` holds only the settings to change from the family's defaults (or a complete
     :class:`GenerationSettings`). ``score_options``: options of
-    :func:`medblip.evaluation.score_predictions` (``imageclef``, ``meteor``, ``java``, ``spice``,
-    ``bertscore``, ``uncertain_as``). ``records`` skips loading ``data``. ``captioner``: ``auto`` (the
-    fast captioner where it supports the settings) or ``generate``; run.json says which ran and why.
+    :func:`medblip.evaluation.score_predictions` (``metrics``, ``models``, ``device``, ``imageclef``,
+    ``meteor``, ``java``, ``spice``, ``uncertain_as``); CLIPScore reads the records' images.
+    ``records`` skips loading ``data``. ``captioner``: ``auto`` (the fast captioner where it supports
+    the settings) or ``generate``; run.json says which ran and why.
 
     Under ``accelerate launch`` the images are split between the processes; the main process merges
     the predictions, scores them and writes the files; the others wait for it and return the same
@@ -697,8 +698,10 @@ def _evaluate(model: str | Path | CaptionModel, data: str | Path, out: Path, *, 
                                 (out / METRICS_MD).read_text(encoding="utf-8"), notes)
     first = run.rows[0]
     split = records[0].split
+    images = {str(r.id): r.image for r in records}
     metrics, markdown = score_and_write(
-        run.rows, out, bootstrap=bootstrap, seed=seed, score_options=score_options, progress=progress,
+        [{**row, "image": images.get(str(row["id"]))} for row in run.rows], out, bootstrap=bootstrap, seed=seed,
+        score_options=score_options, progress=progress,
         title=f"{display_name(first['model'])} on {split} ({len(run.rows)} images)",
         extra={"model": first.get("model"), "family": first.get("family"),
                "generation": first.get("generation"), "data": str(data), "split": split})
@@ -819,7 +822,7 @@ def _report_notes(report: Any) -> list[str]:
 
 # -- scoring and files -----------------------------------------------------------------------------
 #: options of score_predictions that evaluate/compare pass through (``scoring:`` in a compare config)
-SCORE_OPTIONS = ("java", "imageclef", "meteor", "spice", "bertscore", "uncertain_as")
+SCORE_OPTIONS = ("metrics", "models", "device", "java", "imageclef", "meteor", "spice", "uncertain_as")
 
 
 def score_rows(rows: Sequence[Mapping[str, Any]], *, bootstrap: int = 1000, seed: int = 0,
@@ -827,7 +830,9 @@ def score_rows(rows: Sequence[Mapping[str, Any]], *, bootstrap: int = 1000, seed
     """:func:`medblip.evaluation.score_predictions` on the id/reference/prediction of ``rows``."""
     from medblip.evaluation import score_predictions
 
-    clean = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows]
+    # "image" (a path or bytes) is what CLIPScore reads; nothing else of a row is scored
+    clean = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"],
+              **({"image": r["image"]} if r.get("image") is not None else {})} for r in rows]
     return score_predictions(clean, bootstrap=bootstrap, seed=seed, progress=progress,
                              **dict(score_options or {}))
 

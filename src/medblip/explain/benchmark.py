@@ -60,9 +60,15 @@ def _same_word(word: str, term: str) -> bool:
 
 def finding_word_indices(words: Sequence[str], finding: str) -> list[int]:
     """Indices of the caption words naming ``finding`` (every occurrence of every term)."""
+    return phrase_word_indices(words, finding_terms(finding))
+
+
+def phrase_word_indices(words: Sequence[str], phrases: Sequence[Sequence[str]]) -> list[int]:
+    """Indices of the caption words that spell any of ``phrases`` (lower-case word sequences; plural
+    forms of their words match too), every occurrence, sorted."""
     lower = [word_key(w) for w in words]
     hits: list[int] = []
-    for term in finding_terms(finding):
+    for term in phrases:
         n = len(term)
         for i in range(len(lower) - n + 1):
             if all(_same_word(lower[i + k], term[k]) for k in range(n)):

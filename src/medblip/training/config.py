@@ -1,7 +1,7 @@
 """Experiment configuration: a pydantic schema over plain YAML files, plus ``--set a.b=c`` overrides.
 
-An experiment file has seven sections (``model``, ``data``, ``strategy``, ``train``, ``generation``,
-``output`` and an optional top-level ``name``); every key is checked, so a typo such as
+An experiment file has eight sections (``model``, ``data``, ``strategy``, ``train``, ``generation``,
+``output``, ``scoring`` and an optional top-level ``name``); every key is checked, so a typo such as
 ``train.lrr`` is an error naming the key and the file instead of a silently ignored value.
 
 Relative paths in a config are relative to the working directory the command runs in (like every
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from medblip.data.captions import CaptionOptions
 from medblip.errors import ConfigError, MedblipError
+from medblip.evaluation.metric_sets import ScoringConfig
 from medblip.models.base import GenerationSettings
 
 # The families medblip has adapters for; the registry in ``medblip.models`` is the authority when it
@@ -229,6 +230,8 @@ class ExperimentConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)  # type: ignore[valid-type]
     output: OutputConfig
+    #: how `medblip ablation` scores each strategy's captions (metric sets, their models, ...)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(**self.generation.model_dump())
