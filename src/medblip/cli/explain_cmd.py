@@ -120,16 +120,18 @@ def explain_cmd(
 def _explain(adapter: Any, image: Path | None, caption: str | None, data: Path | None, split: str,
              limit: int | None, reference: bool, settings: Any, words: list[str] | None, level: str,
              cmap: str, alpha: float, seed: int, out: Path, progress: bool) -> None:
-    from medblip.data import load_dataset, load_image
+    from medblip.data import load_image
+    from medblip.evaluation.predict import load_split
     from medblip.explain.explainer import explain_image, save_explanation
     from medblip.io import atomic_write_json, atomic_write_text
 
     if image is not None:
         items = [(image.stem, image, caption)]
     else:
-        records = load_dataset(data, splits=[split], limit=limit, seed=seed).records
-        if not records:
-            raise MedblipError(f"{data}: no records in split {split!r}")
+        # generated captions need no reference: an image-only manifest will do (a split-less one: all of it)
+        records, report = load_split(data, split, limit=limit, seed=seed, require_captions=reference)
+        for note in report.notes:
+            typer.echo(note, err=True)
         items = [(r.id, r.image, r.caption if reference else None) for r in records]
     rows = []
     for name, src, cap in _bar(items, progress, "explain"):

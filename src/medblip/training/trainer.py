@@ -59,6 +59,7 @@ from medblip.training.data import (
     CaptionDataset,
     EpochBatchSampler,
     batched,
+    holdout_validation,
     validation_subset,
 )
 from medblip.training.run_guard import open_run
@@ -200,7 +201,25 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     dataset = load_dataset(dc.path, format=dc.format, splits=[dc.train_split, dc.val_split],
                            caption_options=dc.captions, limit=dc.limit, seed=dc.seed, roco_subsets=dc.roco_subsets)
     train_records = dataset.split(dc.train_split)
-    val_records = validation_subset(dataset.split(dc.val_split), tc.val_subset, dc.seed)
+    val_all = dataset.split(dc.val_split)
+    validation_note = None
+    val_source_split = dc.val_split  # where the validation records are in the data (and its image cache)
+    if train_records and not val_all:
+        # e.g. a manifest without a split column: every record is in train
+        missing = (f"no {dc.val_split!r} records in {dc.path}"
+                   + (" (it names no split)" if dataset.report.unsplit else ""))
+        if dc.val_fraction > 0:
+            train_records, val_all, how = holdout_validation(train_records, dc.val_fraction, dc.seed)
+            validation_note = f"{missing}: {how}"
+            val_source_split = dc.train_split
+        else:
+            validation_note = (f"{missing} and data.val_fraction is 0: training without validation; "
+                               "checkpoints/best is then the first evaluation's checkpoint, not a chosen one")
+        if is_main:
+            import sys
+
+            print(f"medblip: {validation_note}", file=sys.stderr, flush=True)
+    val_records = validation_subset(val_all, tc.val_subset, dc.seed)
     training = config.strategy.name != "none" and (tc.epochs > 0 or tc.max_steps)
     if training and not train_records:
         raise ConfigError(f"{source}: data.path: no {dc.train_split!r} records in {dc.path} "
@@ -209,7 +228,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     train_ds = CaptionDataset(train_records, dc.image_size, cache=in_memory,
                               image_cache=_image_cache(dc, dc.train_split, train_records, source))
     val_ds = CaptionDataset(val_records, dc.image_size, cache=in_memory,
-                            image_cache=_image_cache(dc, dc.val_split, val_records, source))
+                            image_cache=_image_cache(dc, val_source_split, val_records, source))
 
     # -- model and strategy ------------------------------------------------------------------------
     # A resumed full / partial fine-tune reloads its own HF checkpoint; a LoRA run rebuilds the base
@@ -234,7 +253,8 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
 
     if is_main:
         atomic_write_text(run_dir / "config.resolved.yaml", config.to_yaml())
-        _write_run_json(run_dir, config, strategy_info, accelerator, state, kernels, adapter.label_smoothing)
+        _write_run_json(run_dir, config, strategy_info, accelerator, state, kernels, adapter.label_smoothing,
+                        validation_note)
     metrics_path = run_dir / "metrics.jsonl"
     settings = config.generation_settings()
     scorer, scorer_name = validation_scores, SCORER_NAME
@@ -830,7 +850,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _write_run_json(run_dir: Path, config: ExperimentConfig, strategy: dict[str, Any], accelerator: Any,
-                    state: dict[str, Any] | None, kernels: dict[str, Any], label_smoothing: float) -> None:
+                    state: dict[str, Any] | None, kernels: dict[str, Any], label_smoothing: float,
+                    validation: str | None = None) -> None:
     import json
 
     path = run_dir / "run.json"
@@ -843,7 +864,7 @@ def _write_run_json(run_dir: Path, config: ExperimentConfig, strategy: dict[str,
                         "distributed": dist})
     else:
         info = run_metadata(config.model_dump(mode="json"), config.train.seed, strategy=strategy, distributed=dist,
-                            label_smoothing=label_smoothing)
+                            label_smoothing=label_smoothing, validation=validation)
     atomic_write_json(path, info)
 
 
