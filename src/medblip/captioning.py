@@ -140,6 +140,7 @@ def caption_inputs(
     info = run_metadata(config, None, images=len(result.rows), generated=result.generated,
                         resumed=result.resumed, unreadable=[{"input": i, "reason": r} for i, r in result.unreadable],
                         dicom_series=scan.series, captioner=run.captioner, processes=Processes().world,
+                        **_api_stats(model),
                         seconds_per_image=run.seconds_per_image, files={k: str(v) for k, v in files.items()})
     atomic_write_json(files["run"], _plain(info))
     return result
@@ -160,6 +161,13 @@ def write_captions(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     for r in rows:
         writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in COLUMNS})
     return atomic_write_text(path, buf.getvalue())
+
+
+def _api_stats(model: Any) -> dict[str, Any]:
+    """A captioner behind an API (:class:`medblip.models.api.ApiCaptioner`): its calls, retries, cache
+    hits, failures and time, for run.json."""
+    stats = getattr(model, "stats", None)
+    return {"api": {"config": model.config.model_dump(), "stats": stats.as_dict()}} if hasattr(stats, "as_dict") else {}
 
 
 def _model_name(model: Any) -> str:

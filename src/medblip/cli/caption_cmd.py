@@ -19,7 +19,8 @@ def caption_cmd(
     inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively), glob patterns "
                                                  "('scans/**/*.dcm', quoted), DICOM series folders, or CSV/JSONL "
                                                  "manifests with an 'image' column.", show_default=False),
-    model: str = typer.Option(..., "--model", "-m", help="Hub id, checkpoint folder or training run folder."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Hub id, checkpoint folder or training run folder "
+                                                               "(or --api for a model behind an API)."),
     out: Path | None = typer.Option(None, "--out", "-o",
                                     help="FILE.csv or FILE.jsonl: one row per image (id, path, series_uid, "
                                          "instance_number, frame, caption), plus FILE.run.json; a rerun resumes. "
@@ -34,6 +35,18 @@ def caption_cmd(
                                   help="auto: the fast captioner where it supports the settings (same captions), "
                                        "else transformers' generate; generate: always generate."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Caption everything again (discard the log of --out)."),
+    api: str | None = typer.Option(None, "--api", help="Caption through an OpenAI-compatible vision endpoint "
+                                   "instead of a local model: its base URL, e.g. "
+                                   "https://generativelanguage.googleapis.com/v1beta/openai/ (Gemini), "
+                                   "http://localhost:11434/v1 (Ollama), http://127.0.0.1:7860/v1 (medblip serve)."),
+    api_model: str | None = typer.Option(None, "--api-model", help="With --api: the model name the endpoint knows "
+                                         "(e.g. gemini-1.5-flash)."),
+    api_key_env: str | None = typer.Option(None, "--api-key-env", help="With --api: environment variable holding "
+                                           "the API key (never the key itself on the command line)."),
+    api_concurrency: int = typer.Option(4, "--api-concurrency", min=1, max=256,
+                                        help="With --api: requests in flight at once."),
+    api_rpm: float | None = typer.Option(None, "--api-requests-per-minute", min=0.001,
+                                         help="With --api: rate limit (default: none)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     generation: dict | None = None,  # the generation options (see medblip.cli.options)
 ) -> None:
@@ -46,12 +59,30 @@ def caption_cmd(
     between the processes and merged into one F.
     """
     from medblip.captioning import caption_inputs
+    from medblip.errors import MedblipError
+
+    if (model is None) == (api is None):
+        raise MedblipError("caption: give --model (a local model) or --api (an OpenAI-compatible endpoint), not "
+                           + ("both" if model else "neither"))
+    if api is None and (api_model or api_key_env):
+        raise MedblipError("caption: --api-model and --api-key-env go with --api")
+    captioner_model: object = model
+    if api is not None:
+        from medblip.models.api import ApiCaptioner, ApiConfig
+
+        if not api_model:
+            raise MedblipError("caption: --api needs --api-model NAME (the model name the endpoint knows)")
+        fields = {"base_url": api, "model": api_model, "api_key_env": api_key_env, "concurrency": api_concurrency,
+                  "requests_per_minute": api_rpm}
+        if (generation or {}).get("prompt"):
+            fields["prompt"] = generation["prompt"]
+        captioner_model = ApiCaptioner(ApiConfig(**fields))
 
     def show(row: dict) -> None:
         label = f"{row['path']}#{row['frame']}" if row.get("frame") is not None else row["path"]
         typer.echo(f"{label}\t{row['caption']}")
 
-    result = caption_inputs(model, inputs, out, series=series,
+    result = caption_inputs(captioner_model, inputs, out, series=series,
                             generation=generation,
                             batch_size=batch_size, family=family, device=device, dtype=dtype, captioner=captioner,
                             progress=progress, overwrite=overwrite, on_caption=None if out else show)
@@ -76,3 +107,5 @@ def caption_cmd(
     if out is not None:
         summary += f"; written to {out} and {result.files['run'].name}"
     typer.echo(summary, err=True)
+    if api is not None:
+        typer.echo(f"api: {captioner_model.summary_text()}", err=True)  # type: ignore[attr-defined]
