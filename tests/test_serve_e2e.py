@@ -197,6 +197,40 @@ def test_api_captioner_against_the_server(server, synth_jpegs, local, tmp_path):
     assert other_prompt.stats.calls == 2  # the prompt is part of the cache key
 
 
+def test_caption_cli_through_the_api(server, synth_jpegs, local, medblip_cli, tmp_path, capsys):
+    """`medblip caption --api` against `medblip serve`: the captions medblip gives locally, a run.json
+    with the API's call summary, and a rerun that resumes without a call."""
+    import csv
+    import json
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i, jpeg in enumerate(synth_jpegs[:4]):
+        (scans / f"study{i}.jpg").write_bytes(jpeg)
+    out = tmp_path / "captions.csv"
+    argv = ["caption", str(scans), "--api", server.base_url, "--api-model", "tiny", "--out", str(out),
+            "--max-new-tokens", str(MAX_NEW_TOKENS), "--no-progress"]
+    assert medblip_cli(*argv) == 0
+    with out.open(encoding="utf-8", newline="") as fh:
+        rows = {Path(r["path"]).name: r["caption"] for r in csv.DictReader(fh)}
+    assert rows == {f"study{i}.jpg": local(jpeg) for i, jpeg in enumerate(synth_jpegs[:4])}
+    info = json.loads((tmp_path / "captions.run.json").read_text(encoding="utf-8"))
+    assert info["api"]["config"]["model"] == "tiny" and info["api"]["stats"]["failures"] == 0
+    assert info["api"]["stats"]["images"] == 4
+    assert "api: tiny at" in capsys.readouterr().err
+    assert medblip_cli(*argv) == 0  # resumed from the log: nothing sent
+    info = json.loads((tmp_path / "captions.run.json").read_text(encoding="utf-8"))
+    assert info["resumed"] == 4 and info["api"]["stats"]["calls"] == 0
+
+
+def test_caption_cli_wants_a_model_or_an_api(medblip_cli, tmp_path, capsys):
+    (tmp_path / "a.png").write_bytes(b"")
+    assert medblip_cli("caption", str(tmp_path), "--api", "http://127.0.0.1:9/v1") == 2
+    assert "--api needs --api-model" in capsys.readouterr().err
+    assert medblip_cli("caption", str(tmp_path)) == 2
+    assert "give --model" in capsys.readouterr().err
+
+
 def test_compare_with_an_api_system(server, served_blip_dir, small_synth_dir, medblip_cli, tmp_path, capsys):
     out = tmp_path / "cmp"
     cfg = tmp_path / "compare.yaml"

@@ -18,6 +18,8 @@ from medblip.cli import train_cmd  # noqa: E402,F401  isort: skip
 from medblip.cli import explain_cmd  # noqa: E402,F401  isort: skip
 from medblip.cli import cache_cmd  # noqa: E402,F401  isort: skip
 from medblip.cli import experiment_cmd  # noqa: E402,F401  isort: skip
+from medblip.cli import caption_cmd  # noqa: E402,F401  isort: skip
+from medblip.cli import export_cmd  # noqa: E402,F401  isort: skip
 from medblip.cli import serve_cmd  # noqa: E402,F401  isort: skip
 
 

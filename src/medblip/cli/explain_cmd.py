@@ -120,15 +120,16 @@ def explain_cmd(
 def _explain(adapter: Any, image: Path | None, caption: str | None, data: Path | None, split: str,
              limit: int | None, reference: bool, settings: Any, words: list[str] | None, level: str,
              cmap: str, alpha: float, seed: int, out: Path, progress: bool) -> None:
-    from medblip.data import load_dataset
+    from medblip.evaluation.predict import load_split
     from medblip.explain.dataset import ExplainItem, explain_items
 
     if image is not None:
         items = [ExplainItem(image.stem, image, caption)]
     else:
-        records = load_dataset(data, splits=[split], limit=limit, seed=seed).records
-        if not records:
-            raise MedblipError(f"{data}: no records in split {split!r}")
+        # generated captions need no reference: an image-only manifest will do (a split-less one: all of it)
+        records, report = load_split(data, split, limit=limit, seed=seed, require_captions=reference)
+        for note in report.notes:
+            typer.echo(note, err=True)
         items = [ExplainItem(r.id, r.image, r.caption if reference else None, r.caption) for r in records]
     summary = explain_items(adapter, items, out, settings, words=words, level=level, cmap=cmap, alpha=alpha,
                             caption_source="reference" if data is not None and reference else None,

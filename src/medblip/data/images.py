@@ -276,9 +276,9 @@ def _palette_to_rgb(arr: np.ndarray, ds: DicomDataset) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def _dicom_to_rgb(ds: DicomDataset, label: str, max_pixels: int | None) -> Image.Image:
+def _dicom_to_rgb(ds: DicomDataset, label: str, max_pixels: int | None, frame: int | None = None) -> Image.Image:
     try:
-        return _convert_dicom(ds, label, max_pixels)
+        return _convert_dicom(ds, label, max_pixels, frame)
     except ImageError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
@@ -287,7 +287,7 @@ def _dicom_to_rgb(ds: DicomDataset, label: str, max_pixels: int | None) -> Image
                          "fix the file's header or re-export it") from None
 
 
-def _convert_dicom(ds: DicomDataset, label: str, max_pixels: int | None) -> Image.Image:
+def _convert_dicom(ds: DicomDataset, label: str, max_pixels: int | None, frame: int | None = None) -> Image.Image:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -297,14 +297,17 @@ def _convert_dicom(ds: DicomDataset, label: str, max_pixels: int | None) -> Imag
         raise ImageError(f"{label}: DICOM file has no image size (Rows/Columns missing)")
     _check_pixels(cols, rows, max_pixels, label)
     _check_transfer_syntax(ds, label)
-    frames = _int_value(ds, "NumberOfFrames", 1, label)
+    frames = max(1, _int_value(ds, "NumberOfFrames", 1, label))
+    if frame is not None and not 0 <= frame < frames:
+        raise ImageError(f"{label}: frame {frame} does not exist (the file has {frames} frame(s))")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for broken or short pixel data
         raise ImageError(f"{label}: cannot decode DICOM pixel data ({type(exc).__name__}: {exc})") from None
     if frames > 1:
-        arr = arr[frames // 2]  # the middle frame is the most representative of a volume or cine loop
+        # default: the middle frame, the most representative of a volume or cine loop
+        arr = arr[frames // 2 if frame is None else frame]
 
     if photometric == "PALETTE COLOR":
         return Image.fromarray(np.ascontiguousarray(_palette_to_rgb(arr, ds)[..., :3]), mode="RGB")
@@ -323,16 +326,17 @@ def _convert_dicom(ds: DicomDataset, label: str, max_pixels: int | None) -> Imag
     return Image.fromarray(gray, mode="L").convert("RGB")
 
 
-def _load_dicom(source: ImageSource, label: str, max_pixels: int | None, force: bool) -> Image.Image:
+def _load_dicom(source: ImageSource, label: str, max_pixels: int | None, force: bool,
+                frame: int | None = None) -> Image.Image:
     ds = _read_dicom(source, label, force)
-    return _dicom_to_rgb(ds, label, max_pixels)
+    return _dicom_to_rgb(ds, label, max_pixels, frame)
 
 
 # ---------------------------------------------------------------------------------------------
 # Public API
 
 def load_image(source: ImageSource, max_pixels: MaxPixels = "default",
-               name: str | None = None) -> Image.Image:
+               name: str | None = None, *, frame: int | None = None) -> Image.Image:
     """Decode ``source`` (a path or encoded bytes) to an RGB image.
 
     16-bit and float images are rescaled from their own min/max to 8 bit; transparency is composited
@@ -340,13 +344,16 @@ def load_image(source: ImageSource, max_pixels: MaxPixels = "default",
     or window, MONOCHROME1 inversion, or its colour palette, and is read without preamble or file
     meta too. ``max_pixels`` (``None``: no limit; default: :func:`max_pixels_limit`) guards against
     decompression bombs. ``name`` is used in error messages for in-memory bytes (e.g.
-    "train-0.parquet row 12").
+    "train-0.parquet row 12"). A multi-frame DICOM gives its middle frame, or frame ``frame``
+    (0-based) when given.
     """
     label = _describe(source, name)
     head, is_dicom = _read_head(source, label)
     limit = _limit(max_pixels)
     if is_dicom:
-        return _load_dicom(source, label, limit, force=head[128:132] != b"DICM")
+        return _load_dicom(source, label, limit, force=head[128:132] != b"DICM", frame=frame)
+    if frame not in (None, 0):
+        raise ImageError(f"{label}: frame {frame} requested, but only DICOM files have frames")
     return _load_pil(source, label, limit)
 
 

@@ -78,6 +78,7 @@ def load_dataset(
     limit: int | None = None,
     seed: int = 0,
     roco_subsets: Iterable[str] | None = None,
+    require_captions: bool = True,
 ) -> Dataset:
     """Load any supported layout into records plus a :class:`LoadReport`.
 
@@ -87,6 +88,8 @@ def load_dataset(
     records per split, chosen deterministically by ``seed`` (load order is preserved).
     ``roco_subsets`` (ROCO only): the subsets to load, default radiology only (the
     others are counted in ``report.excluded``).
+    ``require_captions=False`` lets a manifest without a ``caption`` column (or with empty captions)
+    load, for commands that need only the images (``caption``, ``explain``).
     """
     if format == "auto":
         fmt, root = detect_format(path)
@@ -102,7 +105,7 @@ def load_dataset(
     wanted = normalize_splits(splits)
     options = caption_options or CaptionOptions()
     report = LoadReport(format=fmt, path=str(root))
-    collector = RecordCollector(report, require_images=require_images)
+    collector = RecordCollector(report, require_images=require_images, require_captions=require_captions)
     if fmt == "roco":
         load_roco(root, wanted, options, collector, subsets=roco_subsets)
     else:

@@ -98,8 +98,9 @@ def evaluate_grounding(adapter: CaptionModel, data_dir: str | Path, *, split: st
     ``tolerance`` is a fraction of the image's longer side for the tolerant pointing game (the
     strict one is reported alongside and is the headline). Returns ``{"summary", "rows", ...}``.
     """
-    from medblip.data import load_dataset, load_image
+    from medblip.data import load_image
     from medblip.data.synth import load_facts
+    from medblip.evaluation.predict import load_split
 
     if caption_source not in CAPTION_SOURCES:
         raise MedblipError(f"unknown caption source {caption_source!r}; choose one of {', '.join(CAPTION_SOURCES)}")
@@ -108,9 +109,7 @@ def evaluate_grounding(adapter: CaptionModel, data_dir: str | Path, *, split: st
     if not (data_dir / "facts.jsonl").is_file():
         raise DataError(f"{data_dir}: no facts.jsonl (not a synthetic benchmark folder; see `medblip data synth`)")
     facts = load_facts(data_dir)
-    records = load_dataset(data_dir, splits=[split], limit=limit, seed=seed).records
-    if not records:
-        raise DataError(f"{data_dir}: no records in split {split!r}")
+    records, _ = load_split(data_dir, split, limit=limit, seed=seed)  # DataError naming the splits found
     rows: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
     for rec in (progress or (lambda x: x))(records):

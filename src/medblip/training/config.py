@@ -73,6 +73,11 @@ class DataConfig(_Section):
                                                  "charts, photos and drawings; the study fine-tunes on radiology)")
     train_split: str = "train"
     val_split: str = "validation"
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="when the data has no validation records (e.g. a manifest without a split "
+                                         "column), this fraction of the training records is held out for validation, "
+                                         "chosen by `seed` and grouped by a patient/case column when there is one; "
+                                         "0 trains without validation")
     captions: CaptionOptions = Field(default_factory=CaptionOptions, description="caption cleaning on load")
     limit: int | None = Field(None, ge=1, description="at most this many records per split (quick runs)")
     seed: int = Field(0, description="seed of the record subsampling done by `limit`")

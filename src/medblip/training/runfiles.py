@@ -98,9 +98,11 @@ class RunLog:
 
 
 def write_run_files(run_dir: Path, config: ExperimentConfig, strategy: dict[str, Any], accelerator: Any,
-                    state: dict[str, Any] | None, kernels: dict[str, Any], label_smoothing: float) -> None:
+                    state: dict[str, Any] | None, kernels: dict[str, Any], label_smoothing: float,
+                    validation: str | None = None) -> None:
     """``config.resolved.yaml``, and ``run.json`` of a fresh run or one more ``resumes`` entry in it
-    (``state``: the checkpoint resumed; ``label_smoothing``: the value the loss uses)."""
+    (``state``: the checkpoint resumed; ``label_smoothing``: the value the loss uses; ``validation``: how
+    the validation records were found when the data has no validation split)."""
     atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
     path = run_dir / RUN_FILE
     dist = {"num_processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
@@ -112,7 +114,7 @@ def write_run_files(run_dir: Path, config: ExperimentConfig, strategy: dict[str,
                         "distributed": dist})
     else:
         info = run_metadata(config.model_dump(mode="json"), config.train.seed, strategy=strategy, distributed=dist,
-                            label_smoothing=label_smoothing)
+                            label_smoothing=label_smoothing, validation=validation)
     atomic_write_json(path, info)
 
 

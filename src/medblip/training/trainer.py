@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,7 @@ from medblip.training.data import (
     CaptionDataset,
     EpochBatchSampler,
     config_dataset,
+    split_for_training,
     validation_subset,
 )
 from medblip.training.feature_cache import build_feature_cache, plan_feature_cache
@@ -181,14 +183,16 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     # -- data --------------------------------------------------------------------------------------
     dataset = load_dataset(dc.path, format=dc.format, splits=[dc.train_split, dc.val_split],
                            caption_options=dc.captions, limit=dc.limit, seed=dc.seed, roco_subsets=dc.roco_subsets)
-    train_records = dataset.split(dc.train_split)
-    val_records = validation_subset(dataset.split(dc.val_split), tc.val_subset, dc.seed)
+    train_records, val_all, val_source_split, validation_note = split_for_training(dataset, dc)
+    if validation_note and is_main:
+        print(f"medblip: {validation_note}", file=sys.stderr, flush=True)
+    val_records = validation_subset(val_all, tc.val_subset, dc.seed)
     training = config.strategy.name != "none" and (tc.epochs > 0 or tc.max_steps)
     if training and not train_records:
         raise ConfigError(f"{source}: data.path: no {dc.train_split!r} records in {dc.path} "
                           f"(splits found: {', '.join(dataset.splits) or 'none'})")
     train_ds = config_dataset(dc, dc.train_split, train_records, source)
-    val_ds = config_dataset(dc, dc.val_split, val_records, source)
+    val_ds = config_dataset(dc, val_source_split, val_records, source)
 
     # -- model and strategy ------------------------------------------------------------------------
     # A resumed full / partial fine-tune reloads its own HF checkpoint; a LoRA run rebuilds the base
@@ -211,7 +215,8 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     kernels = trainer_kernels(adapter, tc, accelerator.device, source)
 
     if is_main:
-        runfiles.write_run_files(run_dir, config, strategy_info, accelerator, state, kernels, adapter.label_smoothing)
+        runfiles.write_run_files(run_dir, config, strategy_info, accelerator, state, kernels, adapter.label_smoothing,
+                                 validation_note)
     log = runfiles.RunLog(run_dir, enabled=is_main)
     if training and val_records:
         check_metric_name(tc, source)
