@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from medblip.perf import bench_utils as bu
+import bench_utils as bu
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medblip.perf import bench_utils as bu
+import bench_utils as bu
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

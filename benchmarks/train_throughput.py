@@ -15,10 +15,14 @@ CUDA):
   length buckets; ``decoder_only``: frozen-encoder features cached once (the build is timed
   separately and reported, with the amortised rate over 1/3/10 epochs of the image pool).
 * ``trainer``: ``medblip.training.train`` itself, with a user's default settings for the device, on
-  the same images (written to a manifest dataset and a ``medblip data cache`` image cache) and
-  captions: data loading, the progress bookkeeping and the final checkpoint write included. Its rate
-  is the run's ``cost.json`` images/s over all ``--warmup + --steps`` steps (first steps included,
-  so it is a conservative figure), compared with the naive loop's mean rate.
+  the same images (written to a manifest dataset whose training split is the pool, and a ``medblip
+  data cache`` image cache) and captions, for ``--warmup + --steps`` optimizer steps. The loop reports
+  the end of every step (its ``should_stop`` callback), so its rate covers the same ``--steps`` steps
+  after ``--warmup`` as the other variants, with everything the loop does per step (data loading,
+  collate, gradient clipping, the scheduler, logging); it is compared with the naive loop's mean rate.
+  ``decoder_only``: the feature-cache build runs before the first step; the rate amortised over
+  1/3/10 epochs adds it back (the run's own ``cost.json`` figure, which includes it, is kept as
+  ``images_per_second_run``).
 
 Both loops prepare their batch inside the timed step (processor vs uint8 + tokenizer) and see the same
 images and captions (``--captions mixed``: realistic lengths; ``long``: every caption at the maximum,
@@ -31,13 +35,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from medblip.perf import bench_utils as bu
+import bench_utils as bu
 
 GROUPS = {"full": (), "decoder_only": ("vision_encoder",), "encoder_only": ("text_decoder",)}
 
@@ -64,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clock", default="wall", choices=sorted(bu.CLOCKS),
+                   help="wall time, or the process's CPU time (steadier on a shared CPU machine; see bench_utils)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every variant this many times, the order reversed every other round (a shared machine's "
+                        "load then falls on both sides alike); each variant's figures are its median round, each "
+                        "ratio the median of the rounds' ratios")
     p.add_argument("--json", default=None, help="write the results here")
     return p.parse_args(argv)
 
@@ -105,10 +114,10 @@ def run_naive(adapter: Any, args: argparse.Namespace, pil: list[Any], captions: 
 
     def step(i: int) -> None:
         idx = [(i * bs + j) % n for j in range(bs)]
-        t0 = time.perf_counter()
+        t0 = bu.clock()
         batch = naive_batch(adapter, [pil[k] for k in idx], [captions[k] for k in idx], args.max_tokens)
         batch = {k: v.to(device) for k, v in batch.items()}
-        prep[0] += time.perf_counter() - t0
+        prep[0] += bu.clock() - t0
         ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else torch.autocast(device.type, enabled=False)
         with ctx:
             loss = model(**batch).loss
@@ -170,10 +179,10 @@ def run_medblip(adapter: Any, args: argparse.Namespace, pixels: np.ndarray, capt
 
     def step(i: int) -> None:
         b = batches[i % len(batches)]
-        t0 = time.perf_counter()
+        t0 = bu.clock()
         batch = collate([(pixels[k], captions[k]) for k in b])
         batch["ids"] = [ids[k] for k in b]
-        prep[0] += time.perf_counter() - t0
+        prep[0] += bu.clock() - t0
         losses.append(float(stepper.step(batch)))
 
     try:
@@ -215,8 +224,10 @@ def run_trainer(adapter: Any, args: argparse.Namespace, pil: list[Any], captions
         rows = []
         for i, (image, caption) in enumerate(zip(pil, captions, strict=True)):
             image.save(root / "data" / "images" / f"img{i:06d}.png")
-            rows.append(json.dumps({"id": f"img{i:06d}", "image": f"images/img{i:06d}.png", "caption": caption}))
-        (root / "data" / "manifest.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+            rows.append({"id": f"img{i:06d}", "image": f"images/img{i:06d}.png", "caption": caption, "split": "train"})
+        # a small validation split of its own, so the training split is exactly the other variants' pool
+        rows += [{**r, "id": f"val{i:06d}", "split": "validation"} for i, r in enumerate(rows[:4])]
+        (root / "data" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         build_image_cache(root / "data", root / "cache", size=size)
         adapter.model.save_pretrained(root / "model")
         adapter.processor.save_pretrained(root / "model")
@@ -227,33 +238,84 @@ def run_trainer(adapter: Any, args: argparse.Namespace, pil: list[Any], captions
             "strategy": {"name": args.strategy},
             "train": {"max_steps": steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                       "mixed_precision": "bf16" if cuda and args.precision != "fp32" else "no",
-                      "sdpa": "off" if args.no_sdpa else "auto",
+                      "sdpa": "off" if args.no_sdpa else "auto", "length_buckets": not args.no_bucketing,
                       "cache_features": "off" if args.no_feature_cache else "auto",
                       "warmup_steps": 0, "eval_every_epochs": None, "val_generate": False},
             "output": {"dir": str(root / "run")},
         }, "train_throughput")
-        result = train(config, progress=False)
+        # the end of every optimizer step, as the loop itself reports it (data loading, logging and all)
+        ends: list[float] = []
+
+        def step_end(step: int) -> bool:
+            bu.sync(device)
+            ends.append(bu.clock())
+            return False
+
+        result = train(config, progress=False, should_stop=step_end)
         cost = json.loads((root / "run" / "cost.json").read_text(encoding="utf-8"))
         kernels = json.loads((root / "run" / "run.json").read_text(encoding="utf-8"))["distributed"]["kernels"]
         rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines() if line]
         losses = [r["loss"] for r in rows if r.get("split") == "train" and "loss" in r]
-    out = {"images_per_second": cost["images_per_second"], "seconds": cost["train_seconds"],
+    # timed like the other variants: the --steps steps after the --warmup ones
+    timed = np.diff(ends[max(args.warmup - 1, 0):])  # (without warmup: from the end of the first step)
+    bs = args.batch_size
+    out = {"images_per_second": bs * len(timed) / float(timed.sum()),
+           "images_per_second_median": bs / float(np.median(timed)),
+           "seconds": float(timed.sum()), "step_seconds_median": float(np.median(timed)),
+           "images_per_second_run": cost["images_per_second"], "train_seconds_run": cost["train_seconds"],
            "wall_seconds": cost["wall_seconds"], "steps": result.global_step,
            "peak_memory_bytes": cost.get("peak_memory_bytes", 0), "memory_kind": cost.get("peak_memory_kind"),
            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
            "options": {"mixed_precision": config.train.mixed_precision, **kernels,
+                       "length_buckets": config.train.length_buckets,
                        "num_workers": config.data.num_workers, "image_cache": True}}
     fc = cost.get("feature_cache") or {}
-    if fc.get("used"):  # the run's train time includes building the cache: also the rate after it
+    if fc.get("used"):  # built before the first step: the timed steps run on cached features
         out["feature_cache"] = fc
-        out["images_per_second_after_cache_build"] = \
-            cost["images"] / max(cost["train_seconds"] - fc.get("build_seconds_total", 0.0), 1e-9)
+        rate = out["images_per_second_after_cache_build"] = out["images_per_second"]
+        build = fc["build_cpu_seconds"] if args.clock == "cpu" else fc["build_seconds"]  # on the bench's clock
+        out["feature_cache_build_seconds"] = build
+        for epochs in (1, 3, 10):  # the build once, then `epochs` passes over the cached images
+            total = epochs * fc["records"]
+            out[f"amortized_images_per_second_{epochs}_epochs"] = total / (build + total / rate)
     return out
+
+
+#: result key -> (numerator variant, its rate key, denominator variant, its rate key)
+RATIO_KEYS = {
+    "ratio": ("medblip", "images_per_second", "naive", "images_per_second"),
+    "ratio_vs_naive_bf16": ("medblip", "images_per_second", "naive_bf16", "images_per_second"),
+    # the trainer's rate is the mean over its timed steps: against the naive loop's mean rate
+    "ratio_trainer": ("trainer", "images_per_second", "naive", "images_per_second_mean"),
+    "ratio_trainer_amortized_3_epochs": ("trainer", "amortized_images_per_second_3_epochs", "naive",
+                                         "images_per_second_mean"),
+}
+
+
+def round_ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    for key, (a, rate_a, b, rate_b) in RATIO_KEYS.items():
+        if rate_a in res.get(a, {}) and rate_b in res.get(b, {}):
+            out[key] = res[a][rate_a] / res[b][rate_b]
+    return out
+
+
+def run_variant(name: str, adapter: Any, args: argparse.Namespace, pixels: np.ndarray, pil: list[Any],
+                captions: list[str]) -> dict[str, Any]:
+    if name == "naive":
+        return run_naive(adapter, args, pil, captions, bf16=False)
+    if name == "naive_bf16":
+        return run_naive(adapter, args, pil, captions, bf16=True)
+    if name == "medblip":
+        return run_medblip(adapter, args, pixels, captions)
+    if name == "trainer":
+        return run_trainer(adapter, args, pil, captions)
+    raise SystemExit(f"unknown variant {name!r}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    device = bu.bench_device(args.device, args.threads)
+    device = bu.bench_device(args.device, args.threads, args.clock)
     torch.manual_seed(args.seed)
     variants = (args.variants.split(",") if args.variants else
                 (["naive", "naive_bf16", "medblip", "trainer"] if device.type == "cuda"
@@ -271,25 +333,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "train_throughput", "environment": bu.environment(device), "command": " ".join(sys.argv),
         "family": adapter.family, "shapes": args.shapes, "strategy": args.strategy, "batch_size": args.batch_size,
         "steps": args.steps, "warmup": args.warmup, "image_size": size, "max_tokens": args.max_tokens,
-        "captions": args.captions, "pool_images": n,
+        "captions": args.captions, "pool_images": n, "clock": args.clock, "rounds": args.rounds,
         "parameters": sum(p.numel() for p in adapter.model.parameters()), "results": {},
     }
-    for name in variants:
-        bu.release(device)
-        if name == "naive":
-            result["results"][name] = run_naive(adapter, args, pil, captions, bf16=False)
-        elif name == "naive_bf16":
-            result["results"][name] = run_naive(adapter, args, pil, captions, bf16=True)
-        elif name == "medblip":
-            result["results"][name] = run_medblip(adapter, args, pixels, captions)
-        elif name == "trainer":
-            result["results"][name] = run_trainer(adapter, args, pil, captions)
-        else:
-            raise SystemExit(f"unknown variant {name!r}")
+    rounds: list[dict[str, Any]] = []
+    for r in range(max(1, args.rounds)):
+        runs = {}
+        for name in (variants if r % 2 == 0 else variants[::-1]):
+            bu.release(device)
+            runs[name] = run_variant(name, adapter, args, pixels, pil, captions)
+        rounds.append({"results": runs, **round_ratios(runs)})
     res = result["results"]
-    bu.add_ratios(result, "images_per_second")
-    if "trainer" in res and "naive" in res:  # both rates are means over the timed run
-        result["ratio_trainer"] = res["trainer"]["images_per_second"] / res["naive"]["images_per_second_mean"]
+    for name in variants:  # each variant's median round
+        ordered = sorted((rd["results"][name] for rd in rounds), key=lambda x: x["images_per_second"])
+        res[name] = ordered[(len(ordered) - 1) // 2]
+    for key in RATIO_KEYS:
+        values = [rd[key] for rd in rounds if key in rd]
+        if values:
+            result[key] = float(np.median(values))
+    if len(rounds) > 1:
+        result["per_round"] = [{k: v for k, v in rd.items() if k != "results"} |
+                            {"images_per_second": {n: x["images_per_second"] for n, x in rd["results"].items()}}
+                            for rd in rounds]
     bu.print_table(f"train throughput: {adapter.family} {args.shapes} {args.strategy} batch {args.batch_size} "
                    f"on {result['environment'].get('gpu') or result['environment']['cpu']}",
                    list(res.items()), "images_per_second", "images/s")
@@ -297,7 +362,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fc = res["medblip"]["feature_cache"]
         print(f"  feature cache build: {fc['build_images_per_second']:.1f} images/s; amortised over 1/3/10 epochs: "
               + " / ".join(f"{res['medblip'][f'amortized_images_per_second_{e}_epochs']:.1f}" for e in (1, 3, 10)))
+    if "amortized_images_per_second_3_epochs" in res.get("trainer", {}):
+        t = res["trainer"]
+        print(f"  trainer, its feature-cache build ({t['feature_cache_build_seconds']:.2f} s) amortised over 1/3/10 "
+              "epochs: "
+              + " / ".join(f"{t[f'amortized_images_per_second_{e}_epochs']:.1f}" for e in (1, 3, 10)))
     bu.print_ratios(result)
+    if "ratio_trainer_amortized_3_epochs" in result:
+        print(f"  ratio trainer, cache build amortised over 3 epochs / naive: "
+              f"{result['ratio_trainer_amortized_3_epochs']:.2f}x")
+    if len(rounds) > 1:
+        print(f"  ({len(rounds)} rounds; ratios are medians of: "
+              + "; ".join(", ".join(f"{k} {rd[k]:.2f}" for k in RATIO_KEYS if k in rd) for rd in rounds) + ")")
     bu.write_json(args.json, result)
     return result
 

@@ -168,8 +168,12 @@ class TrainConfig(_Section):
         "auto", description="run attention through torch's scaled_dot_product_attention (flash / memory-efficient "
                             "kernels on CUDA; BLIP's eager-only modules are switched per instance, weights and "
                             "checkpoints unchanged). Losses agree with eager attention to float rounding. auto: on "
-                            "CUDA unless train.deterministic; on: everywhere (an error if the model has no module "
+                            "unless train.deterministic; on: everywhere (an error if the model has no module "
                             "that can use it); off: never")
+    length_buckets: bool = Field(
+        True, description="batch captions of similar length together (shuffled windows of 50 batches, sorted by "
+                          "length; the batch order is still a function of seed and epoch), so that padding each "
+                          "batch to its longest caption pads little; false: plain shuffled batches")
     tf32: bool = Field(True, description="TF32 matmuls for the work that stays fp32 (Ampere+ GPUs; no effect on CPU)")
 
     @field_validator("cache_features", "sdpa", mode="before")

@@ -91,10 +91,11 @@ def plan_feature_cache(adapter: CaptionModel, tc: Any, images: CaptionDataset, f
     return info
 
 
-def build_feature_cache(adapter: CaptionModel, records: list[Any], dc: Any, tc: Any, accelerator: Any,
+def build_feature_cache(adapter: CaptionModel, images: CaptionDataset, dc: Any, tc: Any, accelerator: Any,
                         info: dict[str, Any], *, show_progress: bool) -> tuple[FeatureCache, float]:
-    """Encode every training image once; returns the cache and the seconds it took, and adds what was
-    built to ``info`` (:func:`plan_feature_cache`'s, recorded in run.json and cost.json).
+    """Encode every image of ``images`` (the training set, read as the config says) once; returns the
+    cache and the seconds it took, and adds what was built to ``info`` (:func:`plan_feature_cache`'s,
+    recorded in run.json and cost.json).
 
     The key covers the encoder's weights, dtype and autocast, the image size, the processor's config,
     the record ids and the data's file signatures: anything else is a different cache (on disk, a stale
@@ -107,10 +108,11 @@ def build_feature_cache(adapter: CaptionModel, records: list[Any], dc: Any, tc: 
     from medblip.data.cache import records_fingerprint
     from medblip.perf.attention import sdpa_enabled
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     world, rank, is_main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     directory = tc.feature_cache_dir
     writer = directory is None or is_main
+    records = images.records
     ids = [r.id for r in records]
 
     def open_cache(parts: Any = None) -> FeatureCache:
@@ -130,12 +132,12 @@ def build_feature_cache(adapter: CaptionModel, records: list[Any], dc: Any, tc: 
         if directory is not None and is_main:
             accelerator.wait_for_everyone()
         todo = [i for i, rid in enumerate(ids) if rid not in cache]
-        size = tc.batch_size
+        size = max(tc.batch_size, 32)  # no gradients, no activations kept: larger batches than training's
         chunks = [todo[k:k + size * world] for k in range(0, len(todo), size * world)]
         # every process encodes `size` images per chunk (the last chunk's shares padded with its first image)
         shares = [(c[rank * size:(rank + 1) * size] + [c[0]] * size)[:size] if world > 1 else c for c in chunks]
         loader = torch.utils.data.DataLoader(
-            CaptionDataset(records, dc.image_size), batch_sampler=shares, collate_fn=AdapterCollate(adapter),
+            images, batch_sampler=shares, collate_fn=AdapterCollate(adapter, text=False),
             num_workers=dc.num_workers, generator=torch.Generator().manual_seed(0))
         encode = encoder_fn(adapter, autocast=accelerator.autocast)
         bar = tqdm(total=len(todo), disable=not show_progress, unit="img", desc="encoder features", leave=False)
@@ -157,7 +159,8 @@ def build_feature_cache(adapter: CaptionModel, records: list[Any], dc: Any, tc: 
         if missing:
             raise MedblipError(f"feature cache: no features for {len(missing)} record(s), e.g. {missing[0]!r}")
     seconds = time.perf_counter() - t0
-    info.update(records=len(cache), computed=len(todo), build_seconds=round(seconds, 3), key=cache.key,
+    info.update(records=len(cache), computed=len(todo), build_seconds=round(seconds, 3),
+                build_cpu_seconds=round(time.process_time() - cpu0, 3), key=cache.key,
                 memory_bytes=cache.nbytes())
     return cache, seconds
 

@@ -51,8 +51,9 @@ from medblip.training.cost import CostMeter
 from medblip.training.data import (
     AdapterCollate,
     CaptionDataset,
-    EpochBatchSampler,
+    CaptionTokens,
     config_dataset,
+    epoch_sampler,
     split_for_training,
     validation_subset,
 )
@@ -191,7 +192,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     if training and not train_records:
         raise ConfigError(f"{source}: data.path: no {dc.train_split!r} records in {dc.path} "
                           f"(splits found: {', '.join(dataset.splits) or 'none'})")
-    train_ds = config_dataset(dc, dc.train_split, train_records, source)
+    train_ds = config_dataset(dc, dc.train_split, train_records, source, arrays=True)
     val_ds = config_dataset(dc, val_source_split, val_records, source)
 
     # -- model and strategy ------------------------------------------------------------------------
@@ -232,9 +233,10 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     # No weight decay on biases and norm weights (1-d tensors), as in BERT/BLIP and nanoGPT.
     trainable = [p for p in adapter.model.parameters() if p.requires_grad]
     optimizer = make_adamw(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.adam_betas, eps=tc.adam_eps,
-                           device=accelerator.device, foreach=None)
-    batches_per_epoch = EpochBatchSampler(len(train_ds), tc.batch_size, seed=tc.seed, rank=rank,
-                                          num_processes=world).batches_per_process()
+                           device=accelerator.device)
+    # every caption tokenized once: batches gather their rows (and length buckets sort on the lengths)
+    tokens = CaptionTokens(adapter, [r.caption for r in train_records])
+    batches_per_epoch = len(epoch_sampler(tc, len(train_ds), tokens.lengths, rank=rank, num_processes=world))
     steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)
     total_steps = tc.max_steps or steps_per_epoch * tc.epochs
     num_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -265,7 +267,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     # -- the feature cache: every training image through the frozen encoder, once ----------------------
     feature_cache = None
     if use_cache:
-        feature_cache, seconds = build_feature_cache(adapter, train_records, dc, tc, accelerator, cache_info,
+        feature_cache, seconds = build_feature_cache(adapter, train_ds, dc, tc, accelerator, cache_info,
                                                      show_progress=progress and is_main)
         loop.feature_cache_seconds += seconds
         cost.add_train(seconds, 0)  # part of what training costs (the epoch's train_seconds), not hidden
@@ -284,14 +286,14 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
 
     # -- the loop ----------------------------------------------------------------------------------
     es = tc.early_stopping
-    collate = AdapterCollate(adapter)
+    collate = AdapterCollate(adapter, tokens)
     epoch = start_epoch
     try:
         adapter.train_mode()
         for epoch in range(start_epoch, num_epochs):
             skip = start_batch if epoch == start_epoch else 0
-            sampler = EpochBatchSampler(len(train_ds), tc.batch_size, seed=tc.seed, epoch=epoch, rank=rank,
-                                        num_processes=world, skip=skip)
+            sampler = epoch_sampler(tc, len(train_ds), tokens.lengths, epoch=epoch, rank=rank, num_processes=world,
+                                    skip=skip)
             workers = 0 if use_cache else dc.num_workers  # text-only batches: workers would only cost
             if dc.cache_images and workers > 0 and epoch == start_epoch:
                 train_ds.preload()

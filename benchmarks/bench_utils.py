@@ -1,4 +1,5 @@
-"""Shared pieces of the ``benchmarks/`` scripts: models of real shapes from random weights, synthetic
+"""Shared pieces of the ``benchmarks/`` scripts (imported as ``bench_utils``: the scripts' folder is on
+``sys.path`` when they run): models of real shapes from random weights, synthetic
 batches, timing, peak memory, environment description, JSON output.
 
 ``shapes="base"`` builds the published checkpoint's architecture from its config with random weights
@@ -154,6 +155,23 @@ def synthetic_captions(n: int, *, lengths: str = "mixed", max_words: int = 48, s
 
 # -- measuring -------------------------------------------------------------------------------------
 
+#: what the scripts time with (``set_clock``): wall time, or this process's CPU time
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock: list[Callable[[], float]] = [time.perf_counter]
+
+
+def set_clock(name: str) -> None:
+    """``--clock cpu``: time with the process's CPU time. With one torch thread and no loader workers
+    it leaves out the time other processes hold the CPU, so a ratio measured on a machine shared with
+    other work is steadier (it still sees their pressure on caches and memory bandwidth). Wall time
+    is the default and the figure for a GPU, whose work the CPU clock does not see."""
+    _clock[0] = CLOCKS[name]
+
+
+def clock() -> float:
+    return _clock[0]()
+
+
 def sync(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -211,10 +229,10 @@ def timed(device: torch.device | str) -> Iterator[dict[str, float]]:
     """``with timed(dev) as t: ...`` -> ``t["seconds"]`` (device synchronised at both ends)."""
     out: dict[str, float] = {}
     sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     yield out
     sync(device)
-    out["seconds"] = time.perf_counter() - t0
+    out["seconds"] = clock() - t0
 
 
 def run_timed(fn: Callable[[int], Any], *, steps: int, warmup: int, device: torch.device | str) -> dict[str, Any]:
@@ -229,10 +247,10 @@ def run_timed(fn: Callable[[int], Any], *, steps: int, warmup: int, device: torc
     times: list[float] = []
     with PeakMemory(device) as mem:
         for i in range(steps):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn(warmup + i)
             sync(device)
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
     return {"seconds": float(sum(times)), "step_seconds_median": float(np.median(times)),
             "step_seconds_min": float(min(times)), "step_seconds": [round(t, 6) for t in times],
             "peak_memory_bytes": mem.peak, "memory_kind": mem.kind}
@@ -303,8 +321,10 @@ def print_table(title: str, rows: list[tuple[str, dict[str, Any]]], rate_key: st
         print(f"  {name:<14} {r[rate_key]:10.2f} {unit}   peak {mem:9.1f} MiB ({r.get('memory_kind', '')})")
 
 
-def bench_device(name: str, threads: int | None) -> torch.device:
-    """The device a benchmark runs on (exits with a message when CUDA is asked for and absent)."""
+def bench_device(name: str, threads: int | None, clock: str = "wall") -> torch.device:
+    """The device a benchmark runs on (exits with a message when CUDA is asked for and absent) and the
+    clock it times with (:func:`set_clock`)."""
+    set_clock(clock)
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(name)
