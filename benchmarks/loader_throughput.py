@@ -8,10 +8,10 @@ Loaders (DataLoader, ``--workers`` processes, default ``os.cpu_count()``; batche
 * ``decode``: the trainer's ``CaptionDataset`` (decode + resize each file every time) + ``adapter.collate``
   (the processor on PIL images) -- what training does without a cache;
 * ``cached_uint8``: :class:`medblip.data.cache.CachedImageDataset` rows of the memory-mapped ``.npy`` +
-  :class:`medblip.perf.batching.UInt8Collate` (uint8 batches; normalised later on the device);
+  :class:`fast_step.UInt8Collate` (uint8 batches; normalised later on the device);
 * ``cached_pil``: the cache as PIL images + ``adapter.collate`` (the drop-in for the current trainer).
 
-The trainer's consumption rate is measured in the same process with :class:`FastTrainStep` on the
+The trainer's consumption rate is measured in the same process with :class:`fast_step.FastTrainStep` on the
 ``--shapes`` model and ``--strategy`` (or given with ``--consumption-rate``); the script prints each
 loader's images/s and its ratio to that rate (the issue asks for >= 2x).
 """
@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = bu.bench_device(args.device, args.threads)
     workers = (os.cpu_count() or 1) if args.workers is None else args.workers
+    from fast_step import UInt8Collate
     from medblip.data import load_dataset
     from medblip.data.cache import CachedImageDataset, ImageCache, build_image_cache
-    from medblip.perf.batching import UInt8Collate
 
     tmp = Path(tempfile.mkdtemp(prefix="medblip-loader-"))
     data = Path(args.data) if args.data else synthetic_rocov2(tmp / "data", args.images, args.source_size)
@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def consumption(adapter: Any, args: argparse.Namespace, cached: Any) -> float:
     """Images/s of FastTrainStep on batches from the cache (data already in memory: pure consumption)."""
-    from medblip.perf.batching import UInt8Collate
-    from medblip.perf.fast_train import FastTrainStep
+    from fast_step import FastTrainStep, UInt8Collate
 
     adapter.apply_strategy(args.strategy)
     collate = UInt8Collate(adapter, pad_multiple=8)

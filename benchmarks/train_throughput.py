@@ -10,7 +10,7 @@ CUDA):
   implementation), the processor called on PIL images + captions every step, captions padded to
   ``--max-tokens`` (64), frozen groups by ``requires_grad_(False)`` -- what a plain HF script does.
 * ``naive_bf16``: the same under ``torch.autocast(bfloat16)``.
-* ``medblip``: :class:`medblip.perf.fast_train.FastTrainStep`: bf16 autocast on CUDA (fp32 on CPU),
+* ``medblip``: :class:`fast_step.FastTrainStep` (the trainer's pieces without the loop around them): bf16 autocast on CUDA (fp32 on CPU),
   SDPA attention, fused AdamW on CUDA, uint8 pixels normalised on the device, dynamic padding with
   length buckets; ``decoder_only``: frozen-encoder features cached once (the build is timed
   separately and reported, with the amortised rate over 1/3/10 epochs of the image pool).
@@ -135,21 +135,17 @@ def run_naive(adapter: Any, args: argparse.Namespace, pil: list[Any], captions: 
 
 
 def run_medblip(adapter: Any, args: argparse.Namespace, pixels: np.ndarray, captions: list[str]) -> dict[str, Any]:
-    from medblip.perf.batching import (
-        LengthBucketBatchSampler,
-        UInt8Collate,
-        caption_lengths,
-        padding_fraction,
-    )
+    from fast_step import FastTrainStep, UInt8Collate, padding_fraction
+    from medblip.perf.batching import LengthBucketBatchSampler
     from medblip.perf.captioner import autocast
-    from medblip.perf.fast_train import FastTrainStep
     from medblip.perf.feature_cache import FeatureCache, encoder_fn, use_feature_cache
+    from medblip.training.data import CaptionTokens
 
     device = adapter.device
     adapter.apply_strategy(args.strategy)
     n, bs = len(pixels), args.batch_size
     ids = [f"img{i:06d}" for i in range(n)]
-    lengths = caption_lengths(adapter, captions)
+    lengths = CaptionTokens(adapter, captions).lengths
     if args.no_bucketing:
         batches = [[(i * bs + j) % n for j in range(bs)] for i in range(-(-n // bs))]
     else:

@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from medblip.perf.batching import (
-    LengthBucketBatchSampler,
-    PixelNormalizer,
-    UInt8Collate,
-    caption_lengths,
-    pad_to_multiple,
-    padding_fraction,
-)
+from fast_step import UInt8Collate, pad_to_multiple, padding_fraction  # benchmarks/
+from medblip.perf.batching import LengthBucketBatchSampler, PixelNormalizer
+from medblip.training.data import CaptionTokens
 from test_perf_common import CAPTIONS, load, noise_images, perf_dirs  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -26,7 +21,7 @@ def test_pixel_normalizer_equals_processor(perf_dirs):  # noqa: F811
         ref = adapter.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         got = PixelNormalizer(adapter.processor.image_processor)(np.stack([np.asarray(im) for im in images]))
         assert got.shape == ref.shape and got.dtype == torch.float32
-        assert torch.allclose(got, ref, atol=1e-6, rtol=0), family
+        assert torch.equal(got, ref), family  # bit for bit: the trainer feeds these to the model instead
 
 
 def test_uint8_collate_and_padding_do_not_change_the_loss(perf_dirs):  # noqa: F811
@@ -54,7 +49,7 @@ def test_bucketed_batches_give_the_same_total_loss(perf_dirs):  # noqa: F811
     adapter.eval_mode()
     captions = CAPTIONS * 3
     images = noise_images(len(captions), seed=5)
-    lengths = caption_lengths(adapter, captions)
+    lengths = CaptionTokens(adapter, captions).lengths
     plain = [list(range(i, i + 4)) for i in range(0, len(captions), 4)]
     buckets = list(LengthBucketBatchSampler(lengths, 4, seed=0, window=6))
     assert sorted(i for b in buckets for i in b) == list(range(len(captions)))
@@ -87,8 +82,8 @@ def test_bucket_sampler_is_deterministic_sharded_and_resumable():
 
 
 def test_fast_train_step_full_loss_equals_adapter_loss(perf_dirs):  # noqa: F811
+    from fast_step import FastTrainStep
     from medblip.perf.attention import sdpa_enabled
-    from medblip.perf.fast_train import FastTrainStep
 
     adapter = load(perf_dirs, "blip")
     adapter.apply_strategy("full")

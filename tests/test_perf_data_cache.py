@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from fast_step import UInt8Collate  # benchmarks/
 from medblip.data import Dataset, LoadReport, Record, load_dataset, load_image
 from medblip.data.cache import CachedImageDataset, ImageCache, build_image_cache, records_fingerprint
 from medblip.errors import DataError
-from medblip.perf.batching import PixelNormalizer, UInt8Collate
+from medblip.perf.batching import PixelNormalizer
 from test_perf_common import CAPTIONS, load, perf_dirs  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")

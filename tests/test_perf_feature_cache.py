@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fast_step import FastTrainStep  # benchmarks/
 from medblip.errors import MedblipError
-from medblip.perf.fast_train import FastTrainStep
 from medblip.perf.feature_cache import (
     DecoderFromFeatures,
     FeatureCache,

@@ -3,29 +3,25 @@
 * :class:`PixelNormalizer` turns a (B, H, W, 3) uint8 batch into the processor's ``pixel_values``
   (rescale + normalise, bit for bit the image processor's result) -- on the GPU, after moving a
   quarter of the bytes float32 pixels would take.
-* :class:`UInt8Collate` is a DataLoader ``collate_fn`` for :class:`medblip.data.cache.CachedImageDataset`
-  items: stacked uint8 pixels + the adapter's own tokenisation (padded to the longest caption of the
-  batch, optionally up to a multiple of 8 for tensor cores / fewer compiled shapes).
 * :class:`LengthBucketBatchSampler`: batches of captions of similar length, so dynamic padding pads
   little; like the trainer's ``EpochBatchSampler`` the order is a pure function of (seed, epoch),
   split across processes the same way, and can skip already-consumed batches (resume).
 
-Padding never changes the loss: labels are -100 on padding and BLIP's decoder is causal with padding
-on the right, so real tokens never see pad tokens (tested: same loss as padding to 64 tokens).
+The trainer uses both (:class:`medblip.training.data.AdapterCollate`, ``train.length_buckets``); the
+caption lengths come from :class:`medblip.training.data.CaptionTokens`. Padding never changes the
+loss: labels are -100 on padding and BLIP's decoder is causal with padding on the right, so real
+tokens never see pad tokens (tested: same loss as padding to 64 tokens).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
-
-if TYPE_CHECKING:
-    from medblip.models.base import CaptionModel
 
 
 class PixelNormalizer:
@@ -68,63 +64,6 @@ class PixelNormalizer:
         index = pixels.permute(0, 3, 1, 2).to(torch.int32) + offsets
         x = table.index_select(0, index.reshape(-1)).view(index.shape)
         return x if dtype is None else x.to(dtype)
-
-
-def pad_to_multiple(text: dict[str, torch.Tensor], multiple: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad input_ids / attention_mask / labels to a multiple of ``multiple`` (loss unchanged)."""
-    if multiple <= 1:
-        return text
-    length = text["input_ids"].shape[1]
-    extra = (-length) % multiple
-    if not extra:
-        return text
-    out = dict(text)
-    b = text["input_ids"].shape[0]
-    fills = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}
-    for key, fill in fills.items():
-        if key in text:
-            t = text[key]
-            out[key] = torch.cat([t, torch.full((b, extra), fill, dtype=t.dtype)], dim=1)
-    return out
-
-
-class UInt8Collate:
-    """``collate_fn`` for (uint8 HWC array, caption) items -> {pixels_uint8, input_ids, attention_mask, labels}.
-
-    ``normalize=True`` puts float ``pixel_values`` in the batch instead (for ``adapter.loss`` as is);
-    leave it off and call a :class:`PixelNormalizer` on the device. ``pad_multiple``: see
-    :func:`pad_to_multiple`. A class, not a lambda, so DataLoader workers can pickle it.
-    """
-
-    def __init__(self, adapter: CaptionModel, *, normalize: bool = False, pad_multiple: int = 1,
-                 with_pixels: bool = True) -> None:
-        self.adapter = adapter
-        self.normalize = normalize
-        self.pad_multiple = pad_multiple
-        self.with_pixels = with_pixels
-        self.normalizer = PixelNormalizer(adapter.processor.image_processor) if normalize else None
-
-    def __call__(self, items: list[tuple[np.ndarray, str]]) -> dict[str, torch.Tensor]:
-        captions = [c for _, c in items]
-        text = self.adapter.tokenize(captions)
-        pad_id = self.adapter.tokenizer.pad_token_id or 0
-        out: dict[str, torch.Tensor] = dict(pad_to_multiple(text, self.pad_multiple, pad_id))
-        if self.with_pixels:
-            pixels = torch.from_numpy(np.stack([np.asarray(p) for p, _ in items]))
-            if self.normalizer is not None:
-                out["pixel_values"] = self.normalizer(pixels)
-            else:
-                out["pixels_uint8"] = pixels
-        return out
-
-
-def caption_lengths(adapter: CaptionModel, captions: Sequence[str], chunk: int = 2048) -> list[int]:
-    """Token count of each caption as the adapter tokenizes it for training (pad excluded)."""
-    out: list[int] = []
-    for i in range(0, len(captions), chunk):
-        mask = adapter.tokenize(list(captions[i:i + chunk]))["attention_mask"]
-        out += mask.sum(dim=1).tolist()
-    return out
 
 
 class LengthBucketBatchSampler(Sampler[list[int]]):
@@ -177,10 +116,3 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return max(0, self.batches_per_process() - self.skip)
-
-
-def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
-    """Fraction of token slots that are padding when each batch pads to its longest caption."""
-    slots = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
-    real = sum(lengths[i] for b in batches for i in b)
-    return 1.0 - real / slots if slots else 0.0
