@@ -157,7 +157,7 @@ def synthetic_captions(n: int, *, lengths: str = "mixed", max_words: int = 48, s
 
 #: what the scripts time with (``set_clock``): wall time, or this process's CPU time
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-_clock: list[Callable[[], float]] = [time.perf_counter]
+_clock: list[Any] = [time.perf_counter, "wall"]
 
 
 def set_clock(name: str) -> None:
@@ -165,11 +165,16 @@ def set_clock(name: str) -> None:
     it leaves out the time other processes hold the CPU, so a ratio measured on a machine shared with
     other work is steadier (it still sees their pressure on caches and memory bandwidth). Wall time
     is the default and the figure for a GPU, whose work the CPU clock does not see."""
-    _clock[0] = CLOCKS[name]
+    _clock[:] = [CLOCKS[name], name]
 
 
 def clock() -> float:
     return _clock[0]()
+
+
+def clock_name() -> str:
+    """The clock in use: ``wall`` or ``cpu``."""
+    return _clock[1]
 
 
 def sync(device: torch.device | str) -> None:
@@ -323,7 +328,11 @@ def print_table(title: str, rows: list[tuple[str, dict[str, Any]]], rate_key: st
 
 def bench_device(name: str, threads: int | None, clock: str = "wall") -> torch.device:
     """The device a benchmark runs on (exits with a message when CUDA is asked for and absent) and the
-    clock it times with (:func:`set_clock`)."""
+    clock it times with (:func:`set_clock`; ``cpu`` on a CUDA device is wall time: the CPU clock does not
+    see GPU work, and the same command line then measures a GPU)."""
+    if clock == "cpu" and torch.device(name).type == "cuda":
+        print("note: --clock cpu does not see GPU work; timing with wall time", file=sys.stderr)
+        clock = "wall"
     set_clock(clock)
     if threads:
         torch.set_num_threads(threads)

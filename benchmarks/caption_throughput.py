@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clock", default="wall", choices=sorted(bu.CLOCKS),
-                   help="wall time, or the process's CPU time (steadier on a shared CPU machine; see bench_utils)")
+                   help="wall time, or the process's CPU time (steadier on a shared CPU machine; wall time on CUDA)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "caption_throughput", "environment": bu.environment(device), "command": " ".join(sys.argv),
         "family": adapter.family, "shapes": args.shapes, "batch_size": bs, "batches": args.batches,
-        "warmup": args.warmup, "image_size": size, "generation": gen, "clock": args.clock, "results": {},
+        "warmup": args.warmup, "image_size": size, "generation": gen, "clock": bu.clock_name(), "results": {},
     }
     captions: dict[str, list[str]] = {}
 

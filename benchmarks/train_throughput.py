@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clock", default="wall", choices=sorted(bu.CLOCKS),
-                   help="wall time, or the process's CPU time (steadier on a shared CPU machine; see bench_utils)")
+                   help="wall time, or the process's CPU time (steadier on a shared CPU machine; wall time on CUDA)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run every variant this many times, the order reversed every other round (a shared machine's "
                         "load then falls on both sides alike); each variant's figures are its median round, each "
@@ -269,7 +269,7 @@ def run_trainer(adapter: Any, args: argparse.Namespace, pil: list[Any], captions
     if fc.get("used"):  # built before the first step: the timed steps run on cached features
         out["feature_cache"] = fc
         rate = out["images_per_second_after_cache_build"] = out["images_per_second"]
-        build = fc["build_cpu_seconds"] if args.clock == "cpu" else fc["build_seconds"]  # on the bench's clock
+        build = fc["build_cpu_seconds"] if bu.clock_name() == "cpu" else fc["build_seconds"]  # on the bench's clock
         out["feature_cache_build_seconds"] = build
         for epochs in (1, 3, 10):  # the build once, then `epochs` passes over the cached images
             total = epochs * fc["records"]
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "train_throughput", "environment": bu.environment(device), "command": " ".join(sys.argv),
         "family": adapter.family, "shapes": args.shapes, "strategy": args.strategy, "batch_size": args.batch_size,
         "steps": args.steps, "warmup": args.warmup, "image_size": size, "max_tokens": args.max_tokens,
-        "captions": args.captions, "pool_images": n, "clock": args.clock, "rounds": args.rounds,
+        "captions": args.captions, "pool_images": n, "clock": bu.clock_name(), "rounds": args.rounds,
         "parameters": sum(p.numel() for p in adapter.model.parameters()), "results": {},
     }
     rounds: list[dict[str, Any]] = []

@@ -28,14 +28,15 @@ def _check_variant(r: dict, rate: str) -> None:
 @pytest.mark.slow
 def test_train_throughput_smoke(tmp_path):
     res = _run("train_throughput.py", tmp_path / "t.json", "--device", "cpu", "--shapes", "tiny", "--strategy",
-               "decoder_only", "--batch-size", "4", "--steps", "2", "--warmup", "1")
+               "decoder_only", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--clock", "cpu")
     assert res["benchmark"] == "train_throughput" and res["strategy"] == "decoder_only"
     assert set(res["results"]) == {"naive", "medblip", "trainer"} and res["ratio"] > 0 and res["ratio_trainer"] > 0
     for r in res["results"].values():
         _check_variant(r, "images_per_second")
     trainer = res["results"]["trainer"]  # medblip.training.train on the same images, from the image cache
     assert trainer["steps"] == 3 and trainer["options"]["image_cache"] and trainer["feature_cache"]["used"]
-    assert trainer["images_per_second_after_cache_build"] >= trainer["images_per_second"]
+    assert trainer["images_per_second_after_cache_build"] >= trainer["amortized_images_per_second_3_epochs"] > 0
+    assert trainer["options"]["length_buckets"] and res["clock"] == "cpu" and res["ratio_trainer_amortized_3_epochs"] > 0
     med = res["results"]["medblip"]
     assert med["options"]["feature_cache"] and med["feature_cache"]["images"] == res["pool_images"]
     assert "amortized_images_per_second_10_epochs" in med
@@ -46,10 +47,12 @@ def test_train_throughput_smoke(tmp_path):
 def test_caption_throughput_smoke(tmp_path):
     res = _run("caption_throughput.py", tmp_path / "c.json", "--device", "cpu", "--shapes", "tiny", "--batch-size",
                "4", "--batches", "1", "--warmup", "0", "--beams", "3", "--max-new-tokens", "6")
-    assert set(res["results"]) == {"naive", "medblip"} and res["ratio"] > 0
+    assert set(res["results"]) == {"naive", "medblip", "evaluate"} and res["ratio"] > 0 and res["ratio_evaluate"] > 0
     for r in res["results"].values():
         _check_variant(r, "captions_per_second")
     assert res["identical_captions"] == 1.0  # fp32 on CPU: the same captions
+    # evaluate's predict() captions through the fast captioner, with generate's captions
+    assert res["identical_captions_evaluate"] == 1.0 and res["results"]["evaluate"]["captioner"]["path"] == "fast"
     assert res["generation"] == {"num_beams": 3, "max_new_tokens": 6, "min_new_tokens": 6}
 
 

@@ -13,9 +13,9 @@ gloo on CPU). What it writes into the run folder (``config.output.dir``)::
     checkpoints/best/      HF checkpoint with the best validation score
 
 Exactness of ``--resume``: the batch order of every epoch is a function of (seed, epoch) only
-(:func:`~medblip.training.data.epoch_sampler`); checkpoints are written only at optimizer-step boundaries; the state
-restores optimizer, scheduler, gradient scaler, every RNG, the position inside the epoch and the
-early-stopping bookkeeping. With ``train.deterministic`` and ``data.num_workers: 0`` on CPU a run
+(:func:`~medblip.training.data.epoch_sampler`); checkpoints are written only at optimizer-step
+boundaries; the state restores optimizer, scheduler, gradient scaler, every RNG, the position inside
+the epoch and the early-stopping bookkeeping. With ``train.deterministic`` and ``data.num_workers: 0`` on CPU a run
 killed and resumed ends with the same weights, bit for bit, as one that never stopped.
 
 Pieces kept elsewhere so that this file is the loop: the frozen-encoder feature cache
