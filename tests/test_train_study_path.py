@@ -162,6 +162,8 @@ def test_checkpoint_decodes_with_plain_transformers_as_medblip_does(word_blip: P
         pipeline,
     )
 
+    import medblip
+
     images = [Image.new("RGB", (64, 64), (30 * i, 90, 160)) for i in range(2)]
     # a run whose captions are longer than transformers' default length (20): the pipeline must not cut them
     raw = experiment(word_blip, small_synth_dir, tmp_path / "run", max_steps=1, val_subset=2,
@@ -178,6 +180,10 @@ def test_checkpoint_decodes_with_plain_transformers_as_medblip_does(word_blip: P
     proc = AutoProcessor.from_pretrained(ckpt)
     out = plain.generate(**proc(images=images, return_tensors="pt"), generation_config=GenerationConfig.from_pretrained(ckpt))
     assert [t.strip() for t in proc.batch_decode(out, skip_special_tokens=True)] == ours
+    # greedy settings need no argument at all: BLIP's text config carries the length limits
+    out = plain.generate(**proc(images=images, return_tensors="pt"))
+    assert [t.strip() for t in proc.batch_decode(out, skip_special_tokens=True)] == ours
+    assert medblip.load(ckpt).caption(images) == ours, "medblip.load decodes with the checkpoint's settings"
     # beam search too, on a family whose generate reads generation_config.json itself
     vit = create_model(twin("nlpconnect/vit-gpt2-image-captioning"))
     beams = GenerationSettings(num_beams=3, max_new_tokens=8, min_new_tokens=8)
