@@ -134,7 +134,7 @@ def test_model_load_options_in_the_config(tiny_blip_dir: Path, small_synth_dir: 
     assert model._max_length() == 12
     raw["model"].update(device_map=None, load_in_8bit=True)
     if importlib.util.find_spec("bitsandbytes") is None:
-        with pytest.raises(MedblipError, match=r"load_in_8bit needs bitsandbytes .*pip install 'medblip\[quantization\]'"):
+        with pytest.raises(MedblipError, match=r"load_in_8bit needs bitsandbytes, .*pip install 'medblip\[quantization\]'"):
             create_model(tiny_blip_dir, **validate_config(raw).model.family_options())
     with pytest.raises(ConfigError, match="quantized weights cannot be trained with strategy full; use strategy lora"):
         run(validate_config(raw))

@@ -474,10 +474,18 @@ class CaptionModel(ABC):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        base = self.base_model
+        base, peft = self.base_model, self.model if self.is_peft else None
+        if peft is not None and getattr(base, "is_quantized", False):
+            # QLoRA: adding the deltas to 4/8-bit weights would round them away; the checkpoint holds the
+            # dequantized weights with the deltas merged (a copy: the live model keeps training quantized)
+            import copy
+
+            peft = copy.deepcopy(peft)
+            base = peft.get_base_model()
+            base.dequantize()
         with carried_generation_settings(base, generation):
-            if self.is_peft:
-                base.save_pretrained(directory, state_dict=merged_state_dict(self.model))
+            if peft is not None:
+                base.save_pretrained(directory, state_dict=merged_state_dict(peft))
             else:
                 base.save_pretrained(directory)
         self.processor.save_pretrained(directory)
