@@ -28,8 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 _SHIPPED = "tests/test_configs_shipped.py runs this config end to end with twins of its models"
 _REAL = "real hub weights, ROCOv2 at /data/rocov2 and a GPU; " + _SHIPPED
 _MINUTES = "a minute or more of CPU per run on 2 cores; " + _SHIPPED + " for a few steps"
-_SERVER = ("a server that runs until stopped, on the fixed port 7860 of a shared machine; "
-           "tests/test_serve_e2e.py starts `medblip serve` with these options on a free port")
 
 PY_1440 = ("python -c \"import csv; print('\\n'.join(r['Caption'] for r in csv.DictReader(open("
            "'demo/synth-1440/train_captions.csv'))))\" > demo/synth-1440/captions.txt")
@@ -95,6 +93,13 @@ RUN_ELSEWHERE: dict[str, str] = {
         "tests/test_train_study_path.py::test_accelerate_launch_command_of_ddp_yaml_trains_in_two_processes",
 }
 
+_SERVE_TEST = "tests/test_documented_commands.py::test_readme_serve_commands_run_as_written"
+SERVE_KEY = 'export MEDBLIP_API_KEY=$(python -c "import secrets; print(secrets.token_urlsafe(24))")'
+SERVED = ["medblip serve --model runs/roco-blip-full",
+          "medblip serve --model full=runs/roco-blip-full --model lora=runs/roco-blip-lora",
+          "medblip serve --model runs/roco-blip-full --host 0.0.0.0"]
+RUN_ELSEWHERE.update({line: _SERVE_TEST for line in [*SERVED, SERVE_KEY]})
+
 NOT_RUN: dict[str, str] = {
     "make demo": "creates .venv with pip (network or the wheel on disk; minutes), then the ~5 minute demo; "
                  "tests/test_demo.py runs `medblip demo --quick`",
@@ -145,11 +150,6 @@ NOT_RUN: dict[str, str] = {
     "accelerate launch --config_file configs/accelerate/fsdp_blip2.yaml -m medblip train configs/blip2_zero_shot.yaml "
     "--set strategy.name=qformer_only --set train.epochs=5 --set model.dtype=float32 --set train.mixed_precision=bf16 "
     "--set output.dir=runs/roco-blip2-qformer": "FSDP over GPUs; " + _REAL,
-    "medblip serve --model runs/roco-blip-full": _SERVER,
-    "medblip serve --model full=runs/roco-blip-full --model lora=runs/roco-blip-lora": _SERVER,
-    "medblip serve --model runs/roco-blip-full --host 0.0.0.0": _SERVER + " (and would listen on the network)",
-    'export MEDBLIP_API_KEY=$(python -c "import secrets; print(secrets.token_urlsafe(24))")':
-        "sets a variable of the user's shell for the next line (tests/test_serve_e2e.py serves with a key)",
     "GEMINI_API_KEY=... medblip caption scans/ --api https://generativelanguage.googleapis.com/v1beta/openai/ "
     "--api-model gemini-2.5-flash --api-key-env GEMINI_API_KEY --api-requests-per-minute 15 --out gemini.csv":
         "Gemini over the network with a key; tests/test_api_captioner.py captions through `medblip serve`'s API",
@@ -339,3 +339,62 @@ def test_documented_commands_run_as_written(tmp_path: Path, medblip_cli, monkeyp
     for run in ("synth-blip-zero-shot", "synth-blip2-zero-shot", "synth-instructblip-zero-shot"):
         assert json.loads((tmp_path / "demo" / "runs" / run / "result.json").read_text())["status"] == "zero_shot"
     assert "CIDEr" in json.loads((tmp_path / "scores" / "metrics.json").read_text())["metrics"]
+
+
+@pytest.mark.slow
+def test_readme_serve_commands_run_as_written(tmp_path: Path) -> None:
+    """The README's `medblip serve` lines, each started as written (port 7860) in a folder holding the runs
+    they name, until the page and API answer; the last one after the README's `export MEDBLIP_API_KEY=...`
+    in the same shell: the API then wants the key."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    from medblip.models import init_tiny
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 7860)) == 0:
+            pytest.skip("port 7860 is in use on this machine")
+    for run in ("roco-blip-full", "roco-blip-lora"):
+        init_tiny("blip", tmp_path / "runs" / run / "checkpoints" / "best", image_size=32, seed=0)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    assert all(line in readme_shell_lines() for line in [*SERVED, SERVE_KEY])
+
+    def get(path: str, key: str | None = None) -> tuple[int, str]:
+        request = urllib.request.Request("http://127.0.0.1:7860" + path,
+                                         headers={"Authorization": f"Bearer {key}"} if key else {})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    for line in SERVED:
+        keyed = "--host 0.0.0.0" in line
+        script = (f"{SERVE_KEY}\necho \"$MEDBLIP_API_KEY\" > key.txt\n" if keyed else "") + f"exec {line}\n"
+        log = (tmp_path / "serve.log").open("w")
+        proc = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    if get("/health")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.5)
+            assert proc.poll() is None, f"`{line}` exited:\n{(tmp_path / 'serve.log').read_text()[-2000:]}"
+            key = (tmp_path / "key.txt").read_text().strip() if keyed else None
+            status, body = get("/v1/models", key)
+            assert status == 200, (line, status, body)
+            names = [m["id"] for m in json.loads(body)["data"]]
+            assert names == (["full", "lora"] if "lora=" in line else ["roco-blip-full/best"]), names
+            assert get("/", key)[0] == 200
+            if keyed:
+                assert len(key) > 20 and get("/v1/models")[0] == 401 and get("/v1/models", "wrong")[0] == 401
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            log.close()
