@@ -155,6 +155,7 @@ def test_checkpoint_decodes_with_plain_transformers_as_medblip_does(word_blip: P
                                                                    tmp_path: Path, twin: Any) -> None:
     from PIL import Image
     from transformers import (
+        AutoModelForImageTextToText,
         AutoProcessor,
         BlipForConditionalGeneration,
         GenerationConfig,
@@ -192,6 +193,16 @@ def test_checkpoint_decodes_with_plain_transformers_as_medblip_does(word_blip: P
     plain_vit = VisionEncoderDecoderModel.from_pretrained(tmp_path / "vit")
     ids = plain_vit.generate(pixel_values=vit.pixel_values(images))
     assert vit.decode(ids) == vit.generate(images, beams)
+    # BLIP-2 generates through its inner language model, as BLIP does: the length limits need no argument
+    blip2 = create_model(twin("Salesforce/blip2-opt-2.7b"))
+    greedy = GenerationSettings(num_beams=1, max_new_tokens=7, min_new_tokens=7)
+    blip2.save(tmp_path / "blip2", generation=greedy)
+    plain_blip2 = AutoModelForImageTextToText.from_pretrained(tmp_path / "blip2")
+    proc2 = AutoProcessor.from_pretrained(tmp_path / "blip2")
+    out = plain_blip2.generate(**proc2(images=images, text=[""] * len(images), return_tensors="pt"))
+    ours2 = blip2.generate(images, greedy)
+    assert [t.strip() for t in proc2.batch_decode(out, skip_special_tokens=True)] == ours2
+    assert medblip.load(tmp_path / "blip2").caption(images) == ours2
 
 
 # -- 9: --no-progress silences transformers' bars, and a library caller gets its setting back ----------------
