@@ -112,7 +112,8 @@ def training_curves(runs: Sequence[Mapping[str, Any]], path: str | Path) -> tupl
             break
     what = {"train": "training loss", "val_loss": "validation loss"}
     shown = [what.get(p, f"validation {p}") for p in panels]
-    caption = (", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]).capitalize()
+    caption = ", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]
+    caption = caption[0].upper() + caption[1:]
     caption += " against the optimizer step"
     if before_training:
         caption += "; step 0: before training"
