@@ -694,3 +694,10 @@ def test_report_layout_at_phone_and_desktop_width(built: dict[str, Path], tmp_pa
             page.close()
         browser.close()
     _assert_png_not_blank(tmp_path / "report_1400.png")
+
+
+def test_markdown_names_the_chosen_metrics(built: dict[str, Path]) -> None:
+    md = (built["out"] / "report.md").read_text(encoding="utf-8")
+    assert "Metrics chosen: `coco`, `clinical`, `bertscore`, `bleurt`." in md
+    assert "BERTScore-F1: `microsoft/deberta-xlarge-mnli` (revision 8a3c1f2e9d7b)" in md
+    assert "Not computed: BLEURT: BLEURT-20 needs TensorFlow" in md
