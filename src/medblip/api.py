@@ -110,8 +110,8 @@ def load(name_or_path: str | Path, device: str | None = None, dtype: str | None 
     ``float32``, ``bfloat16``, ``float16`` (default: the checkpoint's). ``generation``: default
     settings of every ``caption`` call. ``options``: family options (e.g. ``prompt`` for BLIP-2).
     """
-    from medblip.models.loading import auto_device, resolve_checkpoint
     from medblip.models import create_model
+    from medblip.models.loading import auto_device, resolve_checkpoint
 
     checkpoint, run_options, _ = resolve_checkpoint(name_or_path)
     adapter = create_model(checkpoint, family=family, dtype=dtype, device=auto_device(device),
