@@ -123,7 +123,11 @@ def train_one_thread(cfg: ExperimentConfig, **kw: Any) -> Any:
 
 
 def train_recipe(root: Path, recipe: dict[str, Any]) -> TrainedTinyBlip:
-    """Render the recipe's synthetic benchmark, init its tiny BLIP, train it with ``medblip.training``."""
+    """Render the recipe's synthetic benchmark, init its tiny BLIP, train it with ``medblip.training``.
+
+    The recipes' models are medblip's own tiny BLIPs, not twins of BLIP-base: a twin keeps the published
+    384 px input, 16 px patches and 30,524-token vocabulary, which trains an order of magnitude slower on
+    a CPU (the shipped configs' tests use twins: tests/test_configs_shipped.py)."""
     from medblip.data.synth import generate, load_facts
     from medblip.models import init_tiny
     from medblip.training.trainer import train
