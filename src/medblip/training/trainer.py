@@ -14,17 +14,15 @@ gloo on CPU). What it writes into the run folder (``config.output.dir``)::
 
 Exactness of ``--resume``: the batch order of every epoch is a function of (seed, epoch) only
 (:func:`~medblip.training.data.epoch_sampler`); checkpoints are written only at optimizer-step
-boundaries; the state restores optimizer, scheduler, gradient scaler, every RNG, the position inside
-the epoch and the early-stopping bookkeeping. With ``train.deterministic`` and ``data.num_workers: 0`` on CPU a run
-killed and resumed ends with the same weights, bit for bit, as one that never stopped.
+boundaries; the state restores optimizer, scheduler, gradient scaler, every RNG, the position in the
+epoch and the early-stopping bookkeeping. With ``train.deterministic`` and ``data.num_workers: 0`` on
+CPU a run killed and resumed ends with the same weights, bit for bit, as one that never stopped.
 
-Pieces kept elsewhere so that this file is the loop: the frozen-encoder feature cache
-(``train.cache_features``, :mod:`~medblip.training.feature_cache`), the validation pass
-(:mod:`~medblip.training.validation`), the run's files and its stop flag
-(:mod:`~medblip.training.runfiles`), checkpoints and the resume state (:mod:`~medblip.training.checkpoint`),
-the kernels of ``train.sdpa`` / ``train.tf32`` and the fused AdamW (:mod:`medblip.perf.fast_train`), the
-batches (:mod:`~medblip.training.data`: uint8 images normalised by a lookup table, captions tokenized
-once, length buckets). The loop's position and early-stopping bookkeeping is one :class:`LoopState`.
+Kept elsewhere so that this file is the loop: the feature cache (:mod:`~medblip.training.feature_cache`),
+validation (:mod:`~medblip.training.validation`), the run's files and stop flag (:mod:`~medblip.training.runfiles`),
+checkpoints (:mod:`~medblip.training.checkpoint`), kernels and fused AdamW (:mod:`medblip.perf.fast_train`),
+batches (:mod:`~medblip.training.data`: uint8 images through a lookup table, captions tokenized once,
+length buckets). The loop's position and early-stopping bookkeeping is one :class:`LoopState`.
 """
 
 from __future__ import annotations
