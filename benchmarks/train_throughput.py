@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default=None, help="comma list of naive, naive_bf16, medblip, trainer")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="medblip's precision")
     p.add_argument("--no-sdpa", action="store_true")
-    p.add_argument("--no-bucketing", action="store_true")
+    p.add_argument("--no-bucketing", action="store_true", help="the fast step without length buckets")
+    p.add_argument("--length-buckets", action="store_true",
+                   help="the trainer variant with train.length_buckets: true (default: the config default, off)")
     p.add_argument("--no-feature-cache", action="store_true", help="decoder_only without cached features")
     p.add_argument("--compile", action="store_true", help="torch.compile medblip's module")
     p.add_argument("--lr", type=float, default=1e-5)
@@ -234,7 +236,7 @@ def run_trainer(adapter: Any, args: argparse.Namespace, pil: list[Any], captions
             "strategy": {"name": args.strategy},
             "train": {"max_steps": steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                       "mixed_precision": "bf16" if cuda and args.precision != "fp32" else "no",
-                      "sdpa": "off" if args.no_sdpa else "auto", "length_buckets": not args.no_bucketing,
+                      "sdpa": "off" if args.no_sdpa else "auto", "length_buckets": args.length_buckets,
                       "cache_features": "off" if args.no_feature_cache else "auto",
                       "warmup_steps": 0, "eval_every_epochs": None, "val_generate": False},
             "output": {"dir": str(root / "run")},
