@@ -4,10 +4,12 @@ Register them once in ``tests/conftest.py`` with ``pytest_plugins = ["_train_fix
 
 - ``tiny_blip_dir``: a tiny random BLIP checkpoint folder (the default ``init_tiny`` sizes).
 - ``small_synth_dir``: a 60-image synthetic benchmark at 64 px (48 train / 6 validation / 6 test).
-- ``trained_tiny_blip``: a tiny BLIP trained from scratch by ``medblip.training.train`` with the full
-  demo's recipe (1440 images, 8 px patches; one to two minutes of CPU). It names the modality of ~0.9 of
-  the test images and its attention points at the lesion beyond chance: the interpretability tests'
-  model, and what ``medblip demo`` shows. See :class:`TrainedTinyBlip`.
+- ``demo_standin``: the full demo's data (1440 synthetic images) and its pretrained tiny BLIP stand-in
+  (``medblip.experiments.pretrain``, the full recipe of configs/pretrain_tiny.yaml; two to three minutes
+  of CPU): the zero-shot system of the demo and the start of its fine-tuning. See :class:`DemoStandin`.
+- ``trained_tiny_blip``: that stand-in fine-tuned by ``medblip.training.train`` with the full demo's
+  recipe (all parameters; about a minute of CPU): the fine-tuned BLIP of ``medblip demo``, the
+  interpretability and demo-shape tests' model. See :class:`TrainedTinyBlip`.
 - ``learned_tiny_blip``: the same with the learning recipe (10,000 images, 16 px patches; about 3
   minutes on 2 CPU threads): it names the modality and the lesion's side. The trainer's learning tests.
 """
@@ -24,9 +26,18 @@ import pytest
 import torch
 
 from medblip.experiments.demo import FULL as DEMO_FULL
-from medblip.experiments.demo import LEARN
+from medblip.experiments.demo import LEARN, STANDIN_FAMILIES
 from medblip.perf.threads import torch_threads
 from medblip.training.config import ExperimentConfig, validate_config
+
+
+@dataclass(frozen=True)
+class DemoStandin:
+    """The full demo's synthetic benchmark (``data_dir``, ROCOv2 layout + facts + masks) and its
+    pretrained BLIP stand-in (``model_dir``, with ``pretrain.json``), made as ``medblip demo`` makes them."""
+
+    model_dir: Path
+    data_dir: Path
 
 
 @dataclass(frozen=True)
@@ -90,27 +101,47 @@ def train_one_thread(cfg: ExperimentConfig, **kw: Any) -> Any:
         torch.use_deterministic_algorithms(deterministic)
 
 
-def train_recipe(root: Path, recipe: dict[str, Any]) -> TrainedTinyBlip:
-    """Render the recipe's synthetic benchmark, init its tiny BLIP, train it with ``medblip.training``."""
+def train_recipe(root: Path, recipe: dict[str, Any], model: Path | None = None, data: Path | None = None,
+                 **overrides: Any) -> TrainedTinyBlip:
+    """Train ``model`` (default: a tiny random BLIP of ``recipe["blip"]``) on ``data`` (default: the
+    recipe's synthetic benchmark, rendered here) with the recipe's ``train`` section (plus ``overrides``)."""
     from medblip.data.synth import generate, load_facts
     from medblip.models import init_tiny
     from medblip.training.trainer import train
 
-    data = root / "synth"
-    generate(data, **recipe["synth"])
-    # The tokenizer is trained on the benchmark's own captions, so captions are short token sequences.
-    model = init_tiny("blip", root / "init", captions=train_captions(data), **recipe["blip"])
+    if data is None:
+        data = root / "synth"
+        generate(data, **recipe["synth"])
+    if model is None:
+        # The tokenizer is trained on the benchmark's own captions, so captions are short token sequences.
+        model = init_tiny("blip", root / "init", captions=train_captions(data), **recipe["blip"])
     with torch_threads(min(2, os.cpu_count() or 1)):  # the recipes' times are measured with 2 threads
-        result = train(experiment(model, data, root / "run", **recipe["train"]), progress=False)
+        result = train(experiment(model, data, root / "run", **{**recipe["train"], **overrides}), progress=False)
     assert result.status == "completed" and result.best_checkpoint
     return TrainedTinyBlip(model_dir=Path(result.best_checkpoint), data_dir=data, run_dir=root / "run",
                            facts=load_facts(data))
 
 
 @pytest.fixture(scope="session")
-def trained_tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> TrainedTinyBlip:
-    # The full demo's recipe, so that the interpretability tests prove what the demo shows.
-    return train_recipe(tmp_path_factory.mktemp("trained-tiny-blip"), DEMO_FULL)
+def demo_standin(tmp_path_factory: pytest.TempPathFactory) -> DemoStandin:
+    # As the demo's "models" stage makes it: the full pretraining recipe, the benchmark's captions in the tokenizer.
+    from medblip.data.synth import generate
+    from medblip.experiments.pretrain import load_recipe, pretrain_tiny
+
+    assert "blip" in STANDIN_FAMILIES
+    root = tmp_path_factory.mktemp("demo-standin")
+    data = root / "synth"
+    generate(data, **DEMO_FULL["synth"])
+    model = pretrain_tiny("blip", root / "tiny-blip", recipe=load_recipe("blip", DEMO_FULL["pretrain"]),
+                          captions=train_captions(data))
+    return DemoStandin(model_dir=model, data_dir=data)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_blip(tmp_path_factory: pytest.TempPathFactory, demo_standin: DemoStandin) -> TrainedTinyBlip:
+    # The full demo's fine-tuning of its stand-in, so that the interpretability tests prove what the demo shows.
+    return train_recipe(tmp_path_factory.mktemp("trained-tiny-blip"), DEMO_FULL, model=demo_standin.model_dir,
+                        data=demo_standin.data_dir)
 
 
 @pytest.fixture(scope="session")
