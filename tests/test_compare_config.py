@@ -10,7 +10,7 @@ import pytest
 
 import medblip.cli.evaluate_cmd  # noqa: F401  (registers evaluate/compare on the app)
 from medblip.errors import ConfigError
-from medblip.evaluation.compare import load_compare_config
+from medblip.experiments.compare import load_compare_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_good_config(workdir):
     (GOOD.replace("split: valid", "split: valid\nbootstrapp: 10"), r"cmp\.yaml: bootstrapp: unknown key"),
     (GOOD.replace("generation: {max_new_tokens: 20}", "generation: {max_tokens: 20}"),
      r"cmp\.yaml: systems\[0\]\.generation: unknown generation setting 'max_tokens'"),
-    (GOOD.replace("    model: some/model\n", ""), r"cmp\.yaml: systems\[0\]: .*exactly one of 'model' or 'predictions'"),
+    (GOOD.replace("    model: some/model\n", ""), r"cmp\.yaml: systems\[0\]: .*exactly one of 'model', 'api' or 'predictions'"),
     (GOOD.replace("predictions: api.jsonl", "predictions: api.jsonl\n    family: blip"),
      r"systems\[1\]: .*'family' only applies to a 'model' system"),
     (GOOD.replace("predictions: api.jsonl", "predictions: missing.jsonl"),
@@ -64,7 +64,7 @@ def test_good_config(workdir):
     (GOOD.replace("data: data\n", ""), r"cmp\.yaml: data: required: system 'base'"),
     (GOOD.replace("data: data", "data: elsewhere"), r"cmp\.yaml: data: no such file or folder: elsewhere"),
     (GOOD.replace("significance", "x") + "significance: wilcoxon\n", r"cmp\.yaml: significance: "),
-    ("systems: [\n", r"cmp\.yaml: invalid YAML \(line \d+: "),
+    ("systems: [\n", r"cmp\.yaml:\d+: invalid YAML \("),
     ("- a\n- b\n", r"cmp\.yaml: expected a mapping"),
     ("data: data\nsystems: []\nreference: x\n", r"cmp\.yaml: systems: "),
 ])
@@ -75,7 +75,7 @@ def test_bad_config_is_one_line_naming_file_and_key(workdir, text, pattern):
 
 
 def test_missing_config_file(workdir):
-    with pytest.raises(ConfigError, match=r"nope\.yaml: no such config file"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
         load_compare_config(workdir / "nope.yaml")
 
 
@@ -97,7 +97,7 @@ def test_shipped_configs_validate(name, monkeypatch, tmp_path):
     """The shipped configs parse and pass schema checks (their data/models need not exist here)."""
     import yaml
 
-    from medblip.evaluation.compare import CompareConfig
+    from medblip.experiments.compare import CompareConfig
 
     raw = yaml.safe_load((REPO / "configs" / name).read_text(encoding="utf-8"))
     cfg = CompareConfig.model_validate(raw)

@@ -87,10 +87,9 @@ def test_compare_end_to_end(bench, tmp_path, medblip_cli, capsys):
     metrics = comp["metrics"]
     assert len(metrics) >= 8  # BLEU-1..4, METEOR, ROUGE-L, CIDEr, clinical metrics, ...
     # every metric of score_predictions is in the table, for every system
-    own = json.loads((out / "systems" / "api" / "metrics.json").read_text())
-    from medblip.evaluation.compare import extract_metrics
+    from medblip.results import Scores
 
-    assert set(extract_metrics(own)[0]) == set(metrics)
+    assert set(Scores.read(out / "systems" / "api").metrics) == set(metrics)
     for name, s in systems.items():
         assert set(s["metrics"]) == set(metrics)
         for m, v in s["metrics"].items():
@@ -134,7 +133,7 @@ def test_compare_end_to_end(bench, tmp_path, medblip_cli, capsys):
 @pytest.mark.slow
 def test_compare_strict_ids_and_predictions_only(bench, tmp_path):
     from medblip.errors import MedblipError
-    from medblip.evaluation.compare import run_compare
+    from medblip.experiments.compare import run_compare
 
     with pytest.raises(MedblipError, match="id sets differ"):
         run_compare(_config(bench, tmp_path / "strict", strict_ids=True), progress=False)
@@ -164,5 +163,5 @@ def test_compare_strict_ids_and_predictions_only(bench, tmp_path):
                     {"name": "oracle", "predictions": str(copy)}]}))
     comp = run_compare(cfg, progress=False)
     assert comp.n_images == len(bench["ids"]) - 2
-    assert comp.excluded["total"] == 1  # NOT-IN-SPLIT is only in the api file
+    assert comp.excluded.total == 1  # NOT-IN-SPLIT is only in the api file
     assert (tmp_path / "p" / "comparison.png").stat().st_size > 0

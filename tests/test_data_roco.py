@@ -60,7 +60,7 @@ def roco_root(tmp_path, write_image) -> Path:
 
 
 def test_roco_records_meta_and_both_image_names(roco_root):
-    ds = load_dataset(roco_root)
+    ds = load_dataset(roco_root, roco_subsets=("radiology", "non-radiology"))
     assert ds.report.format == "roco"
     assert [r.id for r in ds.split("train")] == ["ROCO_00001", "ROCO_00002", "ROCO_00003", "ROCO_00006"]
     by_id = {r.id: r for r in ds.records}
@@ -82,7 +82,7 @@ def test_roco_records_meta_and_both_image_names(roco_root):
 
 
 def test_roco_quirks_are_counted_with_file_and_line(roco_root):
-    ds = load_dataset(roco_root)
+    ds = load_dataset(roco_root, roco_subsets=("radiology", "non-radiology"))
     rep = ds.report
     assert dict(rep.dropped) == {"image missing": 1, "duplicate id": 1, "invalid UTF-8": 1,
                                  "empty caption": 1, "malformed line": 1}
@@ -116,19 +116,33 @@ def test_roco_keep_missing_images_and_caption_options(roco_root):
 
 @pytest.mark.parametrize("sub", ["", "data", "data/train", "data/train/radiology"])
 def test_roco_root_may_be_parent_data_split_or_subset(roco_root, sub):
-    ds = load_dataset(roco_root / sub, format="roco")
+    ds = load_dataset(roco_root / sub, format="roco", roco_subsets=("radiology", "non-radiology"))
     expected = 6 if sub in ("", "data") else 4
     assert len(ds) == expected
 
 
 def test_roco_split_filter_and_errors(roco_root, tmp_path):
-    assert {r.split for r in load_dataset(roco_root, splits=["valid", "test"])} == {"validation", "test"}
+    assert {r.split for r in load_dataset(roco_root, splits=["valid", "test"], roco_subsets=("radiology", "non-radiology"))} == {"validation", "test"}
     odd = tmp_path / "misc" / "radiology"
     _write(odd, "captions.txt", "ROCO_1\t x\n")
     with pytest.raises(DataError, match=r"cannot tell the ROCO split.*found misc/"):
         find_roco_subsets(odd)
     with pytest.raises(DataError, match="no ROCO layout found"):
         load_dataset(tmp_path / "misc", format="roco")
+
+
+def test_roco_loads_the_radiology_subset_by_default(roco_root, tmp_path):
+    ds = load_dataset(roco_root)
+    assert {r.meta["subset"] for r in ds.records} == {"radiology"}
+    assert "ROCO_10001" not in {r.id for r in ds.records}
+    assert ds.report.excluded == {"ROCO non-radiology subset (roco_subsets)": 1}
+    assert "not loaded: ROCO non-radiology subset (roco_subsets): 1 records" in ds.report.summary()
+    only = load_dataset(roco_root, roco_subsets=["non-radiology"])
+    assert [r.id for r in only.records] == ["ROCO_10001"]
+    # a subset folder named on its own is loaded whatever it is
+    assert [r.id for r in load_dataset(roco_root / "data/validation/non-radiology", format="roco")] == ["ROCO_10001"]
+    with pytest.raises(DataError, match="'xray' is not one of radiology, non-radiology"):
+        load_dataset(roco_root, roco_subsets=["xray"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +154,7 @@ def real_roco(request):
     root = shared / "roco-text"
     if not root.is_dir():
         pytest.skip(f"{root} is absent")
-    return root, load_dataset(root, require_images=False)
+    return root, load_dataset(root, require_images=False, roco_subsets=("radiology", "non-radiology"))
 
 
 @pytest.mark.shared
@@ -170,12 +184,31 @@ def test_real_roco_metadata_parses_completely(real_roco):
 @pytest.mark.shared
 def test_real_roco_without_images_reports_every_record_missing(real_roco):
     root, _ = real_roco
-    ds = load_dataset(root)
+    ds = load_dataset(root)  # the radiology subset (the default)
     rep = ds.report
-    assert len(ds) == 0 and rep.dropped == {"image missing": 8791}
+    assert len(ds) == 0 and rep.dropped == {"image missing": 8180}
     summary = rep.summary()
-    assert "0 records kept (none); 8791 dropped" in summary
-    assert "dropped: image missing: 8791" in summary
+    assert "0 records kept (none); 8180 dropped" in summary
+    assert "dropped: image missing: 8180" in summary
     assert "validation/radiology/captions.txt:1: ROCO_00020: no images/ folder" in summary
-    assert "images folder missing: 2" in summary
+    assert "images folder missing: 1" in summary
+    assert "not loaded: ROCO non-radiology subset (roco_subsets): 611 records" in summary
     assert "text-only release" in summary
+
+
+@pytest.mark.shared
+def test_validate_reports_both_roco_subsets(shared_dir, tmp_path, medblip_cli, capsys):
+    """The study's default keeps the 8,180 radiology records and says that 611 non-radiology ones were left out."""
+    import json
+
+    out = tmp_path / "v.json"
+    assert medblip_cli("data", "validate", str(shared_dir / "roco-text"), "--allow-missing-images",
+                       "--sample", "0", "--out", str(out)) == 0
+    result = json.loads(out.read_text())
+    assert result["records"] == 8180
+    assert result["roco_subsets"] == {"loaded": {"radiology": 8180},
+                                      "not_loaded": {"ROCO non-radiology subset (roco_subsets)": 611}}
+    assert "ROCO subsets loaded: radiology 8180; not loaded: ROCO non-radiology subset" in capsys.readouterr().out
+    assert medblip_cli("data", "validate", str(shared_dir / "roco-text"), "--allow-missing-images", "--sample", "0",
+                       "--roco-subsets", "radiology,non-radiology", "--out", str(out)) == 0
+    assert json.loads(out.read_text())["roco_subsets"]["loaded"] == {"radiology": 8180, "non-radiology": 611}

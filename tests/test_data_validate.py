@@ -77,7 +77,7 @@ def test_cli_validate_writes_json_and_markdown(tmp_path, write_image):
     assert f"wrote {out}" in result.output
 
 
-def test_cli_validate_limit_seed_and_default_out(tmp_path, write_image):
+def test_cli_validate_limit_seed_and_no_files_without_out(tmp_path, write_image):
     root = _manifest(tmp_path / "m", write_image)
     cwd = os.getcwd()
     os.chdir(tmp_path)
@@ -87,8 +87,8 @@ def test_cli_validate_limit_seed_and_default_out(tmp_path, write_image):
     finally:
         os.chdir(cwd)
     assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "validate-m.json").read_text())
-    assert data["records"] == 1 and data["load_report"]["limited"] == {"train": [2, 1]}
+    assert "limit: train subset to 1 of 2" in result.output and "1 usable records" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # printed, nothing written
 
 
 def test_cli_validate_zero_usable_records_is_fatal(tmp_path):
@@ -112,7 +112,8 @@ def test_cli_validate_real_roco_text_only(shared_dir, tmp_path):
     if not root.is_dir():
         pytest.skip(f"{root} is absent")
     out = tmp_path / "roco.json"
-    result = CliRunner().invoke(app, ["data", "validate", str(root), "-o", str(out), "--allow-missing-images"])
+    result = CliRunner().invoke(app, ["data", "validate", str(root), "-o", str(out), "--allow-missing-images",
+                                      "--roco-subsets", "radiology,non-radiology"])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["records"] == 8791 and data["load_report"]["warnings"]["image missing"] == 8791

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import medblip.cli.experiment_cmd  # noqa: F401  (registers the commands before cli/__init__ imports it)
 from medblip.cli.app import app
 from medblip.errors import ConfigError, MedblipError
-from medblip.experiments.demo import FULL, DemoOptions, run_demo, shipped_config
+from medblip.experiments.demo import DemoOptions, load_recipe, run_demo, shipped_config
 
 runner = CliRunner()
 
@@ -71,7 +71,7 @@ def test_quick_demo_end_to_end_and_rerun(tmp_path: Path) -> None:
 def test_refuses_a_foreign_folder_and_missing_data(tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(MedblipError, match="not empty and holds no demo run"):
+    with pytest.raises(MedblipError, match="not empty and is not an earlier output of `medblip demo`"):
         run_demo(DemoOptions(out=tmp_path / "mine", quick=True))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     with pytest.raises(MedblipError, match="--data .*no such file"):
@@ -98,7 +98,10 @@ def test_shipped_synth_ablation_config_is_the_demo_recipe() -> None:
     from medblip.training.config import load_config
 
     cfg = load_config(shipped_config("ablation_synth.yaml"))
-    for key, value in FULL["train"].items():
+    full = load_recipe("full")
+    for key, value in full.train.items():
         assert getattr(cfg.train, key) == value, key
-    assert cfg.generation.max_new_tokens == FULL["generation"]["max_new_tokens"]
-    assert cfg.data.image_size == FULL["blip"]["image_size"]
+    assert cfg.generation.max_new_tokens == full.generation["max_new_tokens"]
+    from medblip.experiments.pretrain import load_recipe as load_pretrain_recipe
+
+    assert cfg.data.image_size == load_pretrain_recipe("blip", full.pretrain).image_size

@@ -93,8 +93,9 @@ def test_fallback_tokenizer_imitates_ptb(text: str, tokens: str) -> None:
 
 
 def test_imageclef_preprocessing() -> None:
-    assert imageclef_preprocess("CT: a 5.2 cm mass (arrow), T2-weighted!") == "ct a number cm mass arrow tnumberweighted"
-    assert imageclef_preprocess("Mass  in\nthe LEFT lobe.") == "mass in the left lobe"
+    # the organisers' order: lower-case, digits -> "number", then punctuation deleted (so 5.2 -> numbernumber)
+    assert imageclef_preprocess("CT: a 5.2 cm mass (arrow), T2-weighted!") == "ct a numbernumber cm mass arrow tnumberweighted"
+    assert imageclef_preprocess("Mass  in\nthe LEFT lobe.") == "mass  in\nthe left lobe"
 
 
 @needs_java

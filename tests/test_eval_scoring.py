@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 import medblip.cli  # noqa: F401  (the app and its command modules)
-import medblip.cli.eval_cmd  # noqa: F401  (registers score and concepts)
+import medblip.cli.score_cmd  # noqa: F401  (registers score and concepts)
 from medblip.cli.app import app
 from medblip.errors import ConfigError, DataError
 from medblip.evaluation import (
@@ -25,6 +24,7 @@ from medblip.evaluation import (
 )
 from medblip.evaluation import tokenization as tokenization_module
 from medblip.evaluation.caption_metrics import pycocoevalcap_scores
+from medblip.evaluation.metric_sets import ScoringConfig, parse_model_options, select_metrics
 from medblip.evaluation.tokenization import java_available, ptb_tokenize
 
 CAPTIONS = [
@@ -110,25 +110,15 @@ def test_spice_is_reported_not_fatal() -> None:
     assert any(w.startswith("SPICE skipped") for w in result["warnings"])
 
 
-def test_bertscore_needs_its_package_and_uses_the_model_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_missing_metric_package_is_reported_and_the_rest_computed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "bert_score", None)  # makes 'import bert_score' fail
-    with pytest.raises(ConfigError, match="bert-score"):
-        score_predictions(_rows(WEAK), bootstrap=0, java=False, bertscore="/models/x")
-
-    calls = {}
-
-    def fake_score(cands, refs, model_type, **kwargs):
-        calls.update(model_type=model_type, **kwargs)
-        f1 = [0.5 if c != r[0] else 1.0 for c, r in zip(cands, refs, strict=True)]  # bert_score gives tensors
-        return f1, f1, f1
-
-    monkeypatch.setitem(sys.modules, "bert_score", types.SimpleNamespace(score=fake_score))
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text('{"num_hidden_layers": 6}')
-    result = score_predictions(_rows(WEAK), bootstrap=20, java=False, bertscore=str(model))
-    assert result["metrics"]["BERTScore-F1"]["value"] == pytest.approx(0.5)
-    assert calls["model_type"] == str(model) and calls["num_layers"] == 6
+    result = score_predictions(_rows(WEAK), bootstrap=0, java=False, metrics="coco,bertscore,bleurt")
+    assert "BLEU-4" in result["metrics"] and "BERTScore-F1" not in result["metrics"]
+    assert "medblip[imageclef]" in result["unavailable"]["BERTScore-F1"]
+    assert result["unavailable"]["BLEURT"].startswith("BLEURT not available")
+    assert "finding_f1" not in result["metrics"]  # clinical was not asked for
+    assert [w for w in result["warnings"] if "BERTScore" in w] == [result["unavailable"]["BERTScore-F1"]]
+    assert "| BERTScore-F1 | not available" in metrics_markdown(result)
 
 
 def test_row_validation_errors() -> None:
@@ -164,7 +154,7 @@ def test_compare_systems_small_p_for_better_large_for_identical() -> None:
     for name, entry in same.items():
         assert entry["difference"] == pytest.approx(0.0, abs=1e-12), name
         assert entry["p_value"] == 1.0, name
-    unknown = paired_test(weak, weak, metrics=["BLEU-4", "nope"], n=20, java=False)
+    unknown = paired_test(weak, weak, test_metrics=["BLEU-4", "nope"], n=20, java=False)
     assert unknown["nope"]["p_value"] is None and unknown["BLEU-4"]["p_value"] == 1.0
 
 
@@ -187,6 +177,34 @@ def test_write_metrics_json_and_markdown(tmp_path: Path) -> None:
     assert md.startswith("# Weak system")
     assert "| BLEU-4 |" in md and "| modality_accuracy |" in md and "Degeneration diagnostics" in md
     assert md == metrics_markdown(result, title="Weak system")
+
+
+# -- choosing metrics --------------------------------------------------------------------------------------
+def test_metric_sets_expand_and_bad_names_fail_with_the_known_ones() -> None:
+    assert select_metrics(None).parts == ("coco", "clinical")
+    clef = select_metrics("imageclef,clinical")
+    assert clef.parts == ("coco", "rouge1", "bertscore", "bleurt", "clipscore", "refclipscore", "clinical")
+    assert clef.imageclef_preprocessing and clef.needs_images
+    assert clef.model_for("bertscore") == "microsoft/deberta-xlarge-mnli"
+    assert clef.model_for("clipscore") == "openai/clip-vit-base-patch32"
+    assert not select_metrics("coco,bertscore").imageclef_preprocessing
+    with pytest.raises(ConfigError, match=r"--metrics: unknown metric or set 'bertscor' \(known: coco, clinical"):
+        select_metrics("coco,bertscor")
+    assert parse_model_options(["bertscore=/m/deberta", "CLIP=x/y"]) == {"bertscore": "/m/deberta", "clip": "x/y"}
+    with pytest.raises(ConfigError, match="unknown model key 'bleu'"):
+        parse_model_options(["bleu=/m"])
+    with pytest.raises(ConfigError, match="expected KEY=MODEL"):
+        parse_model_options(["/m/deberta"])
+    assert ScoringConfig(metrics="imageclef").metrics == ["imageclef"]
+    with pytest.raises(ValueError, match="unknown metric or set 'bleu'"):
+        ScoringConfig(metrics=["bleu"])
+
+
+def test_the_default_set_is_unchanged() -> None:
+    result = score_predictions(_rows(WEAK), bootstrap=0, java=False)
+    assert set(result["metrics"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr", "modality_accuracy",
+                                      "region_f1", "finding_f1", "laterality_agreement"}
+    assert "unavailable" not in result and "per_image" not in result and "model_metrics" not in result
 
 
 # -- CLI ------------------------------------------------------------------------------------------------

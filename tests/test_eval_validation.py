@@ -73,7 +73,8 @@ def test_medpix_modality_field_and_captions() -> None:
 
 @pytest.mark.slow
 def test_synthetic_benchmark_facts(tmp_path: Path) -> None:
-    synth = pytest.importorskip("medblip.data.synth", reason="the synthetic benchmark generator is not available")
+    from medblip.data import synth
+
     synth.generate(tmp_path, 200, seed=11, size=32)
     captions = {}
     for csv_path in sorted(tmp_path.glob("*_captions.csv")):

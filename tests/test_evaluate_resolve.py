@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from medblip.evaluation.predict import display_name, resolve_checkpoint
+from medblip.evaluation.predict import display_name
+from medblip.models.loading import resolve_checkpoint
 
 
 def _ckpt(folder):

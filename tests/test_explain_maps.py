@@ -206,5 +206,5 @@ def test_summarise_means() -> None:
            "centre": {"hit": 0.0, "hit_tol": 0.0, "energy": 0.2}}
     zero = {**row, "model": {"hit": 0.0, "hit_tol": 1.0, "energy": 0.1}}
     s = summarise([row, zero], 0.05, {"no finding": 3})
-    assert s.n == 2 and s.scores["model"]["hit"] == 0.5 and s.scores["model"]["energy"] == pytest.approx(0.3)
-    assert s.as_dict()["skipped"] == {"no finding": 3}
+    assert s.n == 2 and s.scores["model"].hit == 0.5 and s.scores["model"].energy == pytest.approx(0.3)
+    assert s.model_dump()["skipped"] == {"no finding": 3}

@@ -4,6 +4,7 @@ manual cross-entropy, prompt/instruction handling, Q-Former cross-attentions."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,6 +18,10 @@ from test_models_common import CAPTIONS, tiny_images
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 CASES = [("blip2", "opt"), ("blip2", "t5"), ("instructblip", "t5"), ("instructblip", "opt")]
+# Twins of the real checkpoints: their published ids (BLIP-2 OPT ends captions at 50118, not at its
+# tokenizer's </s>; InstructBLIP Vicuna's config eos 1 is LLaMA's <s>), not ids medblip chose.
+TWINS = [("twin", "Salesforce/blip2-opt-2.7b"), ("twin", "Salesforce/blip2-flan-t5-xl"),
+         ("twin", "Salesforce/instructblip-vicuna-7b"), ("twin", "Salesforce/instructblip-flan-t5-xl")]
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +29,12 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], P
     return {}
 
 
-@pytest.fixture(params=CASES, ids=[f"{f}-{lm}" for f, lm in CASES])
+@pytest.fixture(params=CASES + TWINS, ids=[f"{f}-{lm.split('/')[-1]}" for f, lm in CASES + TWINS])
 def model(request: pytest.FixtureRequest, folders: dict[tuple[str, str], Path],
-          tmp_path_factory: pytest.TempPathFactory) -> CaptionModel:
+          tmp_path_factory: pytest.TempPathFactory, twin: Any) -> CaptionModel:
     family, lm = request.param
+    if family == "twin":
+        return create_model(twin(lm))
     if request.param not in folders:
         folders[request.param] = init_tiny(family, tmp_path_factory.mktemp(f"{family}-{lm}") / "m",
                                            captions=CAPTIONS, image_size=32, language_model=lm)
@@ -58,7 +65,7 @@ def test_real_classes(model: CaptionModel) -> None:
 
 def test_labels_layout_and_manual_loss(model: CaptionModel) -> None:
     b = model.collate(tiny_images(3), ["CT of the chest", "MRI brain showing a left lesion nodule", "no"])
-    eos = model.tokenizer.eos_token_id
+    eos = model.model.generation_config.eos_token_id  # where generate stops (a twin: the published id)
     q = model.model.config.num_query_tokens
     image_token = model.model.config.image_token_id
     assert (b["input_ids"][:, :q] == image_token).all()
@@ -111,7 +118,7 @@ def test_cross_attentions(model: CaptionModel) -> None:
     ids, skip = model.generate_ids(tiny_images(2), num_beams=1, max_new_tokens=4, min_new_tokens=2)
     ca = model.cross_attentions(tiny_images(2), ids)
     cfg = model.model.config
-    grid = 32 // cfg.vision_config.patch_size
+    grid = cfg.vision_config.image_size // cfg.vision_config.patch_size  # the processor resizes to image_size
     q = cfg.num_query_tokens
     assert ca.grid == (grid, grid)
     assert len(ca.attentions) == cfg.qformer_config.num_hidden_layers

@@ -8,6 +8,7 @@ greedy captions. Freezing: frozen parameters bit-identical after steps, trainabl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -88,13 +89,15 @@ def plain_reload_captions(family: str, folder: Path, images: list[Image.Image], 
     """Greedy captions from the saved folder through plain transformers classes (no medblip code)."""
     import transformers
 
+    def greedy(model: Any, inputs: Any) -> Any:
+        with torch.no_grad():
+            return model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens,
+                                  min_new_tokens=3)
+
     if family == "blip":
         proc = transformers.BlipProcessor.from_pretrained(folder)
         model = transformers.BlipForConditionalGeneration.from_pretrained(folder).eval()
-        inputs = proc(images=images, return_tensors="pt")
-        with torch.no_grad():
-            ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens,
-                                 min_new_tokens=3)
+        ids = greedy(model, proc(images=images, return_tensors="pt"))
         return [t.strip() for t in proc.batch_decode(ids, skip_special_tokens=True)]
     if family in ("blip2", "instructblip"):
         # the processor's own text handling: <image> placeholders + the prompt/instruction
@@ -103,9 +106,7 @@ def plain_reload_captions(family: str, folder: Path, images: list[Image.Image], 
         model = getattr(transformers, f"{prefix}ForConditionalGeneration").from_pretrained(folder).eval()
         text = "" if family == "blip2" else INSTRUCTION
         inputs = proc(images=images, text=[text] * len(images), return_tensors="pt")
-        with torch.no_grad():
-            ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens,
-                                 min_new_tokens=3)
+        ids = greedy(model, inputs)
         if not model.config.text_config.is_encoder_decoder:
             ids = ids[:, inputs["input_ids"].shape[1]:]
         return [t.strip() for t in proc.batch_decode(ids, skip_special_tokens=True)]
@@ -113,10 +114,7 @@ def plain_reload_captions(family: str, folder: Path, images: list[Image.Image], 
         image_processor = transformers.ViTImageProcessor.from_pretrained(folder)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         model = transformers.VisionEncoderDecoderModel.from_pretrained(folder).eval()
-        inputs = image_processor(images=images, return_tensors="pt")
-        with torch.no_grad():
-            ids = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=max_new_tokens,
-                                 min_new_tokens=3)
+        ids = greedy(model, image_processor(images=images, return_tensors="pt"))
         return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     raise AssertionError(family)
 

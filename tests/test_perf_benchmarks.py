@@ -62,3 +62,20 @@ def test_loader_throughput_smoke(tmp_path):
         assert r["images_per_second"] > 0 and r["ratio_to_consumption"] > 0
     assert res["consumption"]["images_per_second"] > 0 and res["records"] == 24
     assert res["cache_build"]["summary"]["train"]["status"] == "built"
+
+
+@pytest.mark.slow
+def test_serve_load_smoke(tmp_path):
+    for module in ("fastapi", "gradio", "uvicorn", "httpx"):
+        pytest.importorskip(module)
+    res = _run("serve_load.py", tmp_path / "s.json", "--requests", "16", "--clients", "4", "--sequential", "4",
+               "--images", "4", "--max-new-tokens", "6", "--max-batch", "4", "--max-queue", "4", "--burst", "24")
+    seq, conc, over = res["sequential"], res["concurrent"], res["overload"]
+    assert seq["ok"] == 4 and seq["requests_per_second"] > 0
+    assert (conc["ok"], conc["failed"], conc["lost"]) == (16, 0, 0)
+    assert 0 < conc["latency"]["p50"] <= conc["latency"]["p95"] and conc["requests_per_second"] > 0
+    assert conc["batching"]["requests"] == 16 and 1 <= conc["batching"]["forward_passes"] <= 16
+    assert conc["identical_to_alone"] == 1.0  # batched captions are the ones each image gets alone
+    assert over["other"] == 0 and over["ok"] + over["rejected_503"] == 24
+    assert over["rejected_503"] > 0 and over["rejected_with_retry_after"] == over["rejected_503"]
+    assert res["ratio"] > 0 and {"torch", "cpu", "date"} <= set(res["environment"])

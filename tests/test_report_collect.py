@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 import medblip.cli.report_cmd  # noqa: F401  (registers the command)
 from medblip.cli.app import app
 from medblip.errors import MedblipError
+from medblip.evaluation import extract_concepts, score_predictions, write_metrics
 from medblip.reports import build_report, collect, discover
 from medblip.reports.collect import (
     Clinical,
@@ -21,9 +22,19 @@ from medblip.reports.collect import (
     best_per_metric,
     lower_is_better,
     metric_groups,
-    metric_value,
-    metrics_table,
     parse_ablation,
+)
+from medblip.results import (
+    SCHEMA_VERSION,
+    Ablation,
+    ExplainedImage,
+    ExplainSummary,
+    Explanation,
+    ExplanationFiles,
+    Metric,
+    ResultError,
+    Scores,
+    StrategyRow,
 )
 
 runner = CliRunner()
@@ -48,27 +59,42 @@ ROWS = [
 ]
 
 
-# -- values --------------------------------------------------------------------------------------------
-def test_metric_value_spellings() -> None:
-    assert metric_value(0.5) == {"value": 0.5, "ci_low": None, "ci_high": None, "p_value": None}
-    assert metric_value({"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "group": "caption"})["group"] == "caption"
-    assert metric_value({"score": 1.0, "ci": [0.9, 1.1], "p": 0.01}) == {
-        "value": 1.0, "ci_low": 0.9, "ci_high": 1.1, "p_value": 0.01}
-    assert metric_value({"mean": 2, "low": 1, "high": 3})["ci_high"] == 3.0
-    assert metric_value({"value": None, "p_value": None})["value"] is None  # not computed
-    for bad in (True, "0.5", {"note": "x"}, {"value": "high"}, [1, 2]):
-        assert metric_value(bad) is None
-    assert metric_value(float("nan"))["value"] is None
+# -- the typed reading ------------------------------------------------------------------------------------
+def _scored(folder: Path, rows: list[dict[str, Any]] = ROWS) -> dict[str, Any]:
+    """An evaluation's files as evaluate writes them: predictions, metrics.json and per_image.jsonl."""
+    _jsonl(folder / "predictions.jsonl", rows)
+    result = score_predictions(rows, bootstrap=20, java=False, meteor=False, image_rows=True)
+    write_metrics(result, folder)
+    return result
 
 
-def test_metrics_table_reads_score_predictions_and_flat_files() -> None:
-    result = {"n_images": 3, "metrics": {"BLEU-4": {"value": 0.2, "ci_low": 0.1, "ci_high": 0.3, "group": "caption"},
-                                         "modality_accuracy": {"value": 0.9, "ci_low": 0.8, "ci_high": 1.0}},
-              "degeneration": {"collapsed": False, "distinct_1": 0.5}, "warnings": []}
-    assert list(metrics_table(result)) == ["BLEU-4", "modality_accuracy"]
-    flat = {"BLEU-4": 0.2, "n_images": 3, "clinical": {"finding_f1": {"value": 0.4}}, "generation_time": {"x": 1}}
-    assert set(metrics_table(flat)) == {"BLEU-4", "finding_f1"}
-    assert metrics_table(None) == {} and metrics_table([1]) == {}
+def test_results_are_read_by_their_type(tmp_path: Path) -> None:
+    result = _scored(tmp_path / "ev")
+    scores = Scores.read(tmp_path / "ev")
+    assert scores.schema_version == SCHEMA_VERSION and scores.n_images == 3
+    assert scores.metrics["CIDEr"].value == result["metrics"]["CIDEr"]["value"]
+    assert scores.metrics["BLEU-4"].group == "caption" and scores.metrics["modality_accuracy"].group == "clinical"
+    assert Metric.model_validate({"value": None}).value is None  # a metric that could not be computed
+    # a field spelt another way is an error naming the file and the key, not a guess
+    doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    doc["metrics"]["CIDEr"] = {"score": 1.0, "ci": [0.9, 1.1]}
+    _json(tmp_path / "bad" / "metrics.json", doc)
+    with pytest.raises(ResultError, match=r"bad/metrics\.json: not a Scores result \(metrics\.CIDEr\.value: "):
+        Scores.read(tmp_path / "bad")
+    # a file of another schema version (or none) says which and what to do
+    _json(tmp_path / "old" / "metrics.json", {**doc, "schema_version": SCHEMA_VERSION + 1})
+    with pytest.raises(ResultError, match=r"schema version 2 .*run the command that wrote it again"):
+        Scores.read(tmp_path / "old")
+
+
+def test_a_result_that_does_not_fit_is_a_note(tmp_path: Path) -> None:
+    """A flat metrics.json (the report once guessed at such files) leaves the folder's table out with a
+    note; its predictions still give the examples."""
+    _jsonl(tmp_path / "ev" / "predictions.jsonl", ROWS)
+    _json(tmp_path / "ev" / "metrics.json", {"BLEU-4": 0.2, "n_images": 3, "clinical": {"finding_f1": {"value": 0.4}}})
+    rep = collect([tmp_path], examples=2)
+    assert rep.comparisons == [] and len(rep.examples) == 2
+    assert any("metrics.json: result schema version None" in n for n in rep.notes)
 
 
 def test_best_per_metric_and_direction() -> None:
@@ -86,20 +112,20 @@ def test_best_per_metric_and_direction() -> None:
 # -- clinical terms ------------------------------------------------------------------------------------
 def test_clinical_terms_agree_and_disagree() -> None:
     c = Clinical()
-    if not c.ok:
-        pytest.skip("the clinical extractor is not importable")
     ref = "Chest X-ray showing a left pleural effusion without pneumothorax."
-    segs = c.segments("CT of the chest showing a right pleural effusion.", ref)
+    pred = "CT of the chest showing a right pleural effusion."
+    segs = c.segments(pred, extract_concepts(pred), extract_concepts(ref))
     marked = {g["text"].lower(): g["cls"] for g in segs if g["cls"]}
     assert marked["ct"] == "disagree" and marked["right"] == "disagree"
     assert marked["chest"] == "agree" and marked["pleural effusion"] == "agree"
     assert "".join(g["text"] for g in segs) == "CT of the chest showing a right pleural effusion."
-    chips = c.chips(c.concepts("CT of the chest."), c.concepts(ref))
+    chips = c.chips(extract_concepts("CT of the chest."), extract_concepts(ref))
     assert {x["cls"] for x in chips} >= {"disagree", "missed"}
-    assert c.errors(c.concepts("MRI of the left knee"), c.concepts("MR image of the right knee")) == {
+    assert c.errors(extract_concepts("MRI of the left knee"), extract_concepts("MR image of the right knee")) == {
         "modality": False, "side": True}
     # a finding negated in both captions agrees; one the reference negates disagrees
-    segs = c.segments("No pneumothorax. Large pneumothorax on the left.", ref)
+    text = "No pneumothorax. Large pneumothorax on the left."
+    segs = c.segments(text, extract_concepts(text), extract_concepts(ref))
     assert [g["cls"] for g in segs if g["text"].lower() == "pneumothorax"][0] in ("agree", "disagree")
 
 
@@ -136,8 +162,13 @@ def test_malformed_producer_files_become_notes(tmp_path: Path) -> None:
     _json(tmp_path / "ab" / "ablation.json", {"strategies": []})
     _jsonl(tmp_path / "run" / "metrics.jsonl", [{"step": 5, "epoch": 0, "split": "train", "loss": 2.0}], tail="garbage\n")
     (tmp_path / "run" / "cost.json").write_text("[]", encoding="utf-8")
-    _json(tmp_path / "ex" / "summary.json", {"images": [{"name": "x", "folder": "x"}]})
-    _json(tmp_path / "ex" / "x" / "explanation.json", {"caption": "a", "panels": ["a"], "files": {"overlays": ["overlays/00_a.png"]}})
+    ExplainSummary(model="m", family="blip", settings={}, level="word", images=[ExplainedImage(
+        name="x", folder="x", caption="a", caption_source="given", words=["a"], panels=["a"])]).write(tmp_path / "ex")
+    Explanation(caption="a", caption_source="given", family="blip", model="m", tokens=["a"], token_ids=[1],
+                token_logprobs=[0.0], words=["a"], word_tokens=[[0]], grid=[2, 2], image_size=[8, 8],
+                input_box=[0, 0, 8, 8], settings={"method": "attention"}, level="word", panels=["a"],
+                files=ExplanationFiles(grid="grid.png", token_maps="t.npy", word_maps="w.npy",
+                                       overlays=["overlays/00_a.png"])).write(tmp_path / "ex" / "x")
     _json(tmp_path / "gr" / "grounding.json", {"summary": {}})
     rep = collect([tmp_path])
     out = build_report(rep, tmp_path / "report")
@@ -148,29 +179,36 @@ def test_malformed_producer_files_become_notes(tmp_path: Path) -> None:
     assert out["html"].is_file() and out["markdown"].is_file()
 
 
-def test_ablation_formats(tmp_path: Path) -> None:
+def test_ablation_is_read_as_written(tmp_path: Path) -> None:
     r = _Reader()
-    _json(tmp_path / "a" / "ablation.json", {
-        "full": {"CIDEr": 0.5, "CIDEr_ci_low": 0.4, "CIDEr_ci_high": 0.6, "trainable_params": 100,
-                 "seconds_per_epoch": 10, "train_seconds": 30, "peak_memory_mb": 2.0},
-        "lora": {"CIDEr": 0.4, "trainable_params": 5, "cost": {"train_seconds": 15}}})
+    cider = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "group": "caption"}
+    Ablation(strategies=[
+        StrategyRow(strategy="full", metrics={"CIDEr": cider}, trainable_params=100, time_per_epoch=10,
+                    total_time=30, peak_memory_bytes=2e6, relative_time=1.0),
+        StrategyRow(strategy="lora", metrics={"CIDEr": {**cider, "value": 0.4}}, trainable_params=5, total_time=15,
+                    relative_time=0.5)]).write(tmp_path / "a")
     ab = parse_ablation(r, tmp_path / "a", "a")
     assert ab is not None and [x["strategy"] for x in ab["rows"]] == ["full", "lora"]
     full, lora = ab["rows"]
-    assert full["metrics"]["CIDEr"] == {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "p_value": None}
+    assert {k: full["metrics"]["CIDEr"][k] for k in ("value", "ci_low", "ci_high", "p_value")} == {
+        "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "p_value": None}
     assert full["cost"]["peak_memory"] == 2e6 and full["cost"]["time_per_epoch"] == 10
-    assert lora["cost"]["relative_time"] == 0.5  # computed from total time against full
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "ablation.csv").write_text(
-        "strategy,metric,value,ci_low,ci_high,trainable_params,total_time\n"
-        "full,CIDEr,0.5,0.4,0.6,100,30\nfull,BLEU-4,0.2,0.1,0.3,100,30\nlora,CIDEr,0.45,,,5,12\n", encoding="utf-8")
-    ab = parse_ablation(r, tmp_path / "b", "b")
-    assert ab is not None and ab["metrics"] == ["CIDEr", "BLEU-4"] and ab["best"]["CIDEr"] == ["full"]
-    assert ab["rows"][1]["cost"] == {"trainable_params": 5.0, "total_time": 12.0, "relative_time": 0.4}
+    assert lora["cost"] == {"trainable_params": 5, "total_time": 15.0, "relative_time": 0.5}
+    assert ab["best"]["CIDEr"] == ["full"] and ab["headline"] == "CIDEr"
+    # other spellings of a field (what the report once accepted) are refused, naming the field
+    doc = json.loads((tmp_path / "a" / "ablation.json").read_text())
+    doc["strategies"][0]["seconds_per_epoch"] = doc["strategies"][0].pop("time_per_epoch")
+    _json(tmp_path / "b" / "ablation.json", doc)
+    assert parse_ablation(r, tmp_path / "b", "b") is None
+    assert any("strategies.0.seconds_per_epoch" in n for n in r.notes)
+    # an ablation.csv is a table for people, not a result: it marks no ablation folder
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "ablation.csv").write_text("strategy,metric,value\nfull,CIDEr,0.5\n", encoding="utf-8")
+    assert not [f for f in discover([tmp_path / "c"]) if f.kind == "ablation"]
 
 
 def test_embedded_image_bytes_become_a_thumbnail(tmp_path: Path) -> None:
-    from medblip.reports.html import _Assets
+    from medblip.reports.build import _Assets
 
     buf = io.BytesIO()
     Image.new("RGB", (640, 320), (200, 30, 30)).save(buf, format="JPEG")
@@ -197,30 +235,26 @@ def test_cli_errors(tmp_path: Path) -> None:
 
 
 def test_reads_the_real_producers_files(tmp_path: Path) -> None:
-    """metrics.json from score_predictions/write_metrics and comparison.* from write_comparison."""
-    try:
-        from medblip.evaluation import score_predictions, write_metrics
-        from medblip.evaluation.compare import Comparison, SystemResult, extract_metrics, write_comparison
-    except ImportError as exc:  # the evaluation core is another part of the project
-        pytest.skip(f"evaluation core not importable: {exc}")
+    """metrics.json / per_image.jsonl from score_predictions/write_metrics and comparison.* from write_comparison."""
+    from medblip.experiments.compare import write_comparison
+    from medblip.results import ComparedSystem, Comparison, Excluded, Significance
+
     other = [{**r, "prediction": r["reference"]} for r in ROWS]
     results = []
     for name, rows in (("base", ROWS), ("tuned", other)):
         folder = tmp_path / "cmp" / "systems" / name
-        _jsonl(folder / "predictions.jsonl", rows)
-        metrics = score_predictions(rows, bootstrap=20, java=False, meteor=False)
-        write_metrics(metrics, folder)
-        table, diag, warns = extract_metrics(metrics)
-        for v in table.values():
+        _scored(folder, rows)
+        scores = Scores.read(folder)
+        for v in scores.metrics.values():
             v.p_value = 0.004 if name == "tuned" else None
-        results.append(SystemResult(name=name, kind="model", source=f"/m/{name}", n_own=3, metrics=table,
-                                    seconds_per_image=0.1, diagnostics=diag, warnings=warns, folder=folder))
-    comp = Comparison(out=tmp_path / "cmp", reference="base", split="test", n_images=3,
-                      metric_names=list(results[0].metrics), systems=results, excluded={"total": 0},
-                      significance={"method": "bootstrap", "samples": 20, "alpha": 0.05})
+        results.append(ComparedSystem(name=name, kind="model", source=f"/m/{name}", n_predictions=3,
+                                      metrics=scores.metrics, seconds_per_image=0.1, diagnostics=scores.degeneration,
+                                      warnings=scores.warnings, folder=str(folder)))
+    comp = Comparison(out=str(tmp_path / "cmp"), reference="base", split="test", n_images=3,
+                      metrics=list(results[0].metrics), systems=results, excluded=Excluded(),
+                      significance=Significance(method="bootstrap", samples=20, alpha=0.05, bootstrap=20))
     write_comparison(comp, tmp_path / "cmp")
-    write_metrics(score_predictions(ROWS, bootstrap=20, java=False, meteor=False), tmp_path / "ev")
-    _jsonl(tmp_path / "ev" / "predictions.jsonl", ROWS)
+    _scored(tmp_path / "ev")
 
     rep = collect([tmp_path], examples=3)
     c = rep.comparisons[0]
@@ -231,5 +265,8 @@ def test_reads_the_real_producers_files(tmp_path: Path) -> None:
     assert [g["name"] for g in ev["groups"]] == ["caption", "clinical"]
     assert ev["systems"][0]["metrics"]["CIDEr"]["ci_low"] is not None
     assert {s["name"] for s in rep.systems} == {"base", "tuned", "ev"}
+    # the per-image scores are the evaluation's, not computed again
+    assert not any("not scored yet" in n for n in rep.notes)
+    assert rep.failures["score"] == "CIDEr"
     out = build_report(rep, tmp_path / "report")
     assert (tmp_path / "report" / "assets" / "comparison_0.png").is_file() and out["html"].is_file()

@@ -1,10 +1,11 @@
 """``medblip report`` end to end: realistic run folders -> HTML/Markdown/JSON, checked by parsing the
 HTML and by opening it in headless Chromium (screenshot, console errors, every image loads).
 
-The fixture folders are written with the producers' own file and field names (evaluate/compare:
-predictions.jsonl, metrics.json, comparison.json, run.json; train: metrics.jsonl, cost.json,
-result.json, config.resolved.yaml; explain: summary.json, explanation.json, overlays; grounding.json;
-ablation.json; the dataset summary of ``medblip data validate``).
+The fixture folders hold what the producers write, through the same result types
+(:mod:`medblip.results`; metric values are made up): evaluate/compare: predictions.jsonl, metrics.json,
+per_image.jsonl (computed by the evaluation's own function), comparison.json; train: metrics.jsonl,
+cost.json, result.json, config.resolved.yaml; explain: summary.json, explanation.json, overlays;
+grounding.json; ablation.json; the dataset summary of ``medblip data validate``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,24 @@ from typer.testing import CliRunner
 
 import medblip.cli.report_cmd  # noqa: F401  (registers the command before cli/__init__ imports it)
 from medblip.cli.app import app
+from medblip.evaluation.per_image import image_scores
+from medblip.results import (
+    Ablation,
+    ComparedSystem,
+    Comparison,
+    Excluded,
+    ExplainSummary,
+    Explanation,
+    ExplanationFiles,
+    GenerationTime,
+    Grounding,
+    Scores,
+    Significance,
+    StrategyCounts,
+    StrategyRow,
+    TrainCost,
+    TrainResult,
+)
 
 runner = CliRunner()
 
@@ -159,6 +178,13 @@ def build_runs(root: Path) -> dict[str, Path]:
             out.append(row)
         return out
 
+    def scored(folder: Path, name: str, level: float, collapsed: bool = False, **what: Any) -> Scores:
+        """The files scoring writes: metrics.json (synthetic metric values) and per_image.jsonl."""
+        scores = Scores(n_images=8, metrics=_metrics(rng, level), degeneration=_degeneration(collapsed), **what)
+        scores.write(folder)
+        _write_jsonl(folder / "per_image.jsonl", image_scores(IDS, [[r] for r in REFS], SYSTEMS[name]))
+        return scores
+
     # compare folder: two model systems and one predictions-file system
     comp = demo / "compare"
     api_file = root / "api_predictions.jsonl"
@@ -168,36 +194,24 @@ def build_runs(root: Path) -> dict[str, Path]:
         folder = comp / "systems" / name
         if kind == "model":
             _write_jsonl(folder / "predictions.jsonl", rows(name, f"/models/{name}"))
-        metrics = _metrics(rng, level)
-        _write_json(folder / "metrics.json", {"n_images": 8, "metrics": metrics, "clinical": {},
-                                              "degeneration": _degeneration(name == "zero-shot"), "warnings": []})
-        metrics = {m: {k: x for k, x in v.items() if k != "group"} for m, v in metrics.items()}  # vars(MetricValue)
-        for m, v in metrics.items():
-            v["p_value"] = None if name == "zero-shot" else (0.0004 if name == "finetuned" else 0.03 if m != "CIDEr" else 0.4)
-        systems.append({"name": name, "kind": kind, "source": str(api_file) if kind == "predictions" else f"/models/{name}",
-                        "family": "blip" if kind == "model" else None, "generation": gen if kind == "model" else None,
-                        "n_predictions": 8, "seconds_per_image": 0.08, "metrics": metrics,
-                        "diagnostics": _degeneration(name == "zero-shot"),
-                        "warnings": ["many generic captions"] if name == "zero-shot" else [],
-                        "folder": str(folder)})
-    _write_json(comp / "comparison.json", {
-        "reference": "zero-shot", "split": "test", "n_images": 8, "metrics": METRICS,
-        "significance": {"method": "bootstrap", "samples": 1000, "alpha": 0.05, "bootstrap": 1000, "ci": 0.95},
-        "excluded": {"total": 0, "per_system": {}, "examples": [], "reference_mismatch": 0}, "notes": [],
-        "systems": systems})
+        scores = scored(folder, name, level, collapsed=name == "zero-shot")
+        for m, v in scores.metrics.items():
+            v.p_value = None if name == "zero-shot" else (0.0004 if name == "finetuned" else 0.03 if m != "CIDEr" else 0.4)
+        systems.append(ComparedSystem(
+            name=name, kind=kind, source=str(api_file) if kind == "predictions" else f"/models/{name}",
+            family="blip" if kind == "model" else None, generation=gen if kind == "model" else None,
+            n_predictions=8, seconds_per_image=0.08, metrics=scores.metrics, diagnostics=scores.degeneration,
+            warnings=["many generic captions"] if name == "zero-shot" else [], folder=str(folder)))
+    Comparison(out=str(comp), reference="zero-shot", split="test", data=str(data), n_images=8, metrics=METRICS,
+               significance=Significance(method="bootstrap", samples=1000, alpha=0.05, bootstrap=1000),
+               excluded=Excluded(), systems=systems).write(comp)
     _draw(comp / "comparison.png", 5, size=160)
-    _write_json(comp / "run.json", {"created": "2025-01-01T00:00:00+00:00", "seed": 0,
-                                    "config": {"command": "compare", "data": str(data), "split": "test",
-                                               "format": "auto", "reference": "zero-shot"}})
 
-    # a standalone evaluate folder (references in the rows, images through run.json's data)
+    # a standalone evaluate folder (references in the rows, images through its data)
     ev = demo / "evaluate-finetuned"
     _write_jsonl(ev / "predictions.jsonl", rows("finetuned", "/models/finetuned"))
-    _write_json(ev / "metrics.json", {"n_images": 8, "metrics": _metrics(rng, 0.6), "clinical": {},
-                                      "degeneration": _degeneration(False), "warnings": [],
-                                      "generation_time": {"seconds_per_image": 0.08, "images_timed": 8}})
-    _write_json(ev / "run.json", {"config": {"command": "evaluate", "model": "/models/finetuned", "data": str(data),
-                                             "split": "test", "format": "auto"}})
+    scored(ev, "finetuned", 0.6, model="/models/finetuned", data=str(data), split="test", format="auto",
+           generation_time=GenerationTime(seconds_per_image=0.08, images_timed=8))
 
     # training runs
     for strategy, trainable in (("full", 1_250_000), ("decoder_only", 610_000)):
@@ -222,11 +236,12 @@ def build_runs(root: Path) -> dict[str, Path]:
                 "num_processes": 1, "epochs": [{"epoch": e, "train_seconds": 12.5, "eval_seconds": 2.0,
                                                 "images": 160, "images_per_second": 12.8} for e in range(3)]}
         _write_json(run / "cost.json", cost)
-        _write_json(run / "result.json", {"run_dir": str(run), "status": "completed", "global_step": step,
-                                          "epochs_completed": 3, "best_metric": 1.1, "best_metric_name": "val_loss",
-                                          "best_step": step, "strategy": {"strategy": strategy,
-                                                                          "trainable_params": trainable},
-                                          "cost": cost, "final_metrics": {}})
+        TrainResult(run_dir=str(run), status="completed", model="/models/tiny-blip", global_step=step,
+                    epochs_completed=3, best_metric=1.1, best_metric_name="val_loss", best_step=step,
+                    strategy=StrategyCounts(strategy=strategy, trainable_params=trainable,
+                                            frozen_params=1_250_000 - trainable, total_params=1_250_000,
+                                            trainable_fraction=trainable / 1_250_000),
+                    cost=TrainCost.model_validate(cost)).write(run)
         (run / "config.resolved.yaml").write_text(
             f"model:\n  name_or_path: /models/tiny-blip\nstrategy:\n  name: {strategy}\n", encoding="utf-8")
         (run / "checkpoints" / "best").mkdir(parents=True)
@@ -245,36 +260,40 @@ def build_runs(root: Path) -> dict[str, Path]:
             else:
                 _draw(ex / i / rel, 10 * k + j)
         _draw(ex / i / "grid.png", k, size=128)
-        _write_json(ex / i / "explanation.json", {
-            "caption": REFS[k], "caption_source": "reference", "family": "blip", "model": "/models/finetuned",
-            "words": words, "settings": {"method": "attention", "layers": None, "heads": None, "aggregate": "mean"},
-            "level": "word", "panels": panels,
-            "files": {"grid": "grid.png", "token_maps": "token_maps.npy", "word_maps": "word_maps.npy",
-                      "overlays": overlays}})
+        Explanation(
+            caption=REFS[k], caption_source="reference", family="blip", model="/models/finetuned",
+            tokens=words, token_ids=list(range(len(words))), token_logprobs=[0.0] * len(words), words=words,
+            word_tokens=[[j] for j in range(len(words))], grid=[6, 6], image_size=[96, 96], input_box=[0, 0, 96, 96],
+            settings={"method": "attention", "layers": None, "heads": None, "aggregate": "mean"}, level="word",
+            panels=panels, files=ExplanationFiles(grid="grid.png", token_maps="token_maps.npy",
+                                                  word_maps="word_maps.npy", overlays=overlays)).write(ex / i)
         images.append({"name": i, "folder": i, "caption": REFS[k], "caption_source": "reference",
                        "words": words, "panels": panels})
-    _write_json(ex / "summary.json", {"model": "/models/finetuned", "family": "blip",
-                                      "settings": {"method": "attention"}, "level": "word", "images": images})
-    _write_json(ex / "grounding.json", {
+    ExplainSummary.model_validate({"model": "/models/finetuned", "family": "blip", "settings": {"method": "attention"},
+                                   "level": "word", "images": images}).write(ex)
+
+    def summary(n: int, hits: tuple[float, float, float]) -> dict[str, Any]:
+        return {"n": n, "tolerance_px": 0.05, "scores": {
+            src: {"hit": h, "hit_tol": min(1.0, 1.4 * h), "energy": h / 2}
+            for src, h in zip(("model", "uniform", "centre"), hits, strict=True)}}
+
+    Grounding.model_validate({
         "model": "/models/finetuned", "family": "blip", "data": str(data), "split": "test",
         "caption_source": "reference", "settings": {"method": "attention"}, "tolerance": "0.05 of the longer image side",
-        "summary": {"n": 6, "tolerance_px": 0.05, "skipped": {"no finding": 2},
-                    "scores": {"model": {"hit": 0.5, "hit_tol": 0.67, "energy": 0.21},
-                               "uniform": {"hit": 0.04, "hit_tol": 0.09, "energy": 0.04},
-                               "centre": {"hit": 0.17, "hit_tol": 0.33, "energy": 0.08}}},
-        "by_finding": {f: {"n": 3, "scores": {"model": {"hit": h}, "uniform": {"hit": 0.04}, "centre": {"hit": 0.2}}}
-                       for f, h in (("nodule", 0.67), ("effusion", 0.33))},
-        "rows": []})
+        "summary": {**summary(6, (0.5, 0.04, 0.17)), "skipped": {"no finding": 2}}, "hits": 3,
+        "p_value": {"vs_uniform": 0.001, "vs_centre": 0.05},
+        "by_finding": {f: summary(3, (h, 0.04, 0.2)) for f, h in (("nodule", 0.67), ("effusion", 0.33))},
+        "rows": []}).write(ex)
 
     # ablation table
     ab_rows = []
     for strategy, trainable, secs, level in (("full", 1_250_000, 37.5, 0.6), ("decoder_only", 610_000, 24.0, 0.55),
                                              ("encoder_only", 640_000, 26.0, 0.3), ("lora", 40_000, 20.0, 0.5)):
-        ab_rows.append({"strategy": strategy, "metrics": _metrics(rng, level), "trainable_params": trainable,
-                        "time_per_epoch": secs / 3, "total_time": secs, "images_per_second": 480 / secs,
-                        "peak_memory_bytes": 800_000_000 * trainable / 1_250_000 + 200_000_000,
-                        "relative_time": secs / 37.5})
-    _write_json(demo / "ablation" / "ablation.json", {"config": "configs/ablation.yaml", "seed": 0, "strategies": ab_rows})
+        ab_rows.append(StrategyRow(strategy=strategy, metrics=_metrics(rng, level), trainable_params=trainable,
+                                   time_per_epoch=secs / 3, total_time=secs, images_per_second=480 / secs,
+                                   peak_memory_bytes=800_000_000 * trainable / 1_250_000 + 200_000_000,
+                                   relative_time=secs / 37.5))
+    Ablation(config="configs/ablation.yaml", seed=0, strategies=ab_rows).write(demo / "ablation")
     return {"root": root, "demo": demo, "data": data, "compare": comp, "explain": ex}
 
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import medblip.cli.synth_cmd  # noqa: F401  registers the command until cli/__init__ imports it
 from medblip.cli.app import app
 from medblip.data.synth import load_facts
-from medblip.errors import DataError
+from medblip.outputs import OutputError
 
 runner = CliRunner()
 
@@ -44,4 +44,4 @@ def test_bad_options_fail_clearly(tmp_path: Path) -> None:
     busy.mkdir()
     (busy / "x.txt").write_text("x")
     result = runner.invoke(app, ["data", "synth", "--out", str(busy), "--n", "2", "--size", "40"])
-    assert isinstance(result.exception, DataError)
+    assert isinstance(result.exception, OutputError)

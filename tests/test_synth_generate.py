@@ -13,6 +13,7 @@ from PIL import Image
 
 from medblip.data.synth import MODALITIES, MODALITY_CUIS, generate, load_facts, split_counts
 from medblip.errors import DataError, MedblipError
+from medblip.outputs import OutputError
 
 SIZE = 64
 
@@ -159,7 +160,7 @@ def test_replaces_an_earlier_benchmark_but_not_other_directories(tmp_path: Path)
     other = tmp_path / "precious"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    with pytest.raises(DataError, match="refusing"):
+    with pytest.raises(OutputError, match="not an earlier output of `medblip data synth`"):
         generate(other, 3, size=40)
     assert (other / "notes.txt").read_text() == "keep me"
 
@@ -200,10 +201,9 @@ def test_load_facts_reports_bad_files(tmp_path: Path) -> None:
 
 
 def test_real_rocov2_loader_reads_the_benchmark(bench: Path, facts: dict[str, dict]) -> None:
-    data = pytest.importorskip("medblip.data")
-    if not hasattr(data, "load_dataset"):
-        pytest.skip("medblip.data.load_dataset not available yet")
-    dataset = data.load_dataset(bench, format="rocov2")
+    from medblip.data import load_dataset
+
+    dataset = load_dataset(bench, format="rocov2")
     assert len(dataset.records) == len(facts)
     for record in dataset.records:
         assert record.caption == facts[record.id]["caption"]

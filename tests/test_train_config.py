@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medblip.configfile import apply_overrides
 from medblip.errors import ConfigError
-from medblip.training.config import (
-    ExperimentConfig,
-    apply_overrides,
-    check_paths,
-    load_config,
-    validate_config,
-)
+from medblip.training.config import ExperimentConfig, check_paths, load_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -65,9 +60,9 @@ def test_study_configs_follow_common_practice() -> None:
 
 
 def test_learn_config_is_the_learning_recipe() -> None:
-    """configs/synth_blip_learn.yaml is the CLI form of medblip.experiments.demo.LEARN, which the
-    learning and grounding tests train: the same training values, data size and model input."""
-    from medblip.experiments.demo import LEARN
+    """configs/synth_blip_learn.yaml is the CLI form of the learning recipe (tests/_train_fixtures.py),
+    which the learning tests train: the same training values, data size and model input."""
+    from _train_fixtures import LEARN
 
     cfg = load_config(CONFIGS / "synth_blip_learn.yaml")
     assert {k: getattr(cfg.train, k) for k in LEARN["train"]} == LEARN["train"]

@@ -108,17 +108,17 @@ def test_cached_resume_matches_uninterrupted(blip_runs: dict[str, Path], tiny_bl
     assert_same_run(out, blip_runs["on"], exact=True)
     info = json.loads((out / "run.json").read_text())
     assert info["feature_cache"]["used"] and info["resumes"][-1]["feature_cache"]["used"]
-    assert second.cost["feature_cache"]["build_seconds_total"] > second.cost["feature_cache"]["build_seconds"]
+    assert second.cost.feature_cache["build_seconds_total"] > second.cost.feature_cache["build_seconds"]
 
 
 def test_disk_cache_is_reused(blip_runs: dict[str, Path], tiny_blip_dir: Path, small_synth_dir: Path,
                               tmp_path: Path) -> None:
     features = tmp_path / "features"
     first = run(config(tiny_blip_dir, small_synth_dir, tmp_path / "a", feature_cache_dir=str(features)))
-    assert first.cost["feature_cache"]["used"] and first.cost["feature_cache"]["computed"] == 48
-    assert [p.name for p in features.iterdir()] == [first.cost["feature_cache"]["key"]]
+    assert first.cost.feature_cache["used"] and first.cost.feature_cache["computed"] == 48
+    assert [p.name for p in features.iterdir()] == [first.cost.feature_cache["key"]]
     second = run(config(tiny_blip_dir, small_synth_dir, tmp_path / "b", feature_cache_dir=str(features)))
-    assert second.cost["feature_cache"]["computed"] == 0  # read back, not encoded again
+    assert second.cost.feature_cache["computed"] == 0  # read back, not encoded again
     assert_same_run(tmp_path / "a", blip_runs["on"])
     assert_same_run(tmp_path / "b", blip_runs["on"])
 
@@ -129,7 +129,7 @@ def test_cached_vit_gpt2_run_matches_uncached(small_synth_dir: Path, tmp_path: P
     model = init_tiny("vit-gpt2", tmp_path / "tiny-vit-gpt2", image_size=64, seed=0)
     for mode in ("off", "auto"):
         result = run(config(model, small_synth_dir, tmp_path / mode, cache_features=mode, epochs=2))
-        assert result.status == "completed" and result.cost["feature_cache"]["used"] == (mode == "auto")
+        assert result.status == "completed" and result.cost.feature_cache["used"] == (mode == "auto")
     assert_same_run(tmp_path / "auto", tmp_path / "off")
 
 

@@ -213,7 +213,7 @@ def test_lora_resume_is_exact(tiny_blip_dir: Path, small_synth_dir: Path, tmp_pa
         return validate_config({**raw, "strategy": lora})
 
     straight = run(cfg(tmp_path / "a"))
-    assert straight.strategy["strategy"] == "lora" and straight.strategy["frozen_params"] > 0
+    assert straight.strategy.strategy == "lora" and straight.strategy.frozen_params > 0
     assert run(cfg(tmp_path / "b"), should_stop=lambda step: step == 2).status == "interrupted"
     assert (tmp_path / "b" / "checkpoints" / "last" / ckpt.TRAINABLE_FILE).is_file()
     run(cfg(tmp_path / "b"), resume=True)
@@ -258,7 +258,7 @@ def test_decoder_only_leaves_vision_encoder_bit_identical(tiny_blip_dir: Path, s
     raw = quick_config(tiny_blip_dir, small_synth_dir, tmp_path / "run", epochs=1, val_generate=False,
                        save_every_steps=None).model_dump()
     result = run(validate_config({**raw, "strategy": {"name": "decoder_only"}}))
-    assert result.strategy["frozen_groups"] == ["vision_encoder"] and result.strategy["frozen_params"] > 0
+    assert result.strategy.frozen_groups == ["vision_encoder"] and result.strategy.frozen_params > 0
     before, after = weights(tiny_blip_dir), weights(tmp_path / "run" / "checkpoints" / "last")
     vision = [k for k in before if k.startswith("vision_model.")]
     text = [k for k in before if k.startswith("text_decoder.")]

@@ -98,13 +98,25 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
         yield obj
 
 
+def decode_line(path: Path, lineno: int, raw: bytes) -> str:
+    """A line of a UTF-8 text file (a byte-order mark on line 1 is dropped); ``DataError`` naming the byte."""
+    from medblip.errors import DataError
+
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                        f"{exc.start + 1}); save the file as UTF-8") from None
+
+
 def read_jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` per non-blank line; a malformed line raises ``DataError`` naming file and line."""
     from medblip.errors import DataError
 
     path = Path(path)
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = decode_line(path, lineno, raw)
             if not line.strip():
                 continue
             try:

@@ -19,8 +19,13 @@ _TRACKED_PACKAGES = (
 
 
 def package_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for name in _TRACKED_PACKAGES:
+    return {"python": sys.version.split()[0], **versions_of(*_TRACKED_PACKAGES)}
+
+
+def versions_of(*packages: str) -> dict[str, str | None]:
+    """The installed version of each distribution (``None`` when it is not installed)."""
+    out: dict[str, str | None] = {}
+    for name in packages:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -55,18 +60,12 @@ def run_metadata(config: Any = None, seed: int | None = None, **extra: Any) -> d
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, numpy and torch (if importable); optionally force deterministic torch kernels."""
-    random.seed(seed)
-    try:
-        import numpy as np
+    """Seed Python, numpy and torch; optionally force deterministic torch kernels."""
+    import numpy as np
+    import torch
 
-        np.random.seed(seed % (2**32))
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from medblip.cli.app import data_app
+from medblip.cli.options import MAX_PIXELS_HELP, OVERWRITE_HELP, apply_max_pixels
 
 
 class CacheFormat(StrEnum):
@@ -42,6 +43,8 @@ def cache_cmd(
     limit: int | None = typer.Option(None, "--limit", min=0, help="At most N records per split (by --seed)."),
     seed: int = typer.Option(0, "--seed", help="Seed for --limit."),
     force: bool = typer.Option(False, "--force", help="Rebuild splits even when they are up to date."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Decode and resize every image once into memory-mapped uint8 arrays for fast training.
@@ -50,7 +53,11 @@ def cache_cmd(
     the filter changed; otherwise it is reported as up to date. Exits 2 on a missing or unreadable
     dataset or image.
     """
-    from medblip.data.cache import build_image_cache, processor_image_settings
+    from medblip.data.cache import INDEX_NAME, build_image_cache, processor_image_settings
+    from medblip.outputs import check_output_dir
+
+    apply_max_pixels(max_pixels)
+    check_output_dir(out, "data cache", overwrite=overwrite, known_files=(INDEX_NAME,))
 
     filt = resample.value if resample else None
     if model is not None:
@@ -68,7 +75,8 @@ def cache_cmd(
             typer.echo(f"  {name}: {done}/{total}", err=True)
 
     summary = build_image_cache(path, out, size=size, resample=filt, format=format.value, splits=split or None,
-                                workers=workers, force=force, limit=limit, seed=seed, progress=progress)
+                                workers=workers, force=force, limit=limit, seed=seed, progress=progress,
+                                overwrite=overwrite)
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
         return

@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
 from medblip.cli.app import app
+from medblip.cli.metric_options import IMAGECLEF_HELP, METRIC_MODEL_HELP, METRICS_HELP, scoring_choice
+from medblip.cli.options import MAX_PIXELS_HELP, OVERWRITE_HELP, apply_max_pixels
 
 
-def _quiet_transformers() -> None:
-    import warnings
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' warnings, info logs and checkpoint bars would interleave with the stage output:
+    off for the command, as they were afterwards (the CLI also runs in-process, e.g. in tests)."""
+    from transformers.utils import logging as tf_logging
 
-    import transformers
+    from medblip.progress import library_progress
 
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
-    # Checkpoint loading/saving progress bars would interleave with the stage output.
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    verbosity = tf_logging.get_verbosity()
+    with warnings.catch_warnings(), library_progress(False):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+        tf_logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            tf_logging.set_verbosity(verbosity)
 
 
 def _log(line: str) -> None:
@@ -40,10 +52,16 @@ def ablation_command(
     split: str = typer.Option("test", "--split", help="split every best checkpoint is evaluated on"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="bootstrap resamples for the 95% CIs"),
     meteor: bool = typer.Option(True, "--meteor/--no-meteor", help="METEOR (starts a Java process)"),
-    imageclef: bool = typer.Option(False, "--imageclef", help="ImageCLEF caption preprocessing before scoring"),
+    metrics: str | None = typer.Option(None, "--metrics", help=METRICS_HELP + " [default: the config's "
+                                       "scoring.metrics]", show_default=False),
+    metric_model: list[str] | None = typer.Option(None, "--metric-model", metavar="KEY=MODEL",
+                                                  help=METRIC_MODEL_HELP, show_default=False),
+    imageclef: bool = typer.Option(False, "--imageclef", help=IMAGECLEF_HELP),
     device: str | None = typer.Option(None, "--device", help="evaluation device (default: cuda when available)"),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1,
                                           help="evaluation batch size (default: train.batch_size)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """Fine-tune once per strategy with identical data, seed and budget; evaluate each best checkpoint.
@@ -55,14 +73,20 @@ def ablation_command(
     from medblip.experiments.ablation import parse_strategies, run_ablation, summary_lines
     from medblip.training.config import load_config
 
+    apply_max_pixels(max_pixels)
     names = parse_strategies(strategies)
     cfg = load_config(config, set_)
-    _quiet_transformers()
-    score_options = {"meteor": meteor, "imageclef": imageclef}
+    # the config's scoring section, with what the command line says on top
+    score_options = cfg.scoring.options()
+    chosen = scoring_choice(metrics or ",".join(cfg.scoring.metrics), metric_model,
+                            imageclef or cfg.scoring.imageclef, device or cfg.scoring.device)
+    score_options.update({**chosen, "models": {**cfg.scoring.models, **chosen["models"]},
+                          "meteor": meteor and cfg.scoring.meteor})
     t0 = time.perf_counter()
-    result = run_ablation(cfg, out, names, source=str(config), split=split, bootstrap=bootstrap,
-                          score_options=score_options, device=device, eval_batch_size=batch_size,
-                          progress=progress, log=_log)
+    with _quiet_transformers():
+        result = run_ablation(cfg, out, names, source=str(config), split=split, bootstrap=bootstrap,
+                              score_options=score_options, device=device, eval_batch_size=batch_size,
+                              progress=progress, log=_log, overwrite=overwrite)
     if result.interrupted is not None:
         run = result.interrupted
         print(f"medblip: {result.interrupted_strategy} stopped by {run.signal} at step {run.global_step}; "
@@ -87,6 +111,8 @@ def demo_command(
     data: Path | None = typer.Option(None, "--data", help="dataset (e.g. a ROCOv2 folder) instead of the "
                                                           "generated synthetic benchmark"),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda when available)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """The whole study in one command, offline: synthetic data, tiny models, zero-shot vs fine-tuned
@@ -98,10 +124,11 @@ def demo_command(
     """
     from medblip.experiments.demo import DemoOptions, main_print, run_demo
 
-    _quiet_transformers()
+    apply_max_pixels(max_pixels)
     t0 = time.perf_counter()
-    result = run_demo(DemoOptions(out=out, quick=quick, model=model, data=data, device=device, progress=progress),
-                      log=_log)
+    with _quiet_transformers():
+        result = run_demo(DemoOptions(out=out, quick=quick, model=model, data=data, device=device,
+                                      progress=progress, overwrite=overwrite), log=_log)
     if result.interrupted is not None:
         run = result.interrupted
         print(f"medblip: stopped by {run.signal} at step {run.global_step}; run the same command again to resume",

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from medblip.cli.app import app
+from medblip.cli.options import MAX_PIXELS_HELP, OVERWRITE_HELP, apply_max_pixels
 from medblip.errors import MedblipError
 
 
@@ -63,9 +64,13 @@ def explain_cmd(
     max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1, help="Length limit of generated captions."),
     min_new_tokens: int = typer.Option(0, "--min-new-tokens", min=0, help="Minimum length of generated captions."),
     family: str | None = typer.Option(None, "--family", help="Model family (default: from config.json)."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: the model's)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: best available, "
+                                                            "as medblip evaluate)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, float16, bfloat16 (default: the checkpoint's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Explain captions with per-token (or per-word) heat-maps on the original image.
@@ -99,8 +104,12 @@ def explain_cmd(
         raise MedblipError("--words does not apply to --evaluate (the finding words are scored)")
 
     from medblip.models import create_model
+    from medblip.models.loading import auto_device
+    from medblip.outputs import prepare_output_dir
 
-    adapter = create_model(model, family=family, device=device)
+    apply_max_pixels(max_pixels)
+    out = prepare_output_dir(out, "explain", overwrite=overwrite, known_files=("summary.json", "grounding.json"))
+    adapter = create_model(model, family=family, device=auto_device(device), dtype=dtype)
     if evaluate:
         _evaluate(adapter, data, split, limit, settings, generated, tolerance, seed, out, progress)
     else:
@@ -111,36 +120,23 @@ def explain_cmd(
 def _explain(adapter: Any, image: Path | None, caption: str | None, data: Path | None, split: str,
              limit: int | None, reference: bool, settings: Any, words: list[str] | None, level: str,
              cmap: str, alpha: float, seed: int, out: Path, progress: bool) -> None:
-    from medblip.data import load_dataset, load_image
-    from medblip.explain.explainer import explain_image, save_explanation
-    from medblip.io import atomic_write_json, atomic_write_text
+    from medblip.evaluation.predict import load_split
+    from medblip.explain.dataset import ExplainItem, explain_items
 
     if image is not None:
-        items = [(image.stem, image, caption)]
+        items = [ExplainItem(image.stem, image, caption)]
     else:
-        records = load_dataset(data, splits=[split], limit=limit, seed=seed).records
-        if not records:
-            raise MedblipError(f"{data}: no records in split {split!r}")
-        items = [(r.id, r.image, r.caption if reference else None) for r in records]
-    rows = []
-    for name, src, cap in _bar(items, progress, "explain"):
-        img = load_image(src)
-        expl = explain_image(adapter, img, cap, settings,
-                             caption_source=("reference" if data is not None and reference else None))
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name)) or "image"
-        doc = save_explanation(expl, img, out / safe, words=words, level=level, cmap=cmap, alpha=alpha)
-        rows.append({"name": str(name), "folder": safe, "caption": expl.caption,
-                     "caption_source": expl.caption_source, "words": expl.words, "panels": doc["panels"]})
-    summary = {"model": adapter.name_or_path, "family": adapter.family, "settings": settings.as_dict(),
-               "level": level, "images": rows}
-    atomic_write_json(out / "summary.json", summary)
-    md = [f"# Explanations: `{adapter.name_or_path}` ({adapter.family}, {settings.method})", "",
-          "| image | caption | figure |", "|---|---|---|"]
-    md += [f"| {r['name']} | {r['caption']} | [{r['folder']}/grid.png]({r['folder']}/grid.png) |" for r in rows]
-    atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
-    for r in rows[:10]:
-        typer.echo(f"{r['name']}: {r['caption']}")
-    typer.echo(f"{len(rows)} image(s) explained ({settings.method}); written to {out}", err=True)
+        # generated captions need no reference: an image-only manifest will do (a split-less one: all of it)
+        records, report = load_split(data, split, limit=limit, seed=seed, require_captions=reference)
+        for note in report.notes:
+            typer.echo(note, err=True)
+        items = [ExplainItem(r.id, r.image, r.caption if reference else None, r.caption) for r in records]
+    summary = explain_items(adapter, items, out, settings, words=words, level=level, cmap=cmap, alpha=alpha,
+                            caption_source="reference" if data is not None and reference else None,
+                            progress=lambda xs: _bar(list(xs), progress, "explain"))
+    for r in summary.images[:10]:
+        typer.echo(f"{r.name}: {r.caption}")
+    typer.echo(f"{len(summary.images)} image(s) explained ({settings.method}); written to {out}", err=True)
 
 
 def _evaluate(adapter: Any, data: Path, split: str, limit: int | None, settings: Any, generated: bool,

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from medblip.cli.app import model_app
+from medblip.cli.options import OVERWRITE_HELP
 
 
 class TinyFamily(StrEnum):
@@ -19,8 +20,15 @@ class TinyFamily(StrEnum):
 
 @model_app.command("init-tiny")
 def init_tiny_cmd(
-    family: TinyFamily = typer.Option(..., "--family", help="Model family."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (replaced atomically if it exists)."),
+    family: TinyFamily | None = typer.Option(None, "--family", help="Model family (not needed with --like)."),
+    like: str | None = typer.Option(
+        None, "--like", help="A twin of a real checkpoint: a folder of its published config files (config.json, "
+                             "tokenizer_config.json, ...) or a hub id whose published values medblip ships. Keeps "
+                             "every id, vocabulary size, image size and processor setting; only widths, depths "
+                             "and heads come from the options below."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (an earlier tiny model there is replaced "
+                                                      "atomically; another non-empty folder is refused)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     image_size: int = typer.Option(64, "--image-size", min=8, help="Input image size in pixels."),
     patch_size: int | None = typer.Option(None, "--patch-size", min=1, help="ViT patch size (default image/8)."),
     hidden_size: int = typer.Option(32, "--hidden-size", min=4, help="Hidden size of every tower."),
@@ -47,13 +55,16 @@ def init_tiny_cmd(
              "small thing in ~100 steps instead of several hundred (the pretrained stand-ins' recipe)."),
 ) -> None:
     """Write a tiny randomly initialised model of the family's real transformers classes."""
+    from medblip.errors import MedblipError
     from medblip.models import create_model, init_tiny
 
-    path = init_tiny(family.value, out, captions=captions, image_size=image_size, seed=seed,
+    if family is None and like is None:
+        raise MedblipError("init-tiny: give --family or --like")
+    path = init_tiny(family.value if family else None, out, like=like, captions=captions, image_size=image_size, seed=seed,
                      vocab_size=vocab_size, patch_size=patch_size, hidden_size=hidden_size,
                      num_layers=num_layers, num_heads=num_heads, language_model=language_model,
                      vision_init_std=vision_init_std, position_init_std=position_init_std,
-                     cross_attention_init_std=cross_attention_init_std)
+                     cross_attention_init_std=cross_attention_init_std, overwrite=overwrite)
     model = create_model(path)
     total = sum(model.parameter_counts().values())
     typer.echo(f"wrote tiny {model.family} ({type(model.base_model).__name__}, {total:,} parameters) to {path}")

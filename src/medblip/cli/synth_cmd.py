@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from medblip.cli.app import data_app
+from medblip.cli.options import OVERWRITE_HELP
 
 
 def _parse_splits(text: str) -> tuple[float, float, float]:
@@ -26,6 +27,7 @@ def _parse_splits(text: str) -> tuple[float, float, float]:
 def synth(
     out: Path = typer.Option(Path("data/synth"), "--out", "-o",
                              help="Output directory (created; an earlier benchmark there is replaced)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     n: int = typer.Option(1000, "--n", min=1, help="Number of images."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical output."),
     size: int = typer.Option(384, "--size", min=32, max=2048, help="Image width and height in pixels."),
@@ -39,12 +41,15 @@ def synth(
     from tqdm import tqdm
 
     from medblip.data.synth import generate
+    from medblip.data.synth.generate import SYNTH_JSON
     from medblip.io import dumps
+    from medblip.outputs import check_output_dir
 
     fractions = _parse_splits(splits)
+    check_output_dir(out, "data synth", overwrite=overwrite, known_files=(SYNTH_JSON,), replaces=True)
     with tqdm(total=n, desc="rendering", unit="img", leave=False) as bar:
         summary = generate(out, n, seed=seed, size=size, splits=fractions, workers=workers,
-                           on_image=lambda: bar.update(1))
+                           on_image=lambda: bar.update(1), overwrite=overwrite)
     if as_json:
         typer.echo(dumps(summary.to_dict()))
         return

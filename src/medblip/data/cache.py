@@ -34,14 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from medblip.data.images import DEFAULT_MAX_PIXELS, load_image
+from medblip.data.images import MaxPixels, load_image
 from medblip.errors import DataError
 from medblip.io import atomic_write_json
 
 if TYPE_CHECKING:
     from medblip.data.records import Dataset, Record
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: EXIF orientation and DICOM colour palettes applied by load_image
 INDEX_NAME = "index.json"
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
             "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
@@ -108,7 +108,7 @@ def processor_image_settings(image_processor: Any) -> tuple[int, str]:
 
 
 def decode_resized(source: Path | bytes, size: int, resample: str = "bicubic",
-                   max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
+                   max_pixels: MaxPixels = "default", name: str | None = None) -> np.ndarray:
     """Decode to RGB and resize to ``size`` x ``size`` exactly as the PIL image processors do -> uint8 HWC."""
     image = load_image(source, max_pixels=max_pixels, name=name)
     if image.size != (size, size):
@@ -225,17 +225,22 @@ class ImageCache:
 def build_image_cache(data: str | Path | Dataset, out: str | Path, *, size: int = 384, resample: str = "bicubic",
                       format: str = "auto", splits: Iterable[str] | None = None, workers: int | None = None,
                       force: bool = False, limit: int | None = None, seed: int = 0, caption_options: Any = None,
-                      max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                      progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+                      max_pixels: MaxPixels = "default",
+                      progress: Callable[[str, int, int], None] | None = None,
+                      overwrite: bool = False) -> dict[str, Any]:
     """Build (or bring up to date) the image cache of a dataset in ``out``; returns a summary.
 
     ``data``: a dataset path (loaded with :func:`~medblip.data.load_dataset`) or a loaded
     :class:`~medblip.data.Dataset`. Splits whose fingerprint (ids, files, sizes, mtimes, captions,
     size, filter) still matches are kept as they are unless ``force``. ``workers``: decoding threads
     (default: the machine's CPU count; PIL releases the GIL while decoding and resizing).
-    ``progress(split, done, total)`` is called as images are written.
+    ``progress(split, done, total)`` is called as images are written. A non-empty ``out`` that is
+    not an image cache is refused unless ``overwrite`` (see :mod:`medblip.outputs`).
     """
     from medblip.data import load_dataset
+    from medblip.outputs import check_output_dir, prepare_output_dir
+
+    check_output_dir(out, "data cache", overwrite=overwrite, known_files=(INDEX_NAME,))
 
     if size < 1:
         raise DataError(f"cache size must be positive, got {size}")
@@ -254,8 +259,7 @@ def build_image_cache(data: str | Path | Dataset, out: str | Path, *, size: int 
         wanted = [s for s in normalize_splits(splits) or () if s in dataset.splits]
     if not wanted:
         raise DataError(f"{source['path']}: no records to cache (splits found: {', '.join(dataset.splits) or 'none'})")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "data cache", overwrite=overwrite, known_files=(INDEX_NAME,))
     old: ImageCache | None = None
     if (out / INDEX_NAME).is_file():
         try:
@@ -292,7 +296,7 @@ def _write_index(out: Path, entries: dict[str, SplitEntry], source: dict[str, An
 
 
 def _build_split(split: str, records: Sequence[Record], out: Path, size: int, resample: str, fingerprint: str,
-                 workers: int, max_pixels: int | None,
+                 workers: int, max_pixels: MaxPixels,
                  progress: Callable[[str, int, int], None] | None) -> SplitEntry:
     n = len(records)
     final = out / f"{split}.npy"

@@ -77,6 +77,8 @@ def load_dataset(
     require_images: bool = True,
     limit: int | None = None,
     seed: int = 0,
+    roco_subsets: Iterable[str] | None = None,
+    require_captions: bool = True,
 ) -> Dataset:
     """Load any supported layout into records plus a :class:`LoadReport`.
 
@@ -84,6 +86,10 @@ def load_dataset(
     ``require_images=False`` keeps records whose image file is missing (``image=None``) and counts
     them as "image missing" warnings instead of dropping them. ``limit`` keeps at most that many
     records per split, chosen deterministically by ``seed`` (load order is preserved).
+    ``roco_subsets`` (ROCO only): the subsets to load, default radiology only (the
+    others are counted in ``report.excluded``).
+    ``require_captions=False`` lets a manifest without a ``caption`` column (or with empty captions)
+    load, for commands that need only the images (``caption``, ``explain``).
     """
     if format == "auto":
         fmt, root = detect_format(path)
@@ -99,8 +105,11 @@ def load_dataset(
     wanted = normalize_splits(splits)
     options = caption_options or CaptionOptions()
     report = LoadReport(format=fmt, path=str(root))
-    collector = RecordCollector(report, require_images=require_images)
-    _LOADERS[fmt](root, wanted, options, collector)
+    collector = RecordCollector(report, require_images=require_images, require_captions=require_captions)
+    if fmt == "roco":
+        load_roco(root, wanted, options, collector, subsets=roco_subsets)
+    else:
+        _LOADERS[fmt](root, wanted, options, collector)
     records = apply_limit(collector.records, limit, seed, report)
     count_kept(records, report)
     return Dataset(records=records, report=report)

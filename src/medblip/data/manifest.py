@@ -2,7 +2,10 @@
 
 Optional ``id`` and ``split`` columns; every other column goes into ``Record.meta``. Image paths are
 relative to the manifest's folder (absolute paths work too). Without an ``id`` the record id is the
-image path without its extension; without a ``split`` every record is ``train``.
+image path without its extension; a record without a ``split`` is put in ``train`` and counted in
+``LoadReport.unsplit`` (training then carves a validation split from it, evaluation uses all of it).
+Where captions are not needed (``require_captions=False``: captioning, explaining) a manifest may have
+an ``image`` column only.
 """
 
 from __future__ import annotations
@@ -61,6 +64,11 @@ def _iter_jsonl(path: Path, collector: RecordCollector) -> Iterator[tuple[str, d
         yield where, obj
 
 
+def _no_captions(manifest: Path, found: str) -> DataError:
+    return DataError(f"{manifest}: no 'caption' column ({found}): training and evaluation need a reference "
+                     "caption per image; to caption images without one use `medblip caption`")
+
+
 def _iter_csv(path: Path, collector: RecordCollector) -> Iterator[tuple[str, dict[str, Any]]]:
     report = collector.report
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
@@ -70,8 +78,11 @@ def _iter_csv(path: Path, collector: RecordCollector) -> Iterator[tuple[str, dic
         return
     header = [h.strip() for h in first[1]]
     lowered = [h.lower() for h in header]
-    if "image" not in lowered or "caption" not in lowered:
-        raise DataError(f"{path}:1: expected a header with columns image and caption, "
+    if "image" not in lowered or ("caption" not in lowered and collector.require_captions):
+        if "image" in lowered:
+            raise _no_captions(path, f"header: {', '.join(header)}")
+        needed = "columns image and caption" if collector.require_captions else "an image column"
+        raise DataError(f"{path}:1: expected a header with {needed}, "
                         f"found {', '.join(header) or 'nothing'}")
     header = [h.lower() if h.lower() in ("image", "caption", "id", "split") else h for h in header]
     for where, row in data_lines(path, rows, report):
@@ -103,26 +114,31 @@ def load_manifest(path: Path, splits: tuple[str, ...] | None, options: CaptionOp
     base = manifest.parent
     parsed = 0
     keys_seen: list[str] = []
+    need_caption = collector.require_captions
+    image_only = 0  # rows with an image and no caption field (JSONL)
     for where, row in rows:
-        if "image" not in row or "caption" not in row:
+        if "image" not in row or ("caption" not in row and need_caption):
             keys_seen = keys_seen or list(row)
+            image_only += "image" in row
             report.drop(MISSING_FIELD, f"{where}: has {', '.join(row) or 'no fields'}")
             continue
         parsed += 1
         raw_split = row.get("split")
-        split = DEFAULT_SPLIT if raw_split in (None, "") else canonical_split(str(raw_split))
+        unsplit = raw_split in (None, "")
+        report.unsplit += unsplit
+        split = DEFAULT_SPLIT if unsplit else canonical_split(str(raw_split))
         if split is None:
             report.drop(UNKNOWN_SPLIT, f"{where}: {raw_split!r}")
             continue
         if splits is not None and split not in splits:
             continue
-        caption = row["caption"]
+        caption = row.get("caption")
         caption = normalize_caption(caption, options) if isinstance(caption, str) else ""
         image_value = row["image"]
         rid = str(row.get("id") or "").strip()
         if not rid:
             rid = str(Path(str(image_value)).with_suffix("")) if image_value else where
-        if not caption:
+        if not caption and need_caption:
             report.drop(EMPTY_CAPTION, f"{where}: {rid}")
             continue
         image, why = _resolve_image(image_value, base)
@@ -131,5 +147,7 @@ def load_manifest(path: Path, splits: tuple[str, ...] | None, options: CaptionOp
         collector.add(Record(id=rid, image=image, caption=caption, split=split, meta=meta),
                       where if image else f"{where}: {rid}: {why}")
     if parsed == 0 and keys_seen:
+        if image_only:
+            raise _no_captions(manifest, f"first row has {', '.join(keys_seen)}")
         raise DataError(f"{manifest}: no row has both 'image' and 'caption' (first row has "
                         f"{', '.join(keys_seen)})")

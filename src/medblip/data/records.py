@@ -77,6 +77,13 @@ class LoadReport:
     warnings: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
     limited: dict[str, list[int]] = field(default_factory=dict)  # split -> [before, after]
+    #: records left out by choice, not by a problem (e.g. ROCO's non-radiology subset): what -> count
+    excluded: Counter[str] = field(default_factory=Counter)
+    #: records whose source names no split (a manifest without a ``split`` column); loaders put them in
+    #: ``train``, and readers of one split (evaluate, training's validation) decide what that means
+    unsplit: int = 0
+    #: what a reader decided about these records (e.g. evaluating every record of a split-less manifest)
+    notes: list[str] = field(default_factory=list)
 
     def _example(self, reason: str, where: str) -> None:
         ex = self.examples.setdefault(reason, [])
@@ -114,8 +121,13 @@ class LoadReport:
             for reason, n in counter.most_common():
                 ex = self.examples.get(reason, [])
                 lines.append(f"  {title}: {reason}: {n}" + (f" (e.g. {ex[0]})" if ex else ""))
+        for what, n in self.excluded.items():
+            lines.append(f"  not loaded: {what}: {n} records")
         for split, (before, after) in self.limited.items():
             lines.append(f"  limit: {split} subset to {after} of {before}")
+        if self.unsplit:
+            lines.append(f"  no split given for {self.unsplit} record(s): they are in 'train'")
+        lines += [f"  note: {n}" for n in self.notes]
         if self.total_kept == 0 and self.dropped[IMAGE_MISSING]:
             lines.append("  no images were found: a text-only release (such as ROCO's metadata) needs its "
                          "images downloaded, or load it with require_images=False")
@@ -132,6 +144,9 @@ class LoadReport:
             "warnings": dict(self.warnings.most_common()),
             "examples": {k: list(v) for k, v in self.examples.items()},
             "limited": {k: list(v) for k, v in self.limited.items()},
+            "excluded": dict(self.excluded),
+            "unsplit": self.unsplit,
+            "notes": list(self.notes),
         }
 
 
@@ -183,12 +198,14 @@ class RecordCollector:
     """Accumulates loader output: drops duplicate ids and (optionally) records without images.
 
     Loaders call :meth:`add` for each parsed record; the first occurrence of an id wins, the way a
-    reader of the original files would see it.
+    reader of the original files would see it. ``require_captions=False``: a loader that can (the
+    manifest) keeps rows without a caption (``caption=""``), for captioning and explaining.
     """
 
-    def __init__(self, report: LoadReport, require_images: bool) -> None:
+    def __init__(self, report: LoadReport, require_images: bool, require_captions: bool = True) -> None:
         self.report = report
         self.require_images = require_images
+        self.require_captions = require_captions
         self.records: list[Record] = []
         self._seen: dict[str, str] = {}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from medblip.data.records import (
 from medblip.errors import DataError
 
 SUBSETS = ("radiology", "non-radiology")
+#: what a study fine-tunes on: the radiology figures (non-radiology/ holds charts, photos, drawings)
+DEFAULT_SUBSETS = ("radiology",)
 CAPTIONS_FILE = "captions.txt"
 _PMC_ID = re.compile(r"PMC\d+")
 _ROCO_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -209,13 +212,35 @@ def _load_subset(split: str, subset: str, folder: Path, options: CaptionOptions,
         collector.add(Record(id=rid, image=image, caption=caption, split=split, meta=meta), where_img)
 
 
+def check_subsets(subsets: Iterable[str] | None) -> tuple[str, ...]:
+    """The ROCO subsets to load (default: radiology); unknown names raise a one-line error."""
+    chosen = tuple(dict.fromkeys(DEFAULT_SUBSETS if subsets is None else subsets))
+    unknown = [s for s in chosen if s not in SUBSETS]
+    if unknown or not chosen:
+        raise DataError(f"ROCO subsets: {unknown[0] if unknown else 'none given'!r} is not one of "
+                        f"{', '.join(SUBSETS)}")
+    return chosen
+
+
+def _count_records(folder: Path) -> int:
+    return sum(1 for line in iter_text_lines(folder / CAPTIONS_FILE) if line.text.strip())
+
+
 def load_roco(root: Path, splits: tuple[str, ...] | None, options: CaptionOptions,
-              collector: RecordCollector) -> None:
-    """Parse every ROCO subset under ``root`` into ``collector``."""
-    subsets = find_roco_subsets(root)
-    if not subsets:
+              collector: RecordCollector, subsets: Iterable[str] | None = None) -> None:
+    """Parse the ROCO ``subsets`` (default: radiology) under ``root`` into ``collector``; the records of
+    the other subsets are counted in the report's ``excluded`` (not loaded, not errors)."""
+    if subsets is None and _is_subset_dir(root) and root.name in SUBSETS:
+        subsets = (root.name,)  # a subset folder named on its own is loaded whatever it is
+    chosen = check_subsets(subsets)
+    found = find_roco_subsets(root)
+    if not found:
         raise DataError(f"{root}: no ROCO layout found (expected [data/]{{train,validation,test}}/"
                         f"{{radiology,non-radiology}}/{CAPTIONS_FILE})")
-    for split, subset, folder in subsets:
-        if splits is None or split in splits:
+    for split, subset, folder in found:
+        if splits is not None and split not in splits:
+            continue
+        if subset in chosen:
             _load_subset(split, subset, folder, options, collector)
+        else:
+            collector.report.excluded[f"ROCO {subset} subset (roco_subsets)"] += _count_records(folder)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+
+from medblip.results import Degeneration
 
 _WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")
 
@@ -41,27 +41,8 @@ def _longest_run(tokens: Sequence[str]) -> int:
     return best
 
 
-@dataclass
-class DegenerationReport:
-    n_captions: int
-    distinct_caption_fraction: float
-    most_common_caption: str
-    most_common_share: float
-    distinct_1: float
-    distinct_2: float
-    #: mean over captions of the share of trigrams that repeat an earlier trigram of the same caption
-    repeated_ngram_rate: float
-    #: share of captions with a token repeated RUN_LENGTH or more times in a row
-    token_run_share: float
-    empty_share: float
-    mean_length: float
-    mean_reference_length: float | None
-    length_ratio: float | None
-    collapsed: bool
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+#: the diagnostics of one system's captions (the result schema's type; ``to_dict`` is ``model_dump``)
+DegenerationReport = Degeneration
 
 
 def degeneration_report(predictions: Sequence[str], references: Sequence[str | Sequence[str]] | None = None,

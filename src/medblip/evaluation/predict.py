@@ -2,12 +2,16 @@
 
 :func:`predict` captions the records that ``predictions.jsonl`` does not hold yet, appending one line
 per image as each batch finishes, so an interrupted run resumes where it stopped (a half-written last
-line left by a crash is dropped, with a note). Each line holds::
+line left by a crash is dropped, with a note). Each line is a :class:`medblip.results.Prediction`::
 
-    {"id", "split", "reference", "prediction", "model", "family", "generation": {...}, "gen_seconds"}
+    {"id", "split", "reference", "prediction", "model", "family", "generation": {...}, "gen_seconds", "image"}
 
-where ``generation`` is the full :class:`~medblip.models.base.GenerationSettings` used and
-``gen_seconds`` the wall-clock generation time per image (batch time / batch size).
+where ``generation`` is the full :class:`~medblip.models.base.GenerationSettings` used,
+``gen_seconds`` the wall-clock generation time per image (batch time / batch size) and ``image`` the
+image's identity (path, size and modification time, or a hash of its bytes). A resume goes on only
+when everything matches: the model (its files' sizes and times, kept in ``predictions.fingerprint.json``
+beside the predictions), the generation settings and the image of every id already captioned;
+otherwise it is refused with what differs, so one file never mixes two models or two data sets.
 
 :func:`evaluate` = load the split, :func:`predict`, score with
 :func:`medblip.evaluation.score_predictions`, write ``metrics.json``, ``metrics.md`` and ``run.json``.
@@ -21,7 +25,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,19 +32,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medblip.errors import ConfigError, DataError, MedblipError
-from medblip.io import append_jsonl, atomic_write_json, atomic_write_text, dumps
+from medblip.evaluation.predictions import PREDICTIONS_FILE, read_predictions_file
+from medblip.evaluation.scoring import METRICS_JSON, METRICS_MD
+from medblip.fingerprint import describe_differences, image_signature, model_signature
+from medblip.io import append_jsonl, atomic_write_json, dumps, write_jsonl
 from medblip.models.base import GenerationSettings
+from medblip.models.loading import auto_device, resolve_checkpoint
+from medblip.results import Prediction, image_path
 from medblip.runinfo import set_seed
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from medblip.data import Record
     from medblip.models.base import CaptionModel
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions.jsonl"
-METRICS_JSON = "metrics.json"
-METRICS_MD = "metrics.md"
 RUN_JSON = "run.json"
 
 #: GenerationSettings field names (the CLI options and the YAML ``generation:`` keys)
@@ -100,106 +107,33 @@ def settings_dict(settings: GenerationSettings) -> dict[str, Any]:
 
 
 # -- predictions.jsonl -----------------------------------------------------------------------------
-@dataclass
-class PredictionsFile:
-    """What :func:`read_predictions_file` found: the rows (last one wins per id) and notes to show."""
-
-    rows: list[dict[str, Any]]
-    notes: list[str] = field(default_factory=list)
-    repaired: bool = False
-
-    @property
-    def by_id(self) -> dict[str, dict[str, Any]]:
-        return {str(r["id"]): r for r in self.rows}
 
 
-def read_predictions_file(path: str | Path, *, repair: bool = False,
-                     required: Sequence[str] = ("id", "prediction")) -> PredictionsFile:
-    """Read a predictions JSONL file tolerant of an interrupted writer.
-
-    A last line that is not valid JSON (a crash mid-write) is dropped with a note; with
-    ``repair=True`` the file is also truncated to its last complete line so appending can go on.
-    An invalid line anywhere else, or a row missing a ``required`` field, raises :class:`DataError`
-    naming the file and line. Rows repeating an earlier id replace it (noted).
-    """
-    path = Path(path)
-    notes: list[str] = []
-    if not path.exists():
-        return PredictionsFile([], notes)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    lines = data.split(b"\n")
-    # byte offset where each line starts, to truncate a torn last line
-    offsets, pos = [], 0
-    for line in lines:
-        offsets.append(pos)
-        pos += len(line) + 1
-    last_content = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
-    by_id: dict[str, dict[str, Any]] = {}
-    duplicates = 0
-    truncate_at: int | None = None
-    for i, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        lineno = i + 1
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            if i == last_content:
-                notes.append(f"{path}:{lineno}: dropped a half-written last line "
-                             f"(interrupted run); its image will be captioned again")
-                truncate_at = offsets[i]
-                break
-            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-            raise DataError(f"{path}:{lineno}: invalid JSON ({msg})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        for key in required:
-            if key not in obj:
-                raise DataError(f"{path}:{lineno}: missing field {key!r} "
-                                f"(each line needs {', '.join(repr(k) for k in required)})")
-        if not isinstance(obj.get("prediction", ""), str):
-            raise DataError(f"{path}:{lineno}: field 'prediction' must be a string")
-        obj["id"] = str(obj["id"])
-        if obj["id"] in by_id:
-            duplicates += 1
-            del by_id[obj["id"]]  # keep file order of the latest occurrence
-        by_id[obj["id"]] = obj
-    if duplicates:
-        notes.append(f"{path}: {duplicates} repeated id(s); the last line for each id is used")
-    repaired = False
-    if repair:
-        if truncate_at is not None:
-            _truncate(path, truncate_at)
-            repaired = True
-        elif data and not data.endswith(b"\n"):
-            with path.open("ab") as fh:  # complete last line: add its newline so appends stay separate
-                fh.write(b"\n")
-            repaired = True
-    for note in notes:
-        log.warning(note)
-    return PredictionsFile(list(by_id.values()), notes, repaired)
 
 
-def _truncate(path: Path, size: int) -> None:
-    with path.open("r+b") as fh:
-        fh.truncate(size)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 # -- prediction ------------------------------------------------------------------------------------
 @dataclass
 class PredictionRun:
-    """Result of :func:`predict`: rows for the requested records, in record order."""
+    """Result of :func:`predict`: rows for the requested records, in record order.
 
-    path: Path
+    ``skipped``: records already in the file (resumed). ``unreadable``: ``(item, reason)`` of images
+    that could not be read (only with ``on_unreadable="skip"``; they have no row). ``captioner``: how
+    this run's captions were generated (:func:`medblip.perf.captioner.select_captioner`; ``path`` is
+    ``None`` when nothing was left to caption). ``is_main``: False on the other processes of a
+    multi-process run, whose ``rows`` are empty (the main process holds the merged result).
+    """
+
+    path: Path | None
     rows: list[dict[str, Any]]
     generated: int
     skipped: int
     notes: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    captioner: dict[str, Any] = field(default_factory=dict)
+    is_main: bool = True
+    num_processes: int = 1
 
     @property
     def seconds_per_image(self) -> float | None:
@@ -227,10 +161,24 @@ def model_identity(name_or_path: str | Path) -> str:
     return str(p.resolve()) if p.exists() else str(name_or_path)
 
 
+def record_image(record: Record) -> Image.Image:
+    """The decoded image of a dataset record (``DataError`` when it has none)."""
+    from medblip.data import load_image
+
+    if record.image is None:
+        raise DataError(f"record {record.id!r} ({record.split}) has no image to caption")
+    return load_image(record.image)
+
+
+def record_fields(record: Record) -> dict[str, Any]:
+    """What a prediction line says about a dataset record besides its caption."""
+    return {"split": record.split, "reference": record.caption}
+
+
 def predict(
-    model: CaptionModel | Callable[[], CaptionModel],
-    records: Sequence[Record],
-    out_path: str | Path,
+    model: Any,
+    records: Sequence[Any],
+    out_path: str | Path | None,
     settings: GenerationSettings | None = None,
     *,
     batch_size: int = 8,
@@ -239,36 +187,74 @@ def predict(
     progress: bool = True,
     overwrite: bool = False,
     desc: str | None = None,
+    captioner: str = "auto",
+    on_unreadable: str = "raise",
+    image_of: Callable[[Any], Image.Image] = record_image,
+    fields_of: Callable[[Any], dict[str, Any]] = record_fields,
+    on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> PredictionRun:
     """Caption every record not yet in ``out_path`` (``predictions.jsonl``), batch by batch.
 
-    ``model`` may be a zero-argument factory: it is called only if something is left to generate.
-    ``settings`` must be complete (see :func:`make_settings`); when ``model`` is a factory the
-    caller supplies ``model_name``/``family`` so that existing lines can be checked against them.
-    Lines already in the file must come from the same model and settings; otherwise a
-    :class:`MedblipError` asks for another output folder or ``overwrite``.
+    ``model``: a :class:`CaptionModel`, any captioner with ``.generate(images, settings) -> list[str]``
+    (an API client, :class:`medblip.api.Captioner`), or a zero-argument factory of one, called only if
+    something is left to generate. A ``CaptionModel`` captions through the fast captioner when it
+    supports the settings (``captioner="auto"``; ``"generate"``: transformers' ``generate`` always).
+    ``settings`` must be complete (see :func:`make_settings`); when ``model`` is a factory the caller
+    supplies ``model_name``/``family`` so that existing lines can be checked against them. Lines already
+    in the file must come from the same model and settings; otherwise a :class:`MedblipError` asks for
+    another output folder or ``overwrite``.
+
+    ``records``: :class:`~medblip.data.Record` s, or any items with an ``id`` given ``image_of`` (item ->
+    PIL image) and ``fields_of`` (item -> the other fields of its line). ``on_unreadable="skip"``: an
+    image that cannot be read (:class:`~medblip.errors.ImageError`) is left out and listed in
+    ``PredictionRun.unreadable`` instead of stopping the run. ``out_path=None``: nothing is written or
+    resumed. ``on_batch(rows)``: called with each batch's new lines as they are made.
+
+    Under ``accelerate launch`` / ``torchrun`` the records still to caption are split between the
+    processes (see :mod:`medblip.evaluation.sharding`) and merged into ``out_path`` by the main process.
     """
+    from medblip.evaluation.sharding import Processes, part_files, part_path
+
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if overwrite and out_path.exists():
-        out_path.unlink()
-    loaded: CaptionModel | None = None if callable(model) and not _is_caption_model(model) else model
+    if on_unreadable not in ("raise", "skip"):
+        raise ValueError(f"on_unreadable must be 'raise' or 'skip', not {on_unreadable!r}")
+    procs = Processes()
+    if procs.distributed and out_path is None:
+        raise ConfigError("several processes need an output file to merge their captions into (--out)")
+    out_path = Path(out_path) if out_path is not None else None
+    loaded = model if hasattr(model, "generate") else None
     if model_name is None:
         if loaded is None:
             raise ValueError("predict(): model_name is required when model is a factory")
-        model_name = model_identity(loaded.name_or_path)
+        model_name = model_identity(getattr(loaded, "name_or_path", type(loaded).__name__))
     if family is None and loaded is not None:
         family = getattr(loaded, "family", None)
     if settings is None:
         settings = GenerationSettings()
     gen = settings_dict(settings)
 
-    existing = read_predictions_file(out_path, repair=True)
-    notes = list(existing.notes)
-    done = existing.by_id
-    _check_compatible(out_path, existing.rows, model_name, gen)
+    notes: list[str] = []
+    done: dict[str, dict[str, Any]] = {}
+    own_file = None
+    images = {str(r.id): image_signature(r.image) for r in records}
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        if overwrite and procs.is_main:
+            for p in [out_path, *part_files(out_path)]:
+                p.unlink(missing_ok=True)
+        procs.barrier()
+        own_file = part_path(out_path, procs.rank) if procs.distributed else out_path
+        # Every process reads everything; each repairs (truncates) only the file it appends to.
+        for path in dict.fromkeys([out_path, *part_files(out_path), own_file]):
+            existing = read_predictions_file(path, repair=path == own_file)
+            if procs.is_main or path == own_file:
+                notes.extend(existing.notes)
+            _check_compatible(path, existing.rows, model_name, gen)
+            done.update(existing.by_id)
+        fingerprint_notes = _check_fingerprint(out_path, list(done.values()), model_name, images)
+        notes += fingerprint_notes if procs.is_main else []
+        procs.barrier()  # nobody appends before everybody has read
 
     ids = [str(r.id) for r in records]
     pending = [r for r in records if str(r.id) not in done]
@@ -278,16 +264,81 @@ def predict(
                f"{len(pending)} to go")
         log.info(msg)
         notes.append(msg)
+    mine = procs.shard(pending)
+    if procs.distributed and procs.is_main:
+        notes.append(f"{procs.world} processes: {len(pending)} image(s) to caption, {len(mine)} in this one")
 
-    if pending:
-        if loaded is None:
-            loaded = model()  # type: ignore[operator]
-            family = getattr(loaded, "family", None) or family
-        _generate_into(loaded, pending, out_path, settings, gen, batch_size=batch_size,
-                       model_name=model_name, family=family, progress=progress, desc=desc, done=done)
-    # the dataset's caption is the reference (it may differ from a stored one if caption options changed)
-    rows = [{**done[i], "reference": r.caption} for i, r in zip(ids, records, strict=True)]
-    return PredictionRun(out_path, rows, generated=len(pending), skipped=skipped, notes=notes)
+    unreadable: list[tuple[str, str]] = []
+    info: dict[str, Any] = {"path": None, "fallback_reason": None}
+    made: list[Any] = []  # the captioner, once the first readable image needs it
+
+    def engine() -> Any:
+        nonlocal loaded, family
+        if not made:
+            if loaded is None:
+                loaded = model()
+                family = getattr(loaded, "family", None) or family
+            captioner_, chosen = _captioner_for(loaded, settings, captioner)
+            made.append(captioner_)
+            info.update(chosen)
+        return made[0]
+
+    if mine:
+        _generate_into(engine, mine, own_file, settings, gen, batch_size=batch_size, model_name=model_name,
+                       family=lambda: family, progress=progress, desc=desc, done=done, image_of=image_of,
+                       fields_of=fields_of, on_unreadable=on_unreadable, unreadable=unreadable,
+                       on_batch=on_batch, signatures=images)
+        fallbacks = getattr(made[0], "fallbacks", None) if made else None
+        if fallbacks:
+            info["fallbacks"] = dict(fallbacks)
+
+    if procs.distributed:
+        gathered = procs.gather({"unreadable": unreadable, "captioner": info, "generated": len(mine)})
+        procs.barrier()  # every part file is complete
+        if not procs.is_main:
+            return PredictionRun(out_path, [], generated=len(mine), skipped=skipped, notes=notes,
+                                 unreadable=unreadable, captioner=info, is_main=False, num_processes=procs.world)
+        unreadable = [u for g in gathered for u in g["unreadable"]]
+        info = next((g["captioner"] for g in gathered if g["captioner"].get("path")), info)
+    if out_path is not None and part_files(out_path):
+        done = merge_predictions(out_path, ids)
+    rows = [{**done[i], **fields_of(r)} for i, r in zip(ids, records, strict=True) if i in done]
+    generated = len(pending) - len(unreadable)
+    return PredictionRun(out_path, rows, generated=generated, skipped=skipped, notes=notes,
+                         unreadable=unreadable, captioner=info, num_processes=procs.world)
+
+
+def merge_predictions(out_path: Path, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Fold the part files of a multi-process run into ``out_path`` and remove them.
+
+    The merged file holds the lines for ``ids`` in that order, then any other lines it held before
+    (an earlier run's), so it equals the file one process would have written. Returns the rows by id.
+    """
+    from medblip.evaluation.sharding import part_files
+
+    parts = part_files(out_path)
+    rows: dict[str, dict[str, Any]] = {}
+    for path in [out_path, *parts]:
+        rows.update(read_predictions_file(path).by_id)
+    wanted = [i for i in ids if i in rows]
+    order = wanted + [i for i in rows if i not in set(wanted)]
+    write_jsonl(out_path, [rows[i] for i in order])
+    for path in parts:
+        path.unlink(missing_ok=True)
+    return rows
+
+
+def _captioner_for(model: Any, settings: GenerationSettings, prefer: str) -> tuple[Any, dict[str, Any]]:
+    """The fast captioner for a CaptionModel that supports ``settings``; any other captioner as it is."""
+    if not _is_caption_model(model):
+        return model, {"path": type(model).__name__, "fallback_reason": None}
+    from medblip.perf.captioner import select_captioner
+
+    engine, info = select_captioner(model, settings, prefer)
+    if info.get("fallback_reason"):
+        log.info("captioning with transformers' generate: the fast captioner does not support %s",
+                 info["fallback_reason"])
+    return engine, info
 
 
 def _is_caption_model(obj: Any) -> bool:
@@ -311,47 +362,122 @@ def _check_compatible(path: Path, rows: list[dict[str, Any]], model_name: str, g
                 f"use another output folder or --overwrite to start again")
 
 
-def _generate_into(model: CaptionModel, pending: Sequence[Record], out_path: Path,
+def fingerprint_path(predictions: Path) -> Path:
+    return predictions.with_name(predictions.stem + ".fingerprint.json")
+
+
+def _check_fingerprint(path: Path, rows: list[dict[str, Any]], model_name: str,
+                       images: Mapping[str, Any]) -> list[str]:
+    """Refuse to add to ``path`` when its rows came from other model files or other images (see module doc).
+
+    Writes the fingerprint when the file starts (or predates fingerprints); returns notes.
+    """
+    fp_file = fingerprint_path(path)
+    current = {"model": model_signature(model_name)}
+    old = None
+    if fp_file.is_file():
+        try:
+            old = json.loads(fp_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+    notes: list[str] = []
+    if rows:
+        if old is not None:
+            diffs = describe_differences(old, current)
+            if diffs:
+                raise MedblipError(
+                    f"{path} holds predictions of a model that has changed since ({'; '.join(diffs)}); resuming "
+                    "would mix two models' captions: use another output folder, or --overwrite to start again")
+        else:
+            notes.append(f"{path}: no {fp_file.name} (written by an older medblip); resuming on the model name "
+                         "and settings alone")
+        for row in rows:
+            rid = str(row["id"])
+            if rid in images and row.get("image") is not None and row["image"] != images[rid]:
+                raise MedblipError(
+                    f"{path}: id {rid!r} was captioned from another image ({row['image'].get('path', 'bytes')}) "
+                    f"than the data set now holds ({(images[rid] or {}).get('path', 'bytes')}); resuming would "
+                    "mix two data sets: use another output folder, or --overwrite to start again")
+    if old != current:
+        atomic_write_json(fp_file, current)
+    return notes
+
+
+def _load_batch(batch: Sequence[Any], image_of: Callable[[Any], Image.Image],
+                on_unreadable: str) -> tuple[list[Any], list[Image.Image], list[tuple[str, str]]]:
+    """(readable items, their images, (item, reason) of the unreadable ones)."""
+    from medblip.errors import ImageError
+
+    items, images, bad = [], [], []
+    for item in batch:
+        try:
+            image = image_of(item)
+        except ImageError as exc:
+            if on_unreadable == "raise":
+                raise
+            label = str(getattr(item, "label", item.id))
+            reason = str(exc)
+            bad.append((label, reason[len(label) + 2:] if reason.startswith(f"{label}: ") else reason))
+            continue
+        items.append(item)
+        images.append(image)
+    return items, images, bad
+
+
+def _generate_into(engine: Callable[[], Any], pending: Sequence[Any], out_path: Path | None,
                    settings: GenerationSettings, gen: dict[str, Any], *, batch_size: int,
-                   model_name: str, family: str | None, progress: bool, desc: str | None,
-                   done: dict[str, dict[str, Any]]) -> None:
+                   model_name: str, family: Callable[[], str | None], progress: bool, desc: str | None,
+                   done: dict[str, dict[str, Any]], image_of: Callable[[Any], Image.Image],
+                   fields_of: Callable[[Any], dict[str, Any]], on_unreadable: str,
+                   unreadable: list[tuple[str, str]],
+                   on_batch: Callable[[list[dict[str, Any]]], None] | None,
+                   signatures: Mapping[str, Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
-    from medblip.data import load_image
-
+    batches = [pending[i:i + batch_size] for i in range(0, len(pending), batch_size)]
     bar = tqdm(total=len(pending), desc=desc or "captioning", unit="img", disable=not progress,
                dynamic_ncols=True)
-    try:
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start:start + batch_size]
-            images = []
-            for rec in batch:
-                if rec.image is None:
-                    raise DataError(f"record {rec.id!r} ({rec.split}) has no image to caption")
-                images.append(load_image(rec.image))
-            t0 = time.perf_counter()
-            captions = model.generate(images, settings)
-            elapsed = time.perf_counter() - t0
-            if len(captions) != len(batch):  # an adapter bug, not a user error
-                raise RuntimeError(f"{type(model).__name__}.generate returned {len(captions)} captions "
-                                   f"for {len(batch)} images")
-            per_image = elapsed / len(batch)
-            for rec, caption in zip(batch, captions, strict=True):
-                row = {
-                    "id": str(rec.id),
-                    "split": rec.split,
-                    "reference": rec.caption,
-                    "prediction": caption,
-                    "model": model_name,
-                    "family": family,
-                    "generation": gen,
-                    "gen_seconds": round(per_image, 6),
-                }
-                append_jsonl(out_path, row)
-                done[row["id"]] = row
-            bar.update(len(batch))
-    finally:
-        bar.close()
+    # The next batch's images are decoded in a thread while this one is captioned (PIL and pydicom
+    # release the GIL for most of the decoding), so file reading hides behind generation.
+    ahead = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            ahead = pool.submit(_load_batch, batches[0], image_of, on_unreadable) if batches else None
+            for n in range(len(batches)):
+                assert ahead is not None
+                items, images, bad = ahead.result()
+                ahead = (pool.submit(_load_batch, batches[n + 1], image_of, on_unreadable)
+                         if n + 1 < len(batches) else None)
+                for label, reason in bad:
+                    log.info("skipped %s: %s", label, reason)
+                unreadable += bad
+                if images:
+                    model = engine()  # loaded here: a run whose images are all unreadable loads no model
+                    t0 = time.perf_counter()
+                    captions = model.generate(images, settings)
+                    elapsed = time.perf_counter() - t0
+                    if len(captions) != len(items):  # an adapter bug, not a user error
+                        raise RuntimeError(f"{type(model).__name__}.generate returned {len(captions)} captions "
+                                           f"for {len(items)} images")
+                    per_image = elapsed / len(items)
+                    rows = []
+                    for item, caption in zip(items, captions, strict=True):
+                        row = Prediction(id=str(item.id), **fields_of(item), prediction=caption, model=model_name,
+                                         family=family(), generation=gen, gen_seconds=round(per_image, 6),
+                                         image=signatures.get(str(item.id))).model_dump(exclude_unset=True)
+                        if out_path is not None:
+                            append_jsonl(out_path, row)
+                        done[row["id"]] = row
+                        rows.append(row)
+                    if on_batch is not None:
+                        on_batch(rows)
+                bar.update(len(batches[n]))
+        finally:
+            bar.close()
+            if ahead is not None:
+                ahead.cancel()
 
 
 # -- evaluate --------------------------------------------------------------------------------------
@@ -367,22 +493,45 @@ class EvaluationResult:
     def seconds_per_image(self) -> float | None:
         return self.predictions.seconds_per_image
 
+    @property
+    def is_main(self) -> bool:
+        """False on the other processes of a multi-process run (no metrics there)."""
+        return self.predictions.is_main
+
 
 def load_split(data: str | Path, split: str = "test", *, format: str = "auto", limit: int | None = None,
-               seed: int = 0, caption_options: Any = None) -> tuple[list[Record], Any]:
-    """The records of one split (``DataError`` when it is empty) and the loader's report."""
+               seed: int = 0, caption_options: Any = None,
+               require_captions: bool = True) -> tuple[list[Record], Any]:
+    """The records of one split and the loader's report.
+
+    A dataset that names no split at all (a manifest without a ``split`` column, whose records the
+    loader puts in ``train``) gives every record, whatever ``split`` asks for, and says so in
+    ``report.notes``. An empty split raises :class:`DataError` naming the splits that do have records.
+    ``require_captions=False``: an image-only manifest loads (captioning, explaining).
+    """
     from medblip.data import load_dataset
     from medblip.data.records import normalize_splits
 
     (split,) = normalize_splits([split]) or (split,)
-    ds = load_dataset(data, format=format, splits=[split], caption_options=caption_options,
-                      require_images=True, limit=limit, seed=seed)
+    kw = {"format": format, "caption_options": caption_options, "require_images": True,
+          "require_captions": require_captions, "seed": seed}
+    ds = load_dataset(data, splits=[split], limit=limit, **kw)
     records = [r for r in ds.records if r.split == split]
-    if not records:
-        summary = getattr(ds.report, "summary", None)
-        detail = summary().splitlines()[0] if callable(summary) else ""
-        raise DataError(f"{data}: no usable records in split {split!r}" + (f" ({detail})" if detail else ""))
-    return records, ds.report
+    if records:
+        return records, ds.report
+    everything = load_dataset(data, splits=None, limit=limit, **kw)
+    found = everything.report.kept
+    if everything.report.unsplit and set(found) == {"train"} and everything.report.unsplit >= found["train"]:
+        note = (f"{data} names no split (no 'split' column): using all {found['train']} record(s) instead of "
+                f"split {split!r}")
+        log.warning(note)
+        everything.report.notes.append(note)
+        return list(everything.records), everything.report
+    if found:
+        detail = "splits with records: " + ", ".join(f"{s} {n}" for s, n in found.items())
+    else:
+        detail = everything.report.summary().splitlines()[0] + "; no split has usable records"
+    raise DataError(f"{data}: no usable records in split {split!r} ({detail})")
 
 
 def evaluate(
@@ -405,35 +554,73 @@ def evaluate(
     progress: bool = True,
     overwrite: bool = False,
     records: Sequence[Record] | None = None,
+    captioner: str = "auto",
 ) -> EvaluationResult:
     """Caption a split with a model, score it and write the run folder ``out``.
 
     ``generation`` holds only the settings to change from the family's defaults (or a complete
     :class:`GenerationSettings`). ``score_options``: options of
-    :func:`medblip.evaluation.score_predictions` (``imageclef``, ``meteor``, ``java``, ``spice``,
-    ``bertscore``, ``uncertain_as``). ``records`` skips loading ``data``.
+    :func:`medblip.evaluation.score_predictions` (``metrics``, ``models``, ``device``, ``imageclef``,
+    ``meteor``, ``java``, ``spice``, ``uncertain_as``); CLIPScore reads the records' images.
+    ``records`` skips loading ``data``. ``captioner``: ``auto`` (the fast captioner where it supports
+    the settings) or ``generate``; run.json says which ran and why.
+
+    Under ``accelerate launch`` the images are split between the processes; the main process merges
+    the predictions, scores them and writes the files; the others wait for it and return the same
+    metrics in a result with ``is_main=False``.
     """
+    import contextlib
+
+    from medblip.evaluation.sharding import Processes
+    from medblip.locks import output_lock
+    from medblip.outputs import prepare_output_dir
+
     unknown = sorted(set(score_options or {}) - set(SCORE_OPTIONS))
     if unknown:
         raise ConfigError(f"unknown scoring option {unknown[0]!r} (known: {', '.join(SCORE_OPTIONS)})")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    procs = Processes()
+    # the main process guards, marks and locks the folder; the others write only their part files there
+    if procs.is_main:
+        out = prepare_output_dir(out, "evaluate", overwrite=overwrite, known_files=(PREDICTIONS_FILE,))
+    procs.barrier()
+    out = Path(out).expanduser()
+    with output_lock(out, "evaluate") if procs.is_main else contextlib.nullcontext():
+        return _evaluate(model, data, out, split=split, format=format, limit=limit, batch_size=batch_size,
+                         generation=generation, family=family, device=device, dtype=dtype,
+                         model_options=model_options, bootstrap=bootstrap, seed=seed, score_options=score_options,
+                         progress=progress, overwrite=overwrite, records=records, captioner=captioner, procs=procs)
+
+
+def _evaluate(model: str | Path | CaptionModel, data: str | Path, out: Path, *, split: str, format: str,
+              limit: int | None, batch_size: int, generation: GenerationSettings | Mapping[str, Any] | None,
+              family: str | None, device: str | None, dtype: str | None, model_options: Mapping[str, Any] | None,
+              bootstrap: int, seed: int, score_options: Mapping[str, Any] | None, progress: bool, overwrite: bool,
+              records: Sequence[Record] | None, captioner: str, procs: Any) -> EvaluationResult:
+    from medblip.progress import library_progress
+
     notes: list[str] = []
     if records is None:
         records, report = load_split(data, split, format=format, limit=limit, seed=seed)
-        notes.extend(_report_notes(report))
+        notes.append(report.summary())
     set_seed(seed)  # only sampling (do_sample) draws random numbers
-    run = predict_with(model, records, out / PREDICTIONS_FILE, generation=generation, family=family,
-                       device=device, dtype=dtype, model_options=model_options, batch_size=batch_size,
-                       progress=progress, overwrite=overwrite)
+    with library_progress(progress):  # progress=False: transformers' "Loading weights" bar too
+        run = predict_with(model, records, out / PREDICTIONS_FILE, generation=generation, family=family,
+                           device=device, dtype=dtype, model_options=model_options, batch_size=batch_size,
+                           progress=progress, overwrite=overwrite, captioner=captioner)
     notes.extend(run.notes)
+    if not run.is_main:  # the main process scores and writes the files; the others read them
+        procs.barrier()
+        return EvaluationResult(out, run, json.loads((out / METRICS_JSON).read_text(encoding="utf-8")),
+                                (out / METRICS_MD).read_text(encoding="utf-8"), notes)
     first = run.rows[0]
     split = records[0].split
+    images = {str(r.id): r.image for r in records}
     metrics, markdown = score_and_write(
-        run.rows, out, bootstrap=bootstrap, seed=seed, score_options=score_options, progress=progress,
+        [{**row, "image": images.get(str(row["id"]))} for row in run.rows], out, bootstrap=bootstrap, seed=seed,
+        score_options=score_options, progress=progress,
         title=f"{display_name(first['model'])} on {split} ({len(run.rows)} images)",
         extra={"model": first.get("model"), "family": first.get("family"),
-               "generation": first.get("generation"), "data": str(data), "split": split})
+               "generation": first.get("generation"), "data": str(data), "split": split, "format": format})
     run_info(out, {
         "command": "evaluate",
         "model": str(model) if not _is_caption_model(model) else model.name_or_path,  # type: ignore[union-attr]
@@ -441,8 +628,10 @@ def evaluate(
         "data": str(data), "split": split, "format": format, "limit": limit,
         "batch_size": batch_size, "generation": run.rows[0].get("generation"),
         "device": device, "dtype": dtype, "bootstrap": bootstrap, "scoring": dict(score_options or {}),
+        "captioner": captioner,
     }, seed=seed, images=len(run.rows), generated=run.generated, skipped=run.skipped,
-        seconds_per_image=run.seconds_per_image)
+        seconds_per_image=run.seconds_per_image, captioner=run.captioner, processes=run.num_processes)
+    procs.barrier()
     return EvaluationResult(out, run, metrics, markdown, notes)
 
 
@@ -461,120 +650,74 @@ def predict_with(
     overwrite: bool = False,
     desc: str | None = None,
     source: str = "generation",
+    **predict_options: Any,
 ) -> PredictionRun:
-    """:func:`predict` for a model given by name/path (loaded only when needed) or as an adapter.
+    """:func:`predict` for a model given by name/path (loaded only when needed) or as a captioner.
 
     ``generation`` changes the shared :class:`GenerationSettings` defaults; ``prompt: None`` means
-    the family's own prompt (each adapter documents it).
+    the family's own prompt (each adapter documents it). ``predict_options``: the other options of
+    :func:`predict` (``captioner``, ``on_unreadable``, ``image_of``, ``fields_of``, ``on_batch``).
+    Under a multi-process launcher each process loads the model on its own device.
     """
     settings = make_settings(generation, source=source)
-    if _is_caption_model(model):
+    if hasattr(model, "generate"):
         return predict(model, records, out_path, settings, batch_size=batch_size, progress=progress,
-                       overwrite=overwrite, desc=desc)
+                       overwrite=overwrite, desc=desc, **predict_options)
     checkpoint, run_options, notes = resolve_checkpoint(model)
     options = {**run_options, **dict(model_options or {})}
 
     def factory() -> CaptionModel:
+        from medblip.evaluation.sharding import Processes
         from medblip.models import create_model
 
-        return create_model(checkpoint, family=family, dtype=dtype, device=auto_device(device), **options)
+        return create_model(checkpoint, family=family, dtype=dtype,
+                            device=auto_device(Processes().device(device)), **options)
 
     run = predict(factory, records, out_path, settings, batch_size=batch_size,
                   model_name=model_identity(checkpoint), family=family, progress=progress,
-                  overwrite=overwrite, desc=desc)
+                  overwrite=overwrite, desc=desc, **predict_options)
     run.notes[:0] = notes
     return run
 
 
-def auto_device(device: str | None) -> str | None:
-    """``None`` -> ``"cuda"`` when a GPU is visible (else the adapter's default, CPU)."""
-    if device is not None:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else None
 
 
-def resolve_checkpoint(name_or_path: str | Path) -> tuple[str, dict[str, Any], list[str]]:
-    """A hub id or checkpoint folder as given; a training run folder -> its best (else last) checkpoint.
-
-    For a checkpoint inside a run folder (``<run>/checkpoints/<name>``) the family options the model
-    was trained with (``model.prompt``, ``model.instruction`` in ``config.resolved.yaml``) are
-    returned too, so the model is evaluated with the prompt it learned under.
-    """
-    text = str(name_or_path)
-    path = Path(text).expanduser()
-    notes: list[str] = []
-    if path.is_dir() and not (path / "config.json").is_file():
-        for name in ("best", "last"):
-            cand = path / "checkpoints" / name
-            if (cand / "config.json").is_file():
-                notes.append(f"{text}: a training run folder; evaluating its checkpoints/{name}")
-                path, text = cand, str(cand)
-                break
-    options: dict[str, Any] = {}
-    run_cfg = path.parent.parent / "config.resolved.yaml"
-    if path.parent.name == "checkpoints" and run_cfg.is_file():
-        try:
-            import yaml
-
-            raw = yaml.safe_load(run_cfg.read_text(encoding="utf-8")) or {}
-            section = raw.get("model") or {}
-            options = {k: section[k] for k in ("prompt", "instruction") if section.get(k) is not None}
-        except (OSError, ValueError, AttributeError, yaml.YAMLError):
-            notes.append(f"{run_cfg}: unreadable; the family's default prompt is used")
-        if options:
-            notes.append(f"{text}: using the run's {', '.join(f'{k}={v!r}' for k, v in options.items())}")
-    return text, options, notes
 
 
-def _report_notes(report: Any) -> list[str]:
-    if report is None:
-        return []
-    for attr in ("summary", "describe"):
-        fn = getattr(report, attr, None)
-        if callable(fn):
-            try:
-                text = fn()
-            except Exception:  # noqa: BLE001
-                break
-            return [text] if text else []
-    return []
 
 
 # -- scoring and files -----------------------------------------------------------------------------
 #: options of score_predictions that evaluate/compare pass through (``scoring:`` in a compare config)
-SCORE_OPTIONS = ("java", "imageclef", "meteor", "spice", "bertscore", "uncertain_as")
+SCORE_OPTIONS = ("metrics", "models", "device", "java", "imageclef", "meteor", "spice", "uncertain_as")
 
 
-def score_rows(rows: Sequence[Mapping[str, Any]], *, bootstrap: int = 1000, seed: int = 0,
-               score_options: Mapping[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
-    """:func:`medblip.evaluation.score_predictions` on the id/reference/prediction of ``rows``."""
-    from medblip.evaluation import score_predictions
-
-    clean = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows]
-    return score_predictions(clean, bootstrap=bootstrap, seed=seed, progress=progress,
-                             **dict(score_options or {}))
 
 
 def score_and_write(rows: Sequence[Mapping[str, Any]], out: Path, *, bootstrap: int, seed: int,
                     score_options: Mapping[str, Any] | None = None, title: str | None = None,
                     progress: bool = False, extra: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
-    """Score ``rows``; write ``metrics.json`` (plus ``generation_time`` and ``extra``) and ``metrics.md``."""
-    from medblip.evaluation import metrics_markdown
+    """Score the id/reference/prediction of ``rows`` with :func:`medblip.evaluation.score_predictions`;
+    write ``metrics.json`` (plus ``generation_time`` and ``extra``), ``metrics.md`` and ``per_image.jsonl``.
+    Returns the result (without the per-image rows) and the Markdown."""
+    from medblip.evaluation.scoring import score_predictions, write_metrics
 
-    result = score_rows(rows, bootstrap=bootstrap, seed=seed, score_options=score_options, progress=progress)
-    spi = seconds_per_image(rows)
-    result["generation_time"] = {"seconds_per_image": spi,
+    # the image is what CLIPScore reads; nothing else of a row is scored
+    clean = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"],
+              **({"image": image} if (image := _image(r.get("image"))) is not None else {})} for r in rows]
+    result = score_predictions(clean, bootstrap=bootstrap, seed=seed, progress=progress, image_rows=True,
+                               **dict(score_options or {}))
+    result["generation_time"] = {"seconds_per_image": seconds_per_image(rows),
                                  "images_timed": sum(1 for r in rows if "gen_seconds" in r)}
     result.update(extra or {})
-    md = metrics_markdown(result, title=title)
-    if spi is not None:
-        md = md.rstrip("\n") + (f"\n\nGeneration time: {spi:.3f} s/image "
-                                f"({result['generation_time']['images_timed']} images timed).\n")
-    atomic_write_json(out / METRICS_JSON, result)
-    atomic_write_text(out / METRICS_MD, md)
-    return result, md
+    paths = write_metrics(result, out, title=title)
+    result.pop("image_rows")
+    return result, paths["markdown"].read_text(encoding="utf-8")
+
+
+def _image(image: Any) -> Any:
+    """What CLIPScore reads of a row's ``image``: a path or bytes as given (compare passes the data set's),
+    or the path in the image identity medblip records in predictions.jsonl."""
+    return image_path(image) if isinstance(image, dict) else image
 
 
 def run_info(out: Path, config: Mapping[str, Any], *, seed: int | None = None, **extra: Any) -> Path:

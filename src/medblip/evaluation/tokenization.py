@@ -106,10 +106,11 @@ _PUNCT_TABLE = str.maketrans("", "", string.punctuation)
 
 
 def imageclef_preprocess(text: str) -> str:
-    """ImageCLEFmedical Caption preprocessing (as for ROCOv2 results): lower-case, remove
-    punctuation, then replace every number by the word ``number``."""
-    text = clean_whitespace(text).lower().translate(_PUNCT_TABLE)
-    return clean_whitespace(_NUMBER.sub("number", text))
+    """The ImageCLEFmedical Caption preprocessing, step for step as the organisers' evaluator does it
+    before BERTScore, ROUGE and BLEURT: lower-case, replace every run of digits by ``number``, then
+    delete ASCII punctuation (``string.punctuation``); whitespace is left as it is. So ``5.2 cm``
+    becomes ``numbernumber cm`` and ``T2-weighted`` becomes ``tnumberweighted``."""
+    return _NUMBER.sub("number", text.lower()).translate(_PUNCT_TABLE)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,8 @@
-"""Experiments built from the other packages: the strategy ablation and the one-command demo.
+"""Experiments built from the other packages: the comparison, the strategy ablation and the one-command demo.
 
+* :func:`medblip.experiments.compare.run_compare` - ``medblip compare CONFIG``: several captioning
+  systems (models, or existing predictions files) scored on one split with paired significance
+  tests against a reference; writes ``comparison.{md,csv,json,png}``.
 * :func:`medblip.experiments.ablation.run_ablation` - ``medblip ablation CONFIG``: one run per
   fine-tuning strategy on the same data, seed and budget, each evaluated on the test split; writes
   ``ablation.{md,csv,json}`` and plots.
@@ -13,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULT_STRATEGIES", "AblationResult", "DemoOptions", "DemoResult", "run_ablation", "run_demo"]
+__all__ = ["DEFAULT_STRATEGIES", "AblationResult", "DemoOptions", "DemoResult", "run_ablation", "run_compare",
+           "run_demo"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,6 +25,10 @@ def __getattr__(name: str) -> Any:
         from medblip.experiments import ablation
 
         return getattr(ablation, name)
+    if name == "run_compare":
+        from medblip.experiments import compare
+
+        return compare.run_compare
     if name in ("DemoOptions", "DemoResult", "run_demo"):
         from medblip.experiments import demo
 

@@ -29,26 +29,24 @@ import contextlib
 import csv
 import io
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medblip.errors import ConfigError, MedblipError
+from medblip.formatting import fmt_bytes, fmt_num, fmt_params, fmt_pct, fmt_ratio, fmt_seconds, metric_cell
 from medblip.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from medblip.results import Ablation, Scores, StrategyRow, TrainResult, headline_metric
 
 if TYPE_CHECKING:
     from medblip.training.config import ExperimentConfig
-    from medblip.training.trainer import RunResult
 
 DEFAULT_STRATEGIES: tuple[str, ...] = ("full", "decoder_only", "encoder_only", "lora")
 ABLATION_JSON, ABLATION_CSV, ABLATION_MD = "ablation.json", "ablation.csv", "ablation.md"
 COST_PLOT, PARAMS_PLOT = "ablation_cost.png", "ablation_params.png"
 EVAL_KEY = "ablation_eval.json"  # what an evaluation folder was made with (reuse check)
 FINISHED = ("completed", "early_stopped")
-#: headline metric of the plots, first one present
-HEADLINE = ("CIDEr", "BLEU-4", "ROUGE-L", "METEOR", "BLEU-1")
 
 Log = Callable[[str], None]
 
@@ -62,7 +60,7 @@ class AblationResult:
     metric_names: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    interrupted: RunResult | None = None
+    interrupted: TrainResult | None = None
     interrupted_strategy: str | None = None
 
     def row(self, strategy: str) -> dict[str, Any]:
@@ -97,7 +95,8 @@ def model_family(config: ExperimentConfig) -> str | None:
         return config.model.family
     try:
         import medblip.models  # noqa: F401  (fills the registry)
-        from medblip.models.registry import detect_family, resolve_source
+        from medblip.models.loading import resolve_source
+        from medblip.models.registry import detect_family
 
         source, _ = resolve_source(config.model.name_or_path)
         return detect_family(source)
@@ -132,39 +131,13 @@ def strategy_config(config: ExperimentConfig, strategy: str, out: str | Path) ->
     return validate_config(raw, f"ablation {strategy}")
 
 
-def _comparable(raw: Mapping[str, Any]) -> dict[str, Any]:
-    d = json.loads(json.dumps(raw, default=str))
-    d.pop("output", None)  # the folder may be spelt differently (relative / absolute) between runs
-    d.pop("name", None)
-    return d
-
-
 def _check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
-    import yaml
+    from medblip.training.run_guard import config_changes
 
-    path = run_dir / "config.resolved.yaml"
-    if not path.is_file():
-        return
-    try:
-        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return
-    new = cfg.model_dump(mode="json")
-    if _comparable(old) != _comparable(new):
-        a, b = _comparable(old), _comparable(new)
-        diff = _first_difference(a, b) or "?"
-        raise ConfigError(f"{run_dir} holds a run made with a different config ({diff}); use another --out "
+    changes = config_changes(run_dir, cfg)
+    if changes:
+        raise ConfigError(f"{run_dir} holds a run made with a different config ({changes[0]}); use another --out "
                           "or delete that folder to train it again")
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in list(dict.fromkeys([*a, *b])):
-            d = _first_difference(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
-            if d:
-                return d
-        return None
-    return None if a == b else f"{prefix}: {a!r} -> {b!r}"
 
 
 def budget_of(config: ExperimentConfig) -> dict[str, Any]:
@@ -191,8 +164,8 @@ def _reset_peak_memory() -> None:
 
 
 def train_strategy(cfg: ExperimentConfig, *, source: str = "<config>", progress: bool = True,
-                   log: Log = print) -> tuple[str, RunResult | None]:
-    """Train (or resume, or skip) one strategy's run. Returns (what happened, the RunResult if trained)."""
+                   log: Log = print) -> tuple[str, TrainResult | None]:
+    """Train (or resume, or skip) one strategy's run. Returns (what happened, the TrainResult if trained)."""
     from medblip.training import checkpoint as ckpt
 
     run_dir = Path(cfg.output.dir)
@@ -201,7 +174,7 @@ def train_strategy(cfg: ExperimentConfig, *, source: str = "<config>", progress:
     resume = False
     if result_path.is_file():
         _check_same_config(run_dir, cfg)
-        status = _read_json(result_path).get("status")
+        status = TrainResult.read(result_path).status
         if status in FINISHED:
             log(f"  {strategy}: finished run found in {run_dir} ({status}); not trained again")
             return "skipped", None
@@ -221,13 +194,12 @@ def train_strategy(cfg: ExperimentConfig, *, source: str = "<config>", progress:
 
 
 def best_checkpoint(run_dir: Path) -> Path:
-    from medblip.training import checkpoint as ckpt
+    from medblip.models.loading import run_checkpoint
 
-    for name in (ckpt.BEST, ckpt.LAST):
-        folder = ckpt.checkpoint_dir(run_dir, name)
-        if (folder / "config.json").is_file():
-            return folder
-    raise MedblipError(f"{run_dir}: no checkpoint to evaluate (checkpoints/best and checkpoints/last are missing)")
+    checkpoint = run_checkpoint(run_dir)
+    if checkpoint is None:
+        raise MedblipError(f"{run_dir}: no checkpoint to evaluate (checkpoints/best and checkpoints/last are missing)")
+    return checkpoint
 
 
 def eval_dir(run_dir: Path, split: str) -> Path:
@@ -253,7 +225,8 @@ def evaluate_strategy(config: ExperimentConfig, run_dir: Path, records: Sequence
     scoring settings is read back, and captions already in ``predictions.jsonl`` are kept (unless
     ``fresh``: the run was just (re)trained, so older captions are stale).
     """
-    from medblip.evaluation.predict import METRICS_JSON, evaluate
+    from medblip.evaluation.predict import evaluate
+    from medblip.evaluation.scoring import METRICS_JSON
 
     out = eval_dir(run_dir, split)
     checkpoint = best_checkpoint(run_dir)
@@ -291,54 +264,23 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 # -- the table ----------------------------------------------------------------------------------------------
 def strategy_row(strategy: str, run_dir: Path, metrics_doc: Mapping[str, Any]) -> dict[str, Any]:
-    """One row of the table from the run's result.json / cost.json and the evaluation's metrics.json."""
-    from medblip.evaluation.compare import extract_metrics
-
-    result = _read_json(run_dir / "result.json")
-    cost = _read_json(run_dir / "cost.json") if (run_dir / "cost.json").is_file() else dict(result.get("cost") or {})
-    strat = dict(result.get("strategy") or {})
-    table, diagnostics, warnings = extract_metrics(metrics_doc)
-    groups = {m: v.get("group") for m, v in (metrics_doc.get("metrics") or {}).items() if isinstance(v, Mapping)}
-    epochs = [e for e in cost.get("epochs") or [] if isinstance(e, Mapping)]
-    secs = [float(e["train_seconds"]) for e in epochs if isinstance(e.get("train_seconds"), int | float)]
-    trainable = strat.get("trainable_params")
-    frozen = strat.get("frozen_params")
-    total = strat.get("total_params") or ((trainable or 0) + (frozen or 0)) or None
-    gen = metrics_doc.get("generation_time") if isinstance(metrics_doc.get("generation_time"), Mapping) else {}
-    return {
-        "strategy": strategy,
-        "status": result.get("status"),
-        "run_dir": str(run_dir),
-        "checkpoint": str(best_checkpoint(run_dir)),
-        "steps": result.get("global_step"),
-        "epochs": result.get("epochs_completed"),
-        "best_step": result.get("best_step"),
-        "best_metric_name": result.get("best_metric_name"),
-        "best_metric": result.get("best_metric"),
-        "trainable_params": trainable,
-        "frozen_params": frozen,
-        "total_params": total,
-        "trainable_fraction": (trainable / total) if trainable is not None and total else None,
-        "trainable_groups": strat.get("trainable_groups"),
-        "metrics": {m: {"value": v.value, "ci_low": v.ci_low, "ci_high": v.ci_high,
-                        **({"group": groups[m]} if groups.get(m) else {})} for m, v in table.items()},
-        "time_per_epoch": sum(secs) / len(secs) if secs else None,
-        "total_time": _f(cost.get("train_seconds")),
-        "wall_time": _f(cost.get("wall_seconds")),
-        "eval_time": _f(cost.get("eval_seconds")),
-        "images_per_second": _f(cost.get("images_per_second")),
-        "peak_memory_bytes": cost.get("peak_memory_bytes"),
-        "peak_memory_kind": cost.get("peak_memory_kind"),
-        "relative_time": None,
-        "seconds_per_image": _f(gen.get("seconds_per_image")),
-        "n_images": metrics_doc.get("n_images"),
-        "degeneration": diagnostics,
-        "warnings": warnings,
-    }
-
-
-def _f(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) else None
+    """One row of the table (a :class:`medblip.results.StrategyRow`) from the run's result.json and the
+    evaluation's metrics.json."""
+    result = TrainResult.read(run_dir)
+    scores = Scores.model_validate(metrics_doc)
+    cost, strat = result.cost, result.strategy
+    row = StrategyRow(
+        strategy=strategy, status=result.status, run_dir=str(run_dir), checkpoint=str(best_checkpoint(run_dir)),
+        steps=result.global_step, epochs=result.epochs_completed, best_step=result.best_step,
+        best_metric_name=result.best_metric_name, best_metric=result.best_metric,
+        trainable_params=strat.trainable_params, frozen_params=strat.frozen_params, total_params=strat.total_params,
+        trainable_fraction=strat.trainable_fraction, trainable_groups=strat.trainable_groups,
+        metrics=scores.metrics, time_per_epoch=cost.time_per_epoch, total_time=cost.train_seconds,
+        wall_time=cost.wall_seconds, eval_time=cost.eval_seconds, images_per_second=cost.images_per_second,
+        peak_memory_bytes=cost.peak_memory_bytes, peak_memory_kind=cost.peak_memory_kind,
+        seconds_per_image=scores.generation_time.seconds_per_image if scores.generation_time else None,
+        n_images=scores.n_images, degeneration=scores.degeneration)
+    return {**row.model_dump(mode="json", exclude_none=False), "warnings": list(scores.warnings)}
 
 
 def add_relative_time(rows: list[dict[str, Any]]) -> None:
@@ -347,37 +289,6 @@ def add_relative_time(rows: list[dict[str, Any]]) -> None:
     base = full.get("total_time") if full else None
     for r in rows:
         r["relative_time"] = (r["total_time"] / base) if base and r.get("total_time") is not None else None
-
-
-def headline_metric(metric_names: Sequence[str]) -> str | None:
-    return next((m for m in HEADLINE if m in metric_names), metric_names[0] if metric_names else None)
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return f"{x:.{digits}f}"
-
-
-def fmt_params(n: Any) -> str:
-    if not isinstance(n, int | float):
-        return "-"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(int(n))
-
-
-def fmt_bytes(n: Any) -> str:
-    if not isinstance(n, int | float):
-        return "-"
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
-def fmt_seconds(s: Any) -> str:
-    if not isinstance(s, int | float):
-        return "-"
-    return f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 120 else f"{s:.1f} s"
 
 
 def ablation_markdown(doc: Mapping[str, Any]) -> str:
@@ -398,25 +309,16 @@ def ablation_markdown(doc: Mapping[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        share = f"{100 * r['trainable_fraction']:.1f}%" if r.get("trainable_fraction") is not None else "-"
-        rel = f"{r['relative_time']:.2f}x" if r.get("relative_time") is not None else "-"
-        lines.append(f"| {r['strategy']} | {fmt_params(r.get('trainable_params'))} | {share} | "
-                     f"{fmt_seconds(r.get('time_per_epoch'))} | {fmt_seconds(r.get('total_time'))} | {rel} | "
-                     f"{_fmt(r.get('images_per_second'), 1)} | {fmt_bytes(r.get('peak_memory_bytes'))} |")
+        lines.append(f"| {r['strategy']} | {fmt_params(r.get('trainable_params'), missing='-')} | "
+                     f"{fmt_pct(r.get('trainable_fraction'), missing='-')} | "
+                     f"{fmt_seconds(r.get('time_per_epoch'), missing='-')} | "
+                     f"{fmt_seconds(r.get('total_time'), missing='-')} | {fmt_ratio(r.get('relative_time'), missing='-')} | "
+                     f"{fmt_num(r.get('images_per_second'), 1, missing='-')} | "
+                     f"{fmt_bytes(r.get('peak_memory_bytes'), missing='-')} |")
     lines += ["", "| metric | " + " | ".join(r["strategy"] for r in rows) + " |",
               "|---|" + "---:|" * len(rows)]
     for m in metrics:
-        cells = []
-        for r in rows:
-            v = r["metrics"].get(m)
-            if v is None:
-                cells.append("-")
-                continue
-            cell = _fmt(v.get("value"))
-            if v.get("ci_low") is not None and v.get("ci_high") is not None:
-                cell += f" [{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]"
-            cells.append(cell)
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} | " + " | ".join(metric_cell(r["metrics"].get(m), missing="-") for r in rows) + " |")
     peak = {r.get("peak_memory_kind") for r in rows} - {None}
     lines += ["", f"Peak memory: {'CUDA allocator peak' if peak == {'cuda'} else 'peak resident set size of the process'}"
               f" during each run. Runs: " + ", ".join(f"`{r['run_dir']}`" for r in rows) + "."]
@@ -502,7 +404,7 @@ def plot_ablation(doc: Mapping[str, Any], out: Path) -> dict[str, Path]:
         bars = ax.bar(names, vals, color=[f"C{i % 10}" for i in range(len(names))])
         for bar, r in zip(bars, with_params, strict=True):
             share = r.get("trainable_fraction")
-            ax.annotate(fmt_params(r["trainable_params"]) + (f" ({100 * share:.0f}%)" if share is not None else ""),
+            ax.annotate(fmt_params(r["trainable_params"], missing="-") + (f" ({100 * share:.0f}%)" if share is not None else ""),
                         (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
         ax.set_ylim(0, max(vals) * 1.18)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: _tick(y)))
@@ -527,8 +429,9 @@ def _save_fig(fig: Any, path: Path) -> Path:
 
 
 def write_ablation(doc: dict[str, Any], out: Path) -> dict[str, Path]:
+    """``ablation.json`` (:class:`medblip.results.Ablation`), ``.csv``, ``.md`` and the plots."""
     paths = {
-        "json": atomic_write_json(out / ABLATION_JSON, doc),
+        "json": Ablation.model_validate(doc).write(out),
         "csv": atomic_write_text(out / ABLATION_CSV, ablation_csv(doc)),
         "markdown": atomic_write_text(out / ABLATION_MD, ablation_markdown(doc)),
     }
@@ -541,31 +444,38 @@ def run_ablation(config: ExperimentConfig, out: str | Path | None = None,
                  strategies: Sequence[str] | str | None = None, *, source: str = "<config>", split: str = "test",
                  bootstrap: int = 1000, score_options: Mapping[str, Any] | None = None,
                  device: str | None = None, eval_batch_size: int | None = None, progress: bool = True,
-                 log: Log = print) -> AblationResult:
+                 log: Log = print, overwrite: bool = False) -> AblationResult:
     """Train every strategy (resuming / skipping finished ones), evaluate each, write the table.
 
     ``out`` defaults to ``config.output.dir``. ``device``: where the evaluation captions (default:
     CUDA when available); training places itself (accelerate). ``score_options``: options of
     :func:`medblip.evaluation.score_predictions` (e.g. ``{"meteor": False}``). ``log`` receives one
     line per stage. When a run is stopped by a signal the result's ``interrupted`` is set and no
-    table is written (rerun to resume).
+    table is written (rerun to resume). A non-empty ``out`` that holds no ablation is refused unless
+    ``overwrite`` (:mod:`medblip.outputs`).
     """
+    from medblip.models.strategies import STRATEGIES
+    from medblip.outputs import check_output_dir, prepare_output_dir
     from medblip.runinfo import run_metadata
     from medblip.training.config import check_paths
 
     names = parse_strategies(strategies)
     out = Path(out if out is not None else config.output.dir)
+    # its strategy run folders identify an ablation folder written before markers existed
+    check_output_dir(out, "ablation", overwrite=overwrite, known_files=(ABLATION_JSON, *STRATEGIES))
     check_paths(config, source)
     check_strategies(config, names, source)
     if bootstrap < 0:
         raise ConfigError(f"bootstrap={bootstrap} must be >= 0")
     if device is None:
-        device = _default_device()
+        from medblip.models.loading import auto_device
+
+        device = auto_device(None)
     result = AblationResult(out=out)
     if config.train.early_stopping.patience is not None:
         result.notes.append(f"train.early_stopping.patience={config.train.early_stopping.patience}: strategies "
                             "may stop after different numbers of steps (see the steps column)")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, "ablation", overwrite=overwrite, known_files=(ABLATION_JSON, *STRATEGIES))
     configs = {s: strategy_config(config, s, out) for s in names}
     atomic_write_json(out / "run.json", run_metadata(
         config.model_dump(mode="json"), config.train.seed, command="ablation", source=source,
@@ -582,7 +492,7 @@ def run_ablation(config: ExperimentConfig, out: str | Path | None = None,
             log(f"  {s}: stopped by {run.signal} at step {run.global_step}; run the same command again to resume")
             return result
         if run is not None:
-            log(f"  {s}: {run.status}, {run.global_step} steps, {run.cost.get('train_seconds', 0):.1f} s of training")
+            log(f"  {s}: {run.status}, {run.global_step} steps, {run.cost.train_seconds:.1f} s of training")
 
     # 2. evaluation of each best checkpoint, identical generation settings
     records = load_eval_records(config, split)
@@ -617,15 +527,6 @@ def run_ablation(config: ExperimentConfig, out: str | Path | None = None,
     return result
 
 
-def _default_device() -> str | None:
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else None
-    except ImportError:  # pragma: no cover
-        return None
-
-
 def summary_lines(result: AblationResult, metric: str | None = None) -> list[str]:
     """A short plain-text table for the terminal: strategy, params, headline metric, time vs full."""
     metric = metric or headline_metric(result.metric_names)
@@ -633,10 +534,8 @@ def summary_lines(result: AblationResult, metric: str | None = None) -> list[str
     lines = [head]
     for r in result.rows:
         v = (r["metrics"].get(metric) or {}) if metric else {}
-        ci = (f" [{_fmt(v.get('ci_low'))}, {_fmt(v.get('ci_high'))}]"
-              if v.get("ci_low") is not None and v.get("ci_high") is not None else "")
-        rel = f"{r['relative_time']:.2f}x" if r.get("relative_time") is not None else "-"
-        lines.append(f"{r['strategy']:<14}{fmt_params(r.get('trainable_params')):>11}"
-                     f"{fmt_seconds(r.get('total_time')):>12}{rel:>9}{_fmt(r.get('images_per_second'), 1):>8}  "
-                     f"{_fmt(v.get('value'))}{ci}")
+        lines.append(f"{r['strategy']:<14}{fmt_params(r.get('trainable_params'), missing='-'):>11}"
+                     f"{fmt_seconds(r.get('total_time'), missing='-'):>12}"
+                     f"{fmt_ratio(r.get('relative_time'), missing='-'):>9}"
+                     f"{fmt_num(r.get('images_per_second'), 1, missing='-'):>8}  {metric_cell(v, missing='-')}")
     return lines

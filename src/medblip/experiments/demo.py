@@ -21,11 +21,14 @@ are *pretrained stand-ins* (:mod:`medblip.experiments.pretrain`): before fine-tu
 pictures and write plain-language captions ("A dark oval with a small bright spot on its left side."),
 as a general-domain BLIP does, so the zero-shot system is a captioner meeting radiology and the
 strategies freeze pretrained parts, as in the study. They are made once per output folder (a rerun
-finds them by their recipe's key). ``quick`` shrinks everything (60 images, 1 epoch) for CI.
+finds them by their recipe's key). ``quick`` shrinks everything (60 images, 1 epoch) for CI. The
+recipes are ``configs/demo/full.yaml`` and ``demo/quick.yaml`` (and ``configs/pretrain_tiny.yaml``
+for the stand-ins).
 
 With ``model`` (e.g. ``Salesforce/blip-image-captioning-base``) and ``data`` (e.g. ROCOv2) the same
-pipeline runs the real study: the shipped configs' hyper-parameters (``configs/ablation_roco.yaml``,
-``configs/vit_gpt2.yaml``), no synthetic data, and grounding only when the data has lesion masks.
+pipeline runs the real study (``configs/demo/real.yaml``): the shipped configs' hyper-parameters
+(``configs/ablation_roco.yaml``, ``configs/vit_gpt2.yaml``), no synthetic data, and grounding only when
+the data has lesion masks.
 """
 
 from __future__ import annotations
@@ -41,9 +44,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict
+
+from medblip import configfile
 from medblip.errors import ConfigError, MedblipError
+from medblip.formatting import fmt_num, metric_cell
 from medblip.io import atomic_write_json, atomic_write_text
 from medblip.perf.threads import torch_threads
+from medblip.results import Comparison, Grounding
 
 if TYPE_CHECKING:
     from medblip.experiments.ablation import AblationResult
@@ -55,48 +63,59 @@ DEMO_JSON = "demo.json"
 ZERO_SHOT, FINE_TUNED, VIT_GPT2 = "blip-zero-shot", "blip-fine-tuned", "vit-gpt2-fine-tuned"
 
 # -- the recipes -----------------------------------------------------------------------------------------
-#: Full demo: the pretrained 128-wide 2-layer stand-ins (configs/pretrain_tiny.yaml, recipe "full")
-#: fine-tuned on 1152 of 1440 images, about a minute per strategy on one CPU thread.
-FULL = {
-    "synth": {"n": 1440, "size": 64, "seed": 0},
-    "pretrain": "full",  # the recipe of configs/pretrain_tiny.yaml that makes the stand-ins
-    "train": {"epochs": 8, "batch_size": 32, "lr": 2e-3, "warmup_ratio": 0.05, "weight_decay": 0.05,
-              "schedule": "cosine", "seed": 0, "val_subset": 64, "val_generate": False, "log_every": 5},
-    "generation": {"num_beams": 1, "max_new_tokens": 40},
-    "bootstrap": 1000, "scoring": {"meteor": False},
-    "explain_images": 6, "grounding_images": None,
-}
-#: The learning recipe (the trainer's learning tests, tests/_train_fixtures.py; as CLI
-#: steps: configs/synth_blip_learn.yaml). A from-scratch ViT learns *where* a lesion is only from many
-#: images: 10,000 (9,400 train) seen 5 times, through 16 px patches (3x the images/s of 8 px), with the
-#: original BLIP/ViT init (0.02) and position embeddings at std 1 so that position is as loud as patch
-#: content. About 3 minutes of training on the 2-core CPU machine (2 threads); greedy test captions name
-#: the modality of ~all images and the lesion side of ~0.6 against a ~0.4 majority rate
-#: (docs/MODELS_READY.md has the measurements).
-LEARN = {
-    "synth": {"n": 10000, "size": 64, "seed": 0, "splits": (0.94, 0.01, 0.05)},
-    "blip": {"image_size": 64, "patch_size": 16, "hidden_size": 128, "num_layers": 2, "num_heads": 4,
-             "vocab_size": 512, "seed": 0, "vision_init_std": 0.02, "position_init_std": 1.0},
-    "train": {"epochs": 5, "batch_size": 32, "lr": 2e-3, "warmup_ratio": 0.05, "weight_decay": 0.05,
-              "schedule": "cosine", "seed": 0, "val_subset": 64, "val_generate": False, "log_every": 20},
-}
-#: --quick: the same pipeline in a minute or two (numbers meaningless, every file written).
-QUICK = {
-    "synth": {"n": 60, "size": 64, "seed": 0},
-    "pretrain": "quick",
-    "train": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_ratio": 0.0, "weight_decay": 0.05,
-              "schedule": "cosine", "seed": 0, "val_subset": 6, "val_generate": False, "log_every": 1},
-    "generation": {"num_beams": 1, "max_new_tokens": 12, "min_new_tokens": 2},
-    "bootstrap": 200, "scoring": {"meteor": False, "java": False},
-    "explain_images": 2, "grounding_images": 6,
-}
-#: The real study: hyper-parameters from the shipped configs; --quick only caps the budget.
-REAL = {"blip_config": "ablation_roco.yaml", "vit_gpt2_config": "vit_gpt2.yaml",
-        "vit_gpt2_model": "nlpconnect/vit-gpt2-image-captioning", "zero_shot_prompt": "a picture of",
-        "bootstrap": 1000, "scoring": {}, "explain_images": 6, "grounding_images": 200}
-REAL_QUICK_OVERRIDES = ["train.epochs=1", "train.max_steps=20", "train.val_subset=16", "train.save_every_steps=null",
-                        "data.limit=64", "data.num_workers=0", "train.early_stopping.patience=null",
-                        "train.early_stopping.metric=val_loss"]
+class _Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SynthRecipe(_Recipe):
+    """The synthetic benchmark (:func:`medblip.data.synth.generate`)."""
+
+    n: int
+    size: int
+    seed: int = 0
+    splits: tuple[float, float, float] | None = None
+
+
+class TinyRecipe(_Recipe):
+    """``configs/demo/full.yaml`` / ``demo/quick.yaml``: tiny pretrained stand-ins fine-tuned on synthetic data."""
+
+    synth: SynthRecipe
+    #: the recipe of ``configs/pretrain_tiny.yaml`` that makes the stand-ins (``full`` or ``quick``)
+    pretrain: str
+    #: the experiment config's ``train:`` and ``generation:`` sections
+    train: dict[str, Any]
+    generation: dict[str, Any]
+    bootstrap: int
+    #: :func:`medblip.evaluation.score_predictions` options
+    scoring: dict[str, Any]
+    explain_images: int
+    grounding_images: int | None
+
+
+class RealRecipe(_Recipe):
+    """``configs/demo/real.yaml``: the real study, from the shipped configs it names."""
+
+    blip_config: str
+    vit_gpt2_config: str
+    vit_gpt2_model: str
+    zero_shot_prompt: str
+    bootstrap: int
+    scoring: dict[str, Any]
+    explain_images: int
+    grounding_images: int | None
+    #: ``--set`` items that cap the budget under ``--quick``
+    quick_overrides: list[str]
+
+
+def load_recipe(name: str) -> TinyRecipe:
+    """The tiny recipe ``full`` or ``quick`` (``configs/demo/<name>.yaml``)."""
+    return configfile.load(TinyRecipe, shipped_config(f"demo/{name}.yaml"))
+
+
+def load_real_recipe() -> RealRecipe:
+    return configfile.load(RealRecipe, shipped_config("demo/real.yaml"))
+
+
 STRATEGIES = ("full", "decoder_only", "encoder_only", "lora")
 STANDIN_FAMILIES = ("blip", "vit-gpt2")
 
@@ -109,6 +128,7 @@ class DemoOptions:
     data: Path | None = None  # dataset; None: generate the synthetic benchmark
     device: str | None = None
     progress: bool = True
+    overwrite: bool = False  # write into a non-empty folder that holds no demo run
 
     @property
     def real(self) -> bool:
@@ -146,10 +166,10 @@ def _fingerprint(opts: DemoOptions) -> dict[str, Any]:
 
 def standin_recipes(opts: DemoOptions) -> dict[str, Any]:
     """The pretraining recipes of the tiny stand-ins (configs/pretrain_tiny.yaml) by family."""
-    from medblip.experiments.pretrain import load_recipe
+    from medblip.experiments.pretrain import load_recipe as load_pretrain_recipe
 
-    name = (QUICK if opts.quick else FULL)["pretrain"]
-    return {family: load_recipe(family, name) for family in STANDIN_FAMILIES}
+    name = load_recipe("quick" if opts.quick else "full").pretrain
+    return {family: load_pretrain_recipe(family, name) for family in STANDIN_FAMILIES}
 
 
 @contextlib.contextmanager
@@ -190,7 +210,7 @@ class _Stages:
 
 
 # -- the stages ------------------------------------------------------------------------------------------------
-def make_synth(out: Path, params: Mapping[str, Any], log: Log) -> bool:
+def make_synth(out: Path, params: SynthRecipe, log: Log) -> bool:
     """Generate the benchmark unless ``out`` holds one with the same parameters. True when generated."""
     from medblip.data.synth import SYNTH_VERSION, generate
 
@@ -201,11 +221,11 @@ def make_synth(out: Path, params: Mapping[str, Any], log: Log) -> bool:
         except (OSError, json.JSONDecodeError):
             meta = {}
         if (meta.get("n"), meta.get("seed"), meta.get("size"), meta.get("version")) == \
-                (params["n"], params["seed"], params["size"], SYNTH_VERSION):
-            log(f"      {out} already holds it (n={params['n']}, seed={params['seed']}, {params['size']} px)")
+                (params.n, params.seed, params.size, SYNTH_VERSION):
+            log(f"      {out} already holds it (n={params.n}, seed={params.seed}, {params.size} px)")
             return False
-    summary = generate(out, params["n"], seed=params["seed"], size=params["size"])
-    log(f"      {summary.n} images of {params['size']} px: " + ", ".join(f"{k} {v}" for k, v in summary.splits.items()))
+    summary = generate(out, **params.model_dump(exclude_none=True))
+    log(f"      {summary.n} images of {params.size} px: " + ", ".join(f"{k} {v}" for k, v in summary.splits.items()))
     return True
 
 
@@ -231,7 +251,7 @@ def train_captions(data: Path) -> list[str]:
     return [r.caption for r in load_dataset(data, splits=["train"]).records]
 
 
-def tiny_config(model: Path, data: Path, out: Path, recipe: Mapping[str, Any], name: str,
+def tiny_config(model: Path, data: Path, out: Path, recipe: TinyRecipe, name: str,
                 image_size: int) -> ExperimentConfig:
     from medblip.training.config import validate_config
 
@@ -240,8 +260,8 @@ def tiny_config(model: Path, data: Path, out: Path, recipe: Mapping[str, Any], n
         "model": {"name_or_path": str(model)},
         "data": {"path": str(data), "image_size": image_size, "cache_images": True},
         "strategy": {"name": "full"},
-        "train": dict(recipe["train"]),
-        "generation": dict(recipe["generation"]),
+        "train": dict(recipe.train),
+        "generation": dict(recipe.generation),
         "output": {"dir": str(out)},
     }, f"demo {name}")
 
@@ -253,48 +273,30 @@ def real_config(file: str, out: Path, overrides: list[str]) -> ExperimentConfig:
 
 
 def explain_images(adapter: Any, data: Path, out: Path, n: int, log: Log) -> Path:
-    """Attention maps of ``adapter``'s captions for the first ``n`` test images (summary.json like
-    ``medblip explain --data``). An empty generated caption falls back to the reference caption."""
-    from medblip.data import load_dataset, load_image
-    from medblip.explain.explainer import ExplainSettings, explain_image, save_explanation
+    """Attention maps of ``adapter``'s captions for the first ``n`` test images (as ``medblip explain
+    --data``). An empty generated caption falls back to the reference caption."""
+    from medblip.data import load_dataset
+    from medblip.explain.dataset import ExplainItem, explain_items
 
     records = load_dataset(data, splits=["test"]).records[:n]
     if not records:
         raise MedblipError(f"{data}: no test images to explain")
-    settings = ExplainSettings()
-    rows = []
-    for rec in records:
-        img = load_image(rec.image)
-        try:
-            expl = explain_image(adapter, img, None, settings)
-        except MedblipError:  # the model generated an empty caption
-            expl = explain_image(adapter, img, rec.caption, settings, caption_source="reference")
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in rec.id) or "image"
-        doc = save_explanation(expl, img, out / safe)
-        rows.append({"name": rec.id, "folder": safe, "caption": expl.caption, "caption_source": expl.caption_source,
-                     "reference": rec.caption, "words": expl.words, "panels": doc["panels"]})
-        log(f"      {rec.id}: {expl.caption!r} ({expl.caption_source})")
-    summary = {"model": adapter.name_or_path, "family": adapter.family, "settings": settings.as_dict(),
-               "level": "word", "images": rows}
-    path = atomic_write_json(out / "summary.json", summary)
-    md = [f"# Explanations: `{adapter.name_or_path}` ({adapter.family}, {settings.method})", "",
-          "| image | caption | figure |", "|---|---|---|"]
-    md += [f"| {r['name']} | {r['caption']} | [{r['folder']}/grid.png]({r['folder']}/grid.png) |" for r in rows]
-    atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
-    return path
+    explain_items(adapter, [ExplainItem(r.id, r.image, None, r.caption) for r in records], out,
+                  fallback_to_reference=True, log=lambda m: log("      " + m))
+    return out / "summary.json"
 
 
 def compare_config(opts: DemoOptions, data: Path, out: Path, zero_shot: str, fine_tuned: Path,
                    vit_gpt2: Path | None, blip_cfg: ExperimentConfig, bootstrap: int,
                    scoring: Mapping[str, Any]) -> Any:
-    from medblip.evaluation.compare import CompareConfig
+    from medblip.experiments.compare import CompareConfig
 
     gen = asdict(blip_cfg.generation_settings())
     systems: list[dict[str, Any]] = [
         {"name": ZERO_SHOT, "model": zero_shot,
          "description": "BLIP before fine-tuning" if opts.real else
          "the tiny BLIP stand-in before fine-tuning (pretrained on plain-language captions of shapes)",
-         **({"family": "blip", "generation": {"prompt": REAL["zero_shot_prompt"]}} if opts.real else {})},
+         **({"family": "blip", "generation": {"prompt": load_real_recipe().zero_shot_prompt}} if opts.real else {})},
         {"name": FINE_TUNED, "model": str(fine_tuned), "description": "BLIP, all parameters fine-tuned"},
     ]
     if vit_gpt2 is not None:
@@ -309,61 +311,57 @@ def compare_config(opts: DemoOptions, data: Path, out: Path, zero_shot: str, fin
 
 def _seed_predictions(src: Path, dst: Path) -> None:
     """Reuse the ablation's captions of the fine-tuned BLIP (same checkpoint, same settings)."""
+    from medblip.evaluation.predict import fingerprint_path
+
     if src.is_file() and not dst.exists():
         dst.parent.mkdir(parents=True, exist_ok=True)
+        if fingerprint_path(src).is_file():
+            shutil.copyfile(fingerprint_path(src), fingerprint_path(dst))
         shutil.copyfile(src, dst)
 
 
 # -- the headline ----------------------------------------------------------------------------------------------
-HEADLINE_METRICS = ("CIDEr", "BLEU-4", "ROUGE-L", "METEOR", "modality_accuracy", "laterality_agreement", "finding_f1")
+#: the comparison's columns in the terminal table (the first one present leads, with its CI)
+TABLE_METRICS = ("CIDEr", "BLEU-4", "ROUGE-L", "METEOR", "modality_accuracy", "laterality_agreement", "finding_f1")
 
 
-def headline_table(comparison: Mapping[str, Any], ablation: AblationResult | None,
-                   grounding: Mapping[str, Any] | None) -> list[str]:
+def headline_table(comparison: Comparison, ablation: AblationResult | None,
+                   grounding: Grounding | None) -> list[str]:
     """Plain-text tables for the terminal: the comparison's headline metrics, the ablation, grounding."""
     from medblip.experiments.ablation import summary_lines
 
-    def fmt(v: Any) -> str:
-        return "-" if not isinstance(v, int | float) else f"{v:.3f}"
-
     lines: list[str] = []
-    systems = comparison.get("systems") or []
-    metrics = [m for m in HEADLINE_METRICS if any(m in (s.get("metrics") or {}) for s in systems)]
+    systems = comparison.systems
+    metrics = [m for m in TABLE_METRICS if any(m in s.metrics for s in systems)]
     if systems and metrics:
         first = metrics[0]
-        lines.append(f"Comparison on {comparison.get('split')} ({comparison.get('n_images')} images; "
-                     f"{first} with 95% CI):")
-        width = max(len(s["name"]) for s in systems) + 2
+        lines.append(f"Comparison on {comparison.split} ({comparison.n_images} images; {first} with 95% CI):")
+        width = max(len(s.name) for s in systems) + 2
         lines.append(f"{'system':<{width}}" + f"{first:>24}" + "".join(f"{m[:20]:>22}" for m in metrics[1:]))
         for s in systems:
-            ms = s.get("metrics") or {}
-            v = ms.get(first) or {}
-            head = fmt(v.get("value"))
-            if v.get("ci_low") is not None:
-                head += f" [{fmt(v['ci_low'])}, {fmt(v['ci_high'])}]"
-            lines.append(f"{s['name']:<{width}}{head:>24}" + "".join(f"{fmt((ms.get(m) or {}).get('value')):>22}"
-                                                                   for m in metrics[1:]))
+            head = metric_cell(s.metrics[first].model_dump() if first in s.metrics else None, missing="-")
+            lines.append(f"{s.name:<{width}}{head:>24}" + "".join(
+                f"{fmt_num(s.metrics[m].value if m in s.metrics else None, missing='-'):>22}" for m in metrics[1:]))
     if ablation is not None and ablation.rows:
         lines += ["", "Ablation (same data, seed and budget; time = training steps):", *summary_lines(ablation)]
-    if grounding:
-        sc = (grounding.get("summary") or {}).get("scores") or {}
-        if sc:
-            lines += ["", f"Grounding (pointing game on {(grounding.get('summary') or {}).get('n')} lesions): model "
-                          f"{fmt((sc.get('model') or {}).get('hit'))}, uniform baseline "
-                          f"{fmt((sc.get('uniform') or {}).get('hit'))}, centre baseline "
-                          f"{fmt((sc.get('centre') or {}).get('hit'))}"]
+    if grounding is not None:
+        sc = grounding.summary.scores
+        lines += ["", f"Grounding (pointing game on {grounding.summary.n} lesions): model "
+                      f"{fmt_num(sc['model'].hit)}, uniform baseline {fmt_num(sc['uniform'].hit)}, centre baseline "
+                      f"{fmt_num(sc['centre'].hit)}"]
     return lines
 
 
 # -- the pipeline ------------------------------------------------------------------------------------------------
 def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     """Run (or resume) every stage; see the module docstring."""
+    from medblip.outputs import prepare_output_dir
     from medblip.runinfo import run_metadata, set_seed
 
     out = opts.out.expanduser()
     if opts.data is not None and not opts.data.expanduser().exists():
         raise MedblipError(f"--data {opts.data}: no such file or folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "demo", overwrite=opts.overwrite, known_files=(DEMO_JSON,))
     state_path = out / DEMO_JSON
     fingerprint = _fingerprint(opts)
     state: dict[str, Any] = {}
@@ -377,9 +375,7 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
             raise MedblipError(f"{out} holds a demo run with other settings ({old.get('recipe')}, model "
                                f"{old.get('model') or 'tiny'}, data {old.get('data') or 'synthetic'}); "
                                "use another --out or delete it")
-    elif out.is_dir() and any(out.iterdir()):
-        raise MedblipError(f"{out} is not empty and holds no demo run ({DEMO_JSON}); choose another --out")
-    recipe = QUICK if opts.quick else FULL
+    recipe: TinyRecipe | RealRecipe = load_real_recipe() if opts.real else load_recipe("quick" if opts.quick else "full")
     seed = 0
     set_seed(seed)
     stages: dict[str, dict[str, Any]] = dict(state.get("stages") or {})
@@ -390,7 +386,7 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
         atomic_write_json(state_path, {
             "fingerprint": fingerprint, "options": {**asdict(opts), "out": str(opts.out),
                                                     "data": str(opts.data) if opts.data else None},
-            "recipe": {k: v for k, v in (REAL if opts.real else recipe).items()},
+            "recipe": recipe.model_dump(mode="json"),
             "pretrain_recipes": fingerprint["pretrain"],
             "resolved_configs": resolved, "stages": stages, "notes": notes,
             **run_metadata(seed=seed, command="demo")})
@@ -401,15 +397,16 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
         return _pipeline(opts, out, recipe, st, notes, resolved, save, log)
 
 
-def _pipeline(opts: DemoOptions, out: Path, recipe: Mapping[str, Any], st: _Stages, notes: list[str],
+def _pipeline(opts: DemoOptions, out: Path, recipe: TinyRecipe | RealRecipe, st: _Stages, notes: list[str],
               resolved: dict[str, Any], save: Callable[[], None], log: Log) -> DemoResult:
     from medblip.experiments.ablation import run_ablation, train_strategy
 
     # 1-2. data
     with st.stage("data", "synthetic benchmark" if opts.data is None else f"dataset {opts.data}") as info:
         if opts.data is None:
+            assert isinstance(recipe, TinyRecipe)  # the real recipe needs --data
             data = out / "data" / "synth"
-            info["status"] = "done" if make_synth(data, recipe["synth"], log) else "skipped (present)"
+            info["status"] = "done" if make_synth(data, recipe.synth, log) else "skipped (present)"
         else:
             data = opts.data.expanduser()
             info["status"] = "skipped (given)"
@@ -423,12 +420,12 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: Mapping[str, Any], st: _Stag
 
     # 3. models and configs
     with st.stage("models", "tiny pretrained stand-ins" if not opts.real else f"model {opts.model}") as info:
-        if opts.real:
-            common = [f"data.path={data}", *(REAL_QUICK_OVERRIDES if opts.quick else []),
+        if isinstance(recipe, RealRecipe):
+            common = [f"data.path={data}", *(recipe.quick_overrides if opts.quick else []),
                       *(["train.mixed_precision=no"] if opts.device == "cpu" else [])]
-            blip_cfg = real_config(REAL["blip_config"], out / "ablation", [f"model.name_or_path={opts.model}", *common])
-            vit_cfg = real_config(REAL["vit_gpt2_config"], out / "runs" / "vit-gpt2",
-                                  [f"model.name_or_path={REAL['vit_gpt2_model']}", *common])
+            blip_cfg = real_config(recipe.blip_config, out / "ablation", [f"model.name_or_path={opts.model}", *common])
+            vit_cfg = real_config(recipe.vit_gpt2_config, out / "runs" / "vit-gpt2",
+                                  [f"model.name_or_path={recipe.vit_gpt2_model}", *common])
             zero_shot = opts.model
             info["status"] = "skipped (real model)"
         else:
@@ -448,8 +445,7 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: Mapping[str, Any], st: _Stag
             zero_shot = str(blip_dir)
         resolved["blip"] = blip_cfg.model_dump(mode="json")
         resolved["vit_gpt2"] = vit_cfg.model_dump(mode="json")
-    bootstrap = REAL["bootstrap"] if opts.real else recipe["bootstrap"]
-    scoring = REAL["scoring"] if opts.real else recipe["scoring"]
+    bootstrap, scoring = recipe.bootstrap, recipe.scoring
     if scoring.get("meteor") is False:
         notes.append("METEOR is skipped in the demo (its Java process costs ~1 min per scoring on a small CPU)")
 
@@ -482,8 +478,8 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: Mapping[str, Any], st: _Stag
             info["status"] = "skipped (finished run present)"
 
     # 6. comparison
-    from medblip.evaluation.compare import run_compare
     from medblip.experiments.ablation import best_checkpoint, eval_dir
+    from medblip.experiments.compare import run_compare
 
     compare_dir = out / "compare"
     with st.stage("compare", "zero-shot vs fine-tuned comparison") as info:
@@ -501,12 +497,11 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: Mapping[str, Any], st: _Stag
             comp = run_compare(ccfg, progress=opts.progress)
             atomic_write_json(marker, key)
             notes.extend(n for n in comp.notes if "excluded" in n)
-    comparison = _load(compare_dir / "comparison.json")
+    comparison = Comparison.read(compare_dir)
 
     # 7-8. explanations and grounding with the fine-tuned BLIP
     explain_dir, grounding_dir = out / "explain", out / "grounding"
-    n_explain = REAL["explain_images"] if opts.real else recipe["explain_images"]
-    n_ground = REAL["grounding_images"] if opts.real else recipe["grounding_images"]
+    n_explain, n_ground = recipe.explain_images, recipe.grounding_images
     adapter = None
 
     def fine_tuned_adapter() -> Any:
@@ -522,7 +517,7 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: Mapping[str, Any], st: _Stag
             info["status"] = "skipped (present)"
         else:
             explain_images(fine_tuned_adapter(), data, explain_dir, n_explain, log)
-    grounding: dict[str, Any] | None = None
+    grounding: Grounding | None = None
     with st.stage("grounding", "grounding score (pointing game, energy in the lesion mask)") as info:
         if not has_masks:
             msg = f"grounding skipped: {data} has no lesion masks (facts.jsonl + masks/, as the synthetic benchmark)"
@@ -531,17 +526,18 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: Mapping[str, Any], st: _Stag
             info["status"] = "skipped (no masks)"
         elif (grounding_dir / "grounding.json").is_file():
             info["status"] = "skipped (present)"
-            grounding = _load(grounding_dir / "grounding.json")
+            grounding = Grounding.read(grounding_dir)
         else:
             from medblip.explain.benchmark import evaluate_grounding, write_grounding
 
             try:
-                grounding = evaluate_grounding(fine_tuned_adapter(), data, split="test", limit=n_ground, seed=0)
+                scored = evaluate_grounding(fine_tuned_adapter(), data, split="test", limit=n_ground, seed=0)
             except MedblipError as exc:  # e.g. no test image with a finding in a tiny split
                 notes.append(f"grounding skipped: {exc}")
                 info["status"] = "skipped (nothing to score)"
             else:
-                write_grounding(grounding, grounding_dir)
+                write_grounding(scored, grounding_dir)
+                grounding = Grounding.read(grounding_dir)
 
     # 9. report
     report_dir = out / "report"

@@ -23,7 +23,8 @@ from medblip.explain.explainer import ExplainSettings, explain_image
 from medblip.explain.grounding import baseline_scores, score_map, summarise
 from medblip.explain.maps import normalize, word_key
 from medblip.explain.render import to_original
-from medblip.io import atomic_write_json, atomic_write_text
+from medblip.io import atomic_write_text
+from medblip.results import Grounding
 
 if TYPE_CHECKING:
     from medblip.models.base import CaptionModel
@@ -60,9 +61,15 @@ def _same_word(word: str, term: str) -> bool:
 
 def finding_word_indices(words: Sequence[str], finding: str) -> list[int]:
     """Indices of the caption words naming ``finding`` (every occurrence of every term)."""
+    return phrase_word_indices(words, finding_terms(finding))
+
+
+def phrase_word_indices(words: Sequence[str], phrases: Sequence[Sequence[str]]) -> list[int]:
+    """Indices of the caption words that spell any of ``phrases`` (lower-case word sequences; plural
+    forms of their words match too), every occurrence, sorted."""
     lower = [word_key(w) for w in words]
     hits: list[int] = []
-    for term in finding_terms(finding):
+    for term in phrases:
         n = len(term)
         for i in range(len(lower) - n + 1):
             if all(_same_word(lower[i + k], term[k]) for k in range(n)):
@@ -91,8 +98,9 @@ def evaluate_grounding(adapter: CaptionModel, data_dir: str | Path, *, split: st
     ``tolerance`` is a fraction of the image's longer side for the tolerant pointing game (the
     strict one is reported alongside and is the headline). Returns ``{"summary", "rows", ...}``.
     """
-    from medblip.data import load_dataset, load_image
+    from medblip.data import load_image
     from medblip.data.synth import load_facts
+    from medblip.evaluation.predict import load_split
 
     if caption_source not in CAPTION_SOURCES:
         raise MedblipError(f"unknown caption source {caption_source!r}; choose one of {', '.join(CAPTION_SOURCES)}")
@@ -101,9 +109,7 @@ def evaluate_grounding(adapter: CaptionModel, data_dir: str | Path, *, split: st
     if not (data_dir / "facts.jsonl").is_file():
         raise DataError(f"{data_dir}: no facts.jsonl (not a synthetic benchmark folder; see `medblip data synth`)")
     facts = load_facts(data_dir)
-    records = load_dataset(data_dir, splits=[split], limit=limit, seed=seed).records
-    if not records:
-        raise DataError(f"{data_dir}: no records in split {split!r}")
+    records, _ = load_split(data_dir, split, limit=limit, seed=seed)  # DataError naming the splits found
     rows: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
     for rec in (progress or (lambda x: x))(records):
@@ -140,15 +146,15 @@ def evaluate_grounding(adapter: CaptionModel, data_dir: str | Path, *, split: st
     summary = summarise(rows, tolerance, dict(skipped))
     hits = sum(bool(r["model"]["hit"]) for r in rows)
     # Exact one-sided binomial test: could a map that hits at the baseline's mean rate score this well?
-    significance = {name: binomial_tail(hits, len(rows), summary.scores[name]["hit"])
+    significance = {name: binomial_tail(hits, len(rows), summary.scores[name].hit)
                     for name in ("uniform", "centre")}
-    by_finding = {f: summarise([r for r in rows if r["finding"] == f], tolerance).as_dict()
+    by_finding = {f: summarise([r for r in rows if r["finding"] == f], tolerance).model_dump()
                   for f in sorted({r["finding"] for r in rows})}
     return {
         "model": adapter.name_or_path, "family": adapter.family, "data": str(data_dir), "split": split,
         "caption_source": caption_source, "settings": settings.as_dict(),
         "tolerance": f"{tolerance:g} of the longer image side",
-        "summary": summary.as_dict(), "hits": hits,
+        "summary": summary.model_dump(), "hits": hits,
         "p_value": {f"vs_{k}": v for k, v in significance.items()},
         "by_finding": by_finding, "rows": rows,
     }
@@ -188,6 +194,7 @@ def grounding_markdown(result: dict[str, Any]) -> str:
 
 
 def write_grounding(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """``grounding.json`` (:class:`medblip.results.Grounding`) and ``grounding.md``."""
     out_dir = Path(out_dir)
-    return (atomic_write_json(out_dir / "grounding.json", result),
+    return (Grounding.model_validate(result).write(out_dir),
             atomic_write_text(out_dir / "grounding.md", grounding_markdown(result)))

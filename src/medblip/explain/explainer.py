@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medblip import results
 from medblip.explain.attention import METHODS, trace
 from medblip.explain.maps import AGGREGATES, group_words, merge_maps, normalize, select_words
 from medblip.explain.render import Box, grid_figure, input_box, overlay, save_png, to_original
-from medblip.io import atomic_write_bytes, atomic_write_json
+from medblip.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -141,7 +142,8 @@ def save_explanation(expl: Explanation, image: Image.Image, out_dir: str | Path,
                      words: Sequence[str] | None = None, level: str = "word", cmap: str = "jet",
                      alpha: float = 0.5, overlays: bool = True, title: str | None = None) -> dict[str, Any]:
     """Write ``grid.png``, ``overlays/NN_word.png``, ``token_maps.npy``, ``word_maps.npy`` and
-    ``explanation.json`` into ``out_dir``; returns the JSON written (with the file names).
+    ``explanation.json`` (:class:`medblip.results.Explanation`) into ``out_dir``; returns the JSON
+    written (with the file names).
 
     ``words`` restricts the figure and overlays to those caption words (an unknown word is an error);
     ``level="token"`` draws one panel per sub-word token instead of per word.
@@ -172,7 +174,7 @@ def save_explanation(expl: Explanation, image: Image.Image, out_dir: str | Path,
     _save_npy(out_dir / "token_maps.npy", expl.token_maps)
     _save_npy(out_dir / "word_maps.npy", expl.word_maps)
     doc = {**expl.as_dict(), "level": level, "panels": labels, "files": files}
-    atomic_write_json(out_dir / "explanation.json", doc)
+    results.Explanation.model_validate(doc).write(out_dir)
     return doc
 
 

@@ -21,10 +21,11 @@ Baselines computed on the same masks:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from medblip.results import GroundingSummary, MapScores
 
 CENTRE_SIGMA = 0.25  # of the image width / height
 
@@ -109,27 +110,11 @@ def score_map(heat: np.ndarray, mask: np.ndarray, tolerance_px: float = 0.0) -> 
             "energy": energy_fraction(heat, mask)}
 
 
-@dataclass
-class GroundingSummary:
-    """Mean scores over the evaluated findings for the model's maps and the two baselines."""
-
-    n: int
-    tolerance_px: float
-    scores: dict[str, dict[str, float]]  # "model" | "uniform" | "centre" -> metric -> mean
-    skipped: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "tolerance_px": self.tolerance_px, "scores": self.scores, "skipped": self.skipped}
-
-
 def summarise(rows: Iterable[dict[str, Any]], tolerance_px: float,
               skipped: dict[str, int] | None = None) -> GroundingSummary:
     """Average per-finding rows shaped ``{"model": {...}, "uniform": {...}, "centre": {...}}``."""
     rows = list(rows)
-    scores: dict[str, dict[str, float]] = {}
-    for source in ("model", "uniform", "centre"):
-        scores[source] = {
-            metric: float(np.mean([r[source][metric] for r in rows])) if rows else float("nan")
-            for metric in ("hit", "hit_tol", "energy")
-        }
+    scores = {source: MapScores(**{metric: float(np.mean([r[source][metric] for r in rows])) if rows else float("nan")
+                                   for metric in ("hit", "hit_tol", "energy")})
+              for source in ("model", "uniform", "centre")}
     return GroundingSummary(n=len(rows), tolerance_px=tolerance_px, scores=scores, skipped=dict(skipped or {}))

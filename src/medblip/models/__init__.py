@@ -7,9 +7,10 @@ random checkpoint of the same classes for tests and demos.
 
 from __future__ import annotations
 
-from medblip.models.base import CaptionModel, CrossAttentionOutput, GenerationSettings, StrategyReport
+from medblip.models.base import CaptionModel, CrossAttentionOutput, GenerationSettings
+from medblip.models.lora import LoraOptions
 from medblip.models.registry import create_model, detect_family, get_family, list_families, register_family
-from medblip.models.strategies import STRATEGIES, LoraOptions, apply_strategy
+from medblip.models.strategies import STRATEGIES, StrategyReport, apply_strategy
 from medblip.models.tiny import init_tiny
 
 # Importing the family modules registers them.

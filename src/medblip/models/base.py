@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from medblip.errors import MedblipError
+from medblip.models.lora import merged_state_dict
+from medblip.models.strategies import StrategyReport, apply_strategy
 
 if TYPE_CHECKING:
     import torch
@@ -71,35 +73,6 @@ class GenerationSettings:
 
 
 @dataclass
-class StrategyReport:
-    """What a fine-tuning strategy froze: the parameter counts recorded with every run."""
-
-    strategy: str
-    trainable_params: int
-    frozen_params: int
-    trainable_groups: list[str] = field(default_factory=list)
-    frozen_groups: list[str] = field(default_factory=list)
-    #: groups run under torch.no_grad() (input-side frozen groups)
-    no_grad_groups: list[str] = field(default_factory=list)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total_params(self) -> int:
-        return self.trainable_params + self.frozen_params
-
-    @property
-    def trainable_fraction(self) -> float:
-        total = self.trainable_params + self.frozen_params
-        return self.trainable_params / total if total else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["total_params"] = self.total_params
-        d["trainable_fraction"] = self.trainable_fraction
-        return d
-
-
-@dataclass
 class CrossAttentionOutput:
     """Decoder cross-attention for a batch of teacher-forced token sequences.
 
@@ -134,31 +107,45 @@ def eager_attention(model: Any) -> Iterator[None]:
 Member = Any  # an nn.Module or a bare nn.Parameter belonging to a parameter group
 
 
-def load_pretrained(family: str, source: str, processor_class: Any, model_class: Any, options: dict[str, Any],
-                    known: set[str] | frozenset[str], *, dtype: Any, device: Any,
-                    local_files_only: bool | None) -> tuple[Any, Any]:
-    """Check a family's load options, then ``from_pretrained`` its processor and model (in eval mode,
-    on ``device``); hub and file errors become one-line :class:`MedblipError` s."""
-    from medblip.models.registry import hub_errors
+def checkpoint_generation_config(model: Any, settings: GenerationSettings) -> Any:
+    """``model``'s generation config with medblip's decoding ``settings`` in it: what a saved checkpoint
+    carries, so that plain transformers decode as medblip did (see :func:`carried_generation_settings`)."""
+    import copy
 
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise MedblipError(f"unknown option {unknown[0]!r} for family {family}; known: {', '.join(sorted(known))}")
-    kw: dict[str, Any] = {}
-    if local_files_only is not None:
-        kw["local_files_only"] = local_files_only
-    model_kw = dict(kw)
-    if dtype is not None:
-        model_kw["dtype"] = dtype
-    if options.get("attn_implementation"):
-        model_kw["attn_implementation"] = options["attn_implementation"]
-    with hub_errors(source, local_files_only):
-        processor = processor_class.from_pretrained(source, **kw)
-        model = model_class.from_pretrained(source, **model_kw)
-    if device is not None:
-        model = model.to(device)
-    model.eval()
-    return processor, model
+    gen = copy.deepcopy(model.generation_config)
+    gen.update(**{k: v for k, v in settings.generate_kwargs().items() if v is not None})
+    # a config "from the model config" is rebuilt from config.json on load: this one is the run's own
+    gen._from_model_config = False
+    return gen
+
+
+@contextlib.contextmanager
+def carried_generation_settings(model: Any, settings: GenerationSettings | None) -> Iterator[None]:
+    """For the duration (a ``save_pretrained``), ``model`` holds ``settings`` where plain transformers read them.
+
+    ``generation_config.json`` gets every setting (beams, length limits, penalties, sampling). BLIP, BLIP-2
+    and InstructBLIP generate through their language model, whose generation config transformers 5 builds
+    from the text sub-config instead of that file; the length limits (``max_new_tokens``,
+    ``min_new_tokens``, which transformers keeps in a config) are also written there, so that a pipeline
+    does not cut captions at its default length. (Beam search settings cannot be kept in a config; pass
+    ``generation_config=GenerationConfig.from_pretrained(folder)`` to ``generate`` for those families.)
+    """
+    if settings is None:
+        yield
+        return
+    saved = model.generation_config
+    text = getattr(model.config, "text_config", None)
+    limits = {"max_new_tokens": settings.max_new_tokens, "min_new_tokens": settings.min_new_tokens or None}
+    before = {k: getattr(text, k, None) for k in limits} if text is not None else {}
+    model.generation_config = checkpoint_generation_config(model, settings)
+    try:
+        for key, value in limits.items() if text is not None else ():
+            setattr(text, key, value)
+        yield
+    finally:
+        model.generation_config = saved
+        for key, value in before.items():
+            setattr(text, key, value)
 
 
 #: parameter groups of the two-part families (BLIP, ViT-GPT2): strategy -> groups left trainable
@@ -218,6 +205,12 @@ class CaptionModel(ABC):
     #: transformers classes, for ``medblip model info`` and the plain-reload check
     model_class_name: ClassVar[str] = ""
     processor_class_name: ClassVar[str] = ""
+    #: label smoothing of the family's own training code (``train.label_smoothing`` defaults to it)
+    default_label_smoothing: ClassVar[float] = 0.0
+    #: the transformers forward applies ``label_smoothing`` itself (else :meth:`loss` recomputes it)
+    native_label_smoothing: ClassVar[bool] = False
+    #: logits[t] predict labels[t + 1] (causal LM with unshifted labels) rather than labels[t]
+    shifted_labels: ClassVar[bool] = False
 
     def __init__(self, model: Any, processor: Any, name_or_path: str | Path, **options: Any) -> None:
         self.model = model
@@ -225,6 +218,7 @@ class CaptionModel(ABC):
         self.name_or_path = str(name_or_path)
         self.options = options
         self.strategy: StrategyReport | None = None
+        self.label_smoothing = 0.0
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -402,7 +396,26 @@ class CaptionModel(ABC):
         """
         batch = self._to_device(batch)
         out = (model if model is not None else self.model)(**self._forward_inputs(batch))
+        if self.label_smoothing and not self.native_label_smoothing:
+            return self.smoothed_loss(out.logits, batch["labels"])
         return out.loss
+
+    def set_label_smoothing(self, value: float) -> None:
+        """Cross-entropy label smoothing of :meth:`loss` (0.0: none), as ``train.label_smoothing`` sets it."""
+        if not 0.0 <= value < 1.0:
+            raise MedblipError(f"label smoothing must be in [0, 1), got {value}")
+        self.label_smoothing = float(value)
+
+    def smoothed_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Token-mean cross-entropy with :attr:`label_smoothing` over the labelled positions (-100 ignored),
+        for families whose transformers loss has no smoothing option."""
+        import torch
+
+        if self.shifted_labels:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                 labels.reshape(-1).to(logits.device), ignore_index=-100,
+                                                 label_smoothing=self.label_smoothing)
 
     def _forward_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         keys = ("pixel_values", "input_ids", "attention_mask", "labels")
@@ -419,8 +432,6 @@ class CaptionModel(ABC):
 
     def apply_strategy(self, strategy: str, **options: Any) -> StrategyReport:
         """Freeze / wrap (LoRA) the model for a fine-tuning strategy and report parameter counts."""
-        from medblip.models.strategies import apply_strategy
-
         return apply_strategy(self, strategy, **options)
 
     # -- explanation -----------------------------------------------------------------------------
@@ -432,22 +443,23 @@ class CaptionModel(ABC):
         return [self.tokenizer.convert_ids_to_tokens(row.tolist()) for row in token_ids]
 
     # -- persistence -----------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, *, generation: GenerationSettings | None = None) -> Path:
         """``save_pretrained`` of model and processor (safetensors) into ``directory``.
 
         The folder reloads with the family's plain transformers classes. A LoRA model is saved with
         the adapters merged into the weights, computed into a separate state dict so the live
-        (training) model is left untouched.
+        (training) model is left untouched. ``generation``: decoding settings the checkpoint carries
+        (its generation_config.json; see :func:`carried_generation_settings`), e.g. a run's
+        ``generation:`` section, so plain transformers caption as medblip did.
         """
-        from medblip.models.strategies import merged_state_dict
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         base = self.base_model
-        if self.is_peft:
-            base.save_pretrained(directory, state_dict=merged_state_dict(self.model))
-        else:
-            base.save_pretrained(directory)
+        with carried_generation_settings(base, generation):
+            if self.is_peft:
+                base.save_pretrained(directory, state_dict=merged_state_dict(self.model))
+            else:
+                base.save_pretrained(directory)
         self.processor.save_pretrained(directory)
         return directory
 

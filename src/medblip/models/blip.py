@@ -5,7 +5,7 @@ Checkpoints: ``Salesforce/blip-image-captioning-base`` / ``-large`` or any folde
 Token layout, as in the original BLIP and in ``BlipForConditionalGeneration.generate``: the text
 decoder's first token is ``[DEC]`` (``text_config.bos_token_id``) in place of the tokenizer's
 ``[CLS]``, and a caption ends at ``[SEP]`` (``generate`` stops at ``sep_token_id``). The model's
-``forward`` does *not* swap ``[CLS]`` for ``[DEC]``, so :meth:`BlipCaptioner.collate` does it; its
+``forward`` does *not* swap ``[CLS]`` for ``[DEC]``, so :meth:`BlipCaptioner.tokenize` does it; its
 loss shifts the labels by one itself, so labels are the input ids with padding (and any prompt) set
 to -100, and ``[SEP]`` stays a target so the model learns to stop.
 """
@@ -20,9 +20,9 @@ from medblip.models.base import (
     CrossAttentionOutput,
     GenerationSettings,
     Member,
-    load_pretrained,
     patch_grid,
 )
+from medblip.models.loading import load_pretrained
 from medblip.models.registry import register_family
 
 if TYPE_CHECKING:
@@ -55,6 +55,10 @@ class BlipCaptioner(CaptionModel):
     lora_groups = ("text_decoder",)
     model_class_name = "BlipForConditionalGeneration"
     processor_class_name = "BlipProcessor"
+    # BLIP's own training code (salesforce/BLIP models/med.py, BertLMHeadModel: CrossEntropyLoss(...,
+    # label_smoothing=0.1)); transformers reads it from text_config.label_smoothing (default 0.0).
+    default_label_smoothing = 0.1
+    native_label_smoothing = True
 
     @classmethod
     def load(cls, source: str, *, dtype: Any = None, device: Any = None,
@@ -66,6 +70,13 @@ class BlipCaptioner(CaptionModel):
         if options.get("prompt") is True:
             options["prompt"] = ZERO_SHOT_PROMPT
         return cls(model, processor, source, **options)
+
+    def set_label_smoothing(self, value: float) -> None:
+        super().set_label_smoothing(value)
+        # BlipTextLMHeadModel copies config.label_smoothing at construction; set both so the loss and a
+        # saved checkpoint's config agree
+        self.base_model.config.text_config.label_smoothing = self.label_smoothing
+        self.base_model.text_decoder.label_smoothing = self.label_smoothing
 
     # -- groups ----------------------------------------------------------------------------------
     def _group_members(self) -> dict[str, list[Member]]:

@@ -23,15 +23,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from medblip.errors import MedblipError
 from medblip.models.base import (
     CaptionModel,
     CrossAttentionOutput,
     GenerationSettings,
     Member,
     eager_attention,
-    load_pretrained,
     patch_grid,
 )
+from medblip.models.loading import load_pretrained
 from medblip.models.registry import register_family
 
 if TYPE_CHECKING:
@@ -64,12 +65,26 @@ class QFormerCaptioner(CaptionModel):
         processor, model = load_pretrained(cls.family, source, getattr(transformers, cls.processor_cls),
                                            getattr(transformers, cls.model_cls), options, cls.known_options,
                                            dtype=dtype, device=device, local_files_only=local_files_only)
+        if getattr(model.config, "image_token_index", None) is None:
+            # Snapshots from before the hub's 2024 update have no <image> placeholder token: transformers 5
+            # cannot tell where the query embeddings go.
+            raise MedblipError(f"{source}: config.json has no image_token_index (an old snapshot of the "
+                               "checkpoint); update the snapshot, e.g. `huggingface-cli download "
+                               f"{source if '/' in source and not source.startswith(('/', '.')) else 'ORG/NAME'}`")
         return cls(model, processor, source, **options)
 
     # -- structure -------------------------------------------------------------------------------
     @property
     def decoder_only(self) -> bool:
         return bool(self.base_model.config.use_decoder_only_language_model)
+
+    # Label smoothing: none by default. LAVIS fine-tunes BLIP-2 (blip2_opt.py, blip2_t5.py) and InstructBLIP
+    # (blip2_vicuna_instruct.py, blip2_t5_instruct.py) with the language model's plain cross-entropy
+    # (``labels=targets``); only the Q-Former's stage-1 text generation loss used 0.1.
+
+    @property
+    def shifted_labels(self) -> bool:  # type: ignore[override]
+        return self.decoder_only  # OPT / LLaMA: causal LM over the unshifted sequence; T5: labels as is
 
     @property
     def lora_targets(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -102,6 +117,19 @@ class QFormerCaptioner(CaptionModel):
         return str(self.options.get("prompt") or "").strip()
 
     def _eos(self) -> int:
+        """The id a caption ends with in training: the one ``generate`` stops at.
+
+        That is the generation config's eos, not necessarily the tokenizer's: BLIP-2 OPT publishes
+        ``eos_token_id`` 50118 ("\\n", what its LAVIS training appends to every caption) while its
+        tokenizer's eos is ``</s>`` (2). Training on the tokenizer's eos would teach a terminator that
+        generation never stops at, and a fine-tuned model would run on to ``max_new_tokens``.
+        """
+        for cfg in (self.base_model.generation_config, self.base_model.config.text_config):
+            eos = getattr(cfg, "eos_token_id", None)
+            if isinstance(eos, list | tuple):
+                eos = eos[0] if eos else None
+            if eos is not None:
+                return int(eos)
         return int(self.tokenizer.eos_token_id)
 
     def _qformer_inputs(self, n: int, prompt: str) -> dict[str, torch.Tensor]:

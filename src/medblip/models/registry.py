@@ -1,19 +1,19 @@
 """Family registry and ``create_model`` (a timm-like factory over one adapter module per family).
 
-Each family module decorates its adapter class with :func:`register_family`; importing
-:mod:`medblip.models` imports them all, so the registry is complete before ``create_model`` runs.
+Each family module decorates its adapter class with :func:`register_family`; importing any
+``medblip.models`` module first runs the package's ``__init__``, which imports them all, so the
+registry is complete before ``create_model`` runs. Loading helpers live in :mod:`medblip.models.loading`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from medblip.errors import MedblipError
+from medblip.models.loading import hub_access, hub_errors, parse_dtype, resolve_source
 
 if TYPE_CHECKING:
     from medblip.models.base import CaptionModel
@@ -24,8 +24,6 @@ _MODEL_TYPES: dict[str, str] = {}  # config.json model_type -> family
 _HUB_PREFIXES: list[tuple[str, str]] = []  # (lower-case hub id prefix, family)
 
 T = TypeVar("T", bound="type[CaptionModel]")
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def register_family(name: str, *, model_types: tuple[str, ...] = (), hub_prefixes: tuple[str, ...] = (),
@@ -60,35 +58,6 @@ def get_family(name: str) -> type[CaptionModel]:
     if family is None:
         raise MedblipError(f"unknown model family {name!r}; known families: {', '.join(list_families())}")
     return _FAMILIES[family]
-
-
-def _offline(local_files_only: bool | None) -> bool:
-    if local_files_only:
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover - very old huggingface_hub
-        return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-
-
-def resolve_source(name_or_path: str | Path) -> tuple[str, Path | None]:
-    """(name to pass to from_pretrained, local folder or None for a hub id); bad paths raise."""
-    text = str(name_or_path).strip()
-    if not text:
-        raise MedblipError("empty model name or path")
-    path = Path(text).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise MedblipError(f"model path {text} is a file, not a checkpoint folder")
-        if not (path / "config.json").is_file():
-            raise MedblipError(f"model folder {text} has no config.json (not a save_pretrained checkpoint)")
-        return str(path), path
-    # Hub ids are "org/name"; anything else that is not on disk is a mistyped folder.
-    if not _HUB_ID.match(text):
-        raise MedblipError(f"model folder {text} does not exist")
-    return text, None
 
 
 def _family_from_model_type(model_type: str | None, where: str) -> str:
@@ -132,49 +101,10 @@ def detect_family(name_or_path: str | Path, *, local_files_only: bool | None = N
             return family
     from transformers import AutoConfig
 
+    local_files_only = hub_access(source, local_files_only)
     with hub_errors(source, local_files_only):
         config = AutoConfig.from_pretrained(source, local_files_only=bool(local_files_only))
     return _family_from_model_type(getattr(config, "model_type", None), source)
-
-
-class hub_errors:  # noqa: N801 - used as a context manager like contextlib helpers
-    """Turn from_pretrained's OSError/ValueError for a missing or unreachable checkpoint into one line."""
-
-    def __init__(self, source: str, local_files_only: bool | None) -> None:
-        self.source = source
-        self.local_files_only = local_files_only
-
-    def __enter__(self) -> hub_errors:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None or isinstance(exc, MedblipError):
-            return False
-        if not isinstance(exc, OSError | ValueError | EnvironmentError):
-            return False
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if Path(self.source).exists():
-            raise MedblipError(f"cannot load model from {self.source}: {first}") from exc
-        if _offline(self.local_files_only):
-            raise MedblipError(
-                f"model {self.source!r} is not a local folder and is not in the Hugging Face cache, "
-                "and downloads are disabled (offline / local_files_only); download it first or pass a folder"
-            ) from exc
-        raise MedblipError(f"cannot load model {self.source!r} from the Hugging Face Hub: {first}") from exc
-
-
-def parse_dtype(dtype: Any) -> Any:
-    """``None``/``"auto"``/``"float32"``/``"bf16"``/a torch.dtype -> what from_pretrained takes."""
-    if dtype is None or not isinstance(dtype, str):
-        return dtype
-    import torch
-
-    names = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    key = dtype.lower().replace("torch.", "")
-    if key not in names:
-        raise MedblipError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
-    return names[key]
 
 
 def create_model(name_or_path: str | Path, family: str | None = None, *, dtype: Any = None,
@@ -187,8 +117,6 @@ def create_model(name_or_path: str | Path, family: str | None = None, *, dtype: 
     ``family_options`` go to the family adapter (e.g. ``prompt`` for BLIP, ``instruction`` for
     InstructBLIP, ``attn_implementation``); unknown options raise a one-line error.
     """
-    import medblip.models  # noqa: F401  (fills the registry)
-
     source, _folder = resolve_source(name_or_path)
     cls = get_family(family) if family else get_family(detect_family(source, local_files_only=local_files_only))
     return cls.load(source, dtype=parse_dtype(dtype), device=device, local_files_only=local_files_only,

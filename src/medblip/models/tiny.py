@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from medblip.errors import MedblipError
-from medblip.io import atomic_replace_dir
+from medblip.models.vocab import bpe_vocab, unigram_vocab, wordpiece_vocab
+
+INIT_TINY = "model init-tiny"  # the command named in the output folder's marker
 
 _MODALITIES = ["CT", "MRI", "radiograph", "ultrasound", "chest x-ray", "PET", "angiography", "mammography"]
 _REGIONS = ["brain", "chest", "liver", "kidney", "abdomen", "pelvis", "spine", "knee", "lung", "heart",
@@ -52,9 +54,6 @@ def radiology_corpus(n: int = 400, seed: int = 0) -> list[str]:
     return out
 
 
-_ALPHABET = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:-()/%'")
-
-
 def read_captions(path: str | Path) -> list[str]:
     """Captions for tokenizer training: a text file with one caption per line."""
     path = Path(path)
@@ -77,47 +76,6 @@ def _corpus(captions: Iterable[str] | None, seed: int) -> list[str]:
             *[DEFAULT_INSTRUCTION] * 3]
 
 
-def wordpiece_vocab(corpus: list[str], vocab_size: int, specials: list[str]) -> dict[str, int]:
-    """A BERT-style uncased WordPiece vocabulary for ``corpus``: specials, characters, whole words.
-
-    Words are split exactly as BERT does (the ``tokenizers`` BERT normaliser and pre-tokenizer) and
-    kept by frequency; every character also exists as a ``##`` continuation piece, so unseen words
-    still tokenize. Built by counting rather than with ``WordPieceTrainer``, whose id order varies
-    from run to run (hash-set order) and would make ``seed`` meaningless.
-    """
-    from collections import Counter
-
-    from tokenizers import normalizers, pre_tokenizers
-
-    norm = normalizers.BertNormalizer(lowercase=True)
-    pre = pre_tokenizers.BertPreTokenizer()
-    counts: Counter[str] = Counter()
-    for text in corpus:
-        counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
-    chars = sorted(set(_ALPHABET) | {c for w in counts for c in w})
-    vocab: dict[str, int] = {}
-    for tok in [*specials, *chars, *(f"##{c}" for c in chars)]:
-        vocab.setdefault(tok, len(vocab))
-    for word, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        if len(vocab) >= vocab_size:
-            break
-        vocab.setdefault(word, len(vocab))
-    return vocab
-
-
-def bpe_tokenizer_json(corpus: list[str], vocab_size: int, specials: list[str]) -> Any:
-    """A GPT-2 style byte-level BPE ``tokenizers.Tokenizer`` trained on ``corpus``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=1,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
-    return tok
-
-
 @dataclass
 class TinySpec:
     """Sizes of a tiny model. Defaults are the smallest that still learn something in tests."""
@@ -135,11 +93,11 @@ class TinySpec:
     # for BLIP families 1e-10 (real checkpoints overwrite every weight), so a from-scratch ViT starts
     # with all weights ~0 and grows them; 0.02 is the original BLIP/ViT std. The demo's recipe keeps the
     # default (at its 8-epoch budget 0.02 is no better); the learning recipe, which must learn the lesion's
-    # side, uses 0.02 with position_init_std=1.0 (docs/MODELS_READY.md has the numbers).
+    # side, uses 0.02 with position_init_std=1.0 (docs/MODELS.md has the numbers).
     vision_init_std: float | None = None
     # Std of the ViT's learned position embeddings (None: as the rest of the vision tower). At 0.02 the
     # patch content drowns them and a short from-scratch run never learns *where* a lesion is; at 1.0
-    # position is as loud as content, which the side-learning recipe needs (docs/MODELS_READY.md).
+    # position is as loud as content, which the side-learning recipe needs (docs/MODELS.md).
     position_init_std: float | None = None
     # Std of the decoder's cross-attention query and key weights (None: as the rest of the decoder, 0.02).
     # At 0.02 a from-scratch decoder attends uniformly to all patches, and learning to look at one
@@ -183,7 +141,6 @@ class TinySpec:
         with torch.no_grad():
             for p in found:
                 p.normal_(0.0, self.position_init_std)
-
 
     def init_cross_attention(self, model: Any) -> None:
         """Redraw the query and key weights of every cross-attention at ``cross_attention_init_std``
@@ -244,15 +201,6 @@ def _blip_image_processor(image_size: int) -> Any:
     return Proc(size={"height": image_size, "width": image_size})
 
 
-def _bpe(corpus: list[str], vocab_size: int, specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    import json
-
-    tok = bpe_tokenizer_json(corpus, vocab_size, specials)
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
-    return dict(model["vocab"]), merges
-
-
 def _vit_image_processor(image_size: int) -> Any:
     try:  # see _blip_image_processor
         from transformers import ViTImageProcessorPil as Proc
@@ -274,7 +222,7 @@ def _vit_gpt2(corpus: list[str], spec: TinySpec) -> tuple[Any, Any]:
 
     from medblip.models.vit_gpt2 import VitGpt2Processor
 
-    vocab, merges = _bpe(corpus, spec.vocab_size, ["<|endoftext|>"])
+    vocab, merges = bpe_vocab(corpus, spec.vocab_size, ["<|endoftext|>"])
     tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=spec.max_text_length)
     eos = tokenizer.eos_token_id
     decoder = GPT2Config(vocab_size=len(tokenizer), n_embd=spec.hidden_size, n_layer=spec.num_layers,
@@ -289,45 +237,12 @@ def _vit_gpt2(corpus: list[str], spec: TinySpec) -> tuple[Any, Any]:
     return model, VitGpt2Processor(_vit_image_processor(spec.image_size), tokenizer)
 
 
-def unigram_vocab(corpus: list[str], vocab_size: int, specials: list[str]) -> list[tuple[str, float]]:
-    """A T5-style (SentencePiece Unigram, ``▁`` word boundary) vocabulary with log-probability scores.
-
-    Built without sentencepiece: whole words (``▁word``) by frequency plus every character as a piece,
-    scored by log frequency so Viterbi prefers whole words and falls back to characters.
-    """
-    import math
-    import re
-    from collections import Counter
-
-    counts: Counter[str] = Counter()
-    for text in corpus:
-        # cased like T5's vocabulary; punctuation stays a separate piece ("nodule." = "▁nodule" ".")
-        for word in text.split():
-            for run in re.finditer(r"\w+", word):
-                counts[("\u2581" if run.start() == 0 else "") + run.group(0)] += 1
-    chars = sorted(set(_ALPHABET) | {c.upper() for c in _ALPHABET} | {c for w in counts for c in w[1:]})
-    total = sum(counts.values()) + len(chars)
-    vocab: list[tuple[str, float]] = [(s, 0.0) for s in specials]
-    seen = set(specials)
-    for piece in ["\u2581", *chars]:
-        if piece not in seen:
-            vocab.append((piece, math.log(1 / total) - 2.0))
-            seen.add(piece)
-    for word, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        if len(vocab) >= vocab_size:
-            break
-        if word not in seen:
-            vocab.append((word, math.log(n / total)))
-            seen.add(word)
-    return vocab
-
-
 def _opt_lm(corpus: list[str], spec: TinySpec) -> tuple[Any, dict[str, Any]]:
     """Tiny OPT language model config + OPT-style tokenizer (GPT-2 byte-level BPE, ``</s>`` as bos)."""
     from transformers import GPT2Tokenizer
 
     # OPT's special ids: <s>=0, <pad>=1, </s>=2, <unk>=3; every sequence starts with </s>
-    vocab, merges = _bpe(corpus, spec.vocab_size, ["<s>", "<pad>", "</s>", "<unk>"])
+    vocab, merges = bpe_vocab(corpus, spec.vocab_size, ["<s>", "<pad>", "</s>", "<unk>"])
     tok = GPT2Tokenizer(vocab=vocab, merges=merges, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
                         unk_token="<unk>", add_bos_token=True, model_max_length=spec.max_text_length)
     cfg = {"model_type": "opt", "hidden_size": spec.hidden_size, "num_hidden_layers": spec.num_layers,
@@ -425,19 +340,14 @@ def _instructblip(corpus: list[str], spec: TinySpec, language_model: str = "t5")
 _BUILDERS = {"blip": _blip, "vit-gpt2": _vit_gpt2, "blip2": _blip2, "instructblip": _instructblip}
 
 
-def register_tiny_builder(family: str, fn: Any) -> None:
-    """``fn(corpus, spec, **extra) -> (model, processor)``: an unsaved random model and its processor;
-    :func:`init_tiny` applies the spec's position init and saves both."""
-    _BUILDERS[family] = fn
-
-
-def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | Path | None = None,
+def init_tiny(family: str | None, out: str | Path, *, captions: Iterable[str] | str | Path | None = None,
               image_size: int = 64, seed: int = 0, vocab_size: int = 512, patch_size: int | None = None,
               hidden_size: int = 32, num_layers: int = 1, num_heads: int = 2,
               intermediate_size: int | None = None, max_text_length: int = 128,
               num_query_tokens: int = 4, language_model: str | None = None,
               vision_init_std: float | None = None, position_init_std: float | None = None,
-              cross_attention_init_std: float | None = None) -> Path:
+              cross_attention_init_std: float | None = None,
+              like: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write a tiny randomly initialised ``family`` checkpoint (model + processor) to ``out``.
 
     ``captions``: tokenizer training text (an iterable, or a file with one caption per line) added to
@@ -447,16 +357,39 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
     the transformers config's: 1e-10 for BLIP families, 0.02 for ViT; see :class:`TinySpec`).
     ``position_init_std``: std of the vision tower's position embeddings (default: as the rest).
     ``cross_attention_init_std``: std of the cross-attention query and key weights (default: as the
-    rest of the decoder; see :class:`TinySpec`). The folder is written to a temporary sibling first and moved into place, so ``out`` is never half-written.
+    rest of the decoder; see :class:`TinySpec`). The folder is written to a temporary sibling first and
+    moved into place, so ``out`` is never half-written.
+
+    ``like``: a folder of a real checkpoint's published config files (or a hub id whose published values
+    medblip ships): a *twin* that keeps every non-dimension value of it (ids, vocabulary sizes, image size,
+    normalisation, generation defaults) and takes only its widths, depths and heads from the sizes given
+    here (see :mod:`medblip.models.twins`; ``family`` may then be None; image, patch, query and vocabulary
+    sizes are the published ones).
+    A non-empty ``out`` that is not an earlier tiny model is refused unless ``overwrite`` (then the
+    model's files are added and its other files kept); see :mod:`medblip.outputs`.
     """
     import torch
 
     from medblip.models.registry import get_family
+    from medblip.outputs import check_output_dir, ensure_writable_dir, install_output_dir
 
+    builder: Any = None
+    if like is not None:
+        from medblip.models.twins import Published, build_twin
+
+        published = Published.resolve(like)
+        if family is not None and get_family(family).family != published.family:
+            raise MedblipError(f"--like {like} is a {published.family} checkpoint, not {family}")
+        if language_model is not None:
+            raise MedblipError("--language-model does not apply to --like (the published config names it)")
+        family = published.family
+
+        def builder(corpus: list[str], spec: TinySpec) -> tuple[Any, Any]:
+            return build_twin(published, corpus, spec)
+    if family is None:
+        raise MedblipError("init_tiny: give a family or like=FOLDER")
     family = get_family(family).family
-    if family not in _BUILDERS:
-        import medblip.models  # noqa: F401  (family modules register their builders on import)
-    if family not in _BUILDERS:
+    if builder is None and family not in _BUILDERS:
         raise MedblipError(f"no tiny model builder for family {family!r}")
     if isinstance(captions, str | Path):
         captions = read_captions(captions)
@@ -472,21 +405,19 @@ def init_tiny(family: str, out: str | Path, *, captions: Iterable[str] | str | P
             raise MedblipError(f"--language-model applies to blip2 and instructblip, not {family}")
         if language_model not in _LMS:
             raise MedblipError(f"unknown tiny language model {language_model!r}; choose {', '.join(_LMS)}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MedblipError(f"output {out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, INIT_TINY, overwrite=overwrite, replaces=True)
+    ensure_writable_dir(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             extra = {"language_model": language_model} if language_model else {}
-            model, processor = _BUILDERS[family](_corpus(captions, seed), spec, **extra)
+            model, processor = (builder or _BUILDERS[family])(_corpus(captions, seed), spec, **extra)
             spec.init_positions(model)
             spec.init_cross_attention(model)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        atomic_replace_dir(tmp, out)
+        install_output_dir(tmp, out, INIT_TINY)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

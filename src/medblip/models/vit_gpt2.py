@@ -23,9 +23,9 @@ from medblip.models.base import (
     GenerationSettings,
     Member,
     eager_attention,
-    load_pretrained,
     patch_grid,
 )
+from medblip.models.loading import load_pretrained
 from medblip.models.registry import register_family
 
 if TYPE_CHECKING:
@@ -90,6 +90,9 @@ class ViTGPT2Captioner(CaptionModel):
     strategy_groups = ENCODER_DECODER_GROUPS
     model_class_name = "VisionEncoderDecoderModel"
     processor_class_name = "VitGpt2Processor"
+    # Label smoothing: none by default (nlpconnect trained with the Hugging Face Seq2SeqTrainer, whose
+    # label_smoothing_factor defaults to 0.0; its card names no other). VisionEncoderDecoderModel's loss
+    # compares logits[t] with labels[t] (the decoder inputs are the labels shifted right).
 
     @classmethod
     def load(cls, source: str, *, dtype: Any = None, device: Any = None,

@@ -36,7 +36,8 @@ def _blip_base(seed: int) -> CaptionModel:
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
 
     from medblip.models.blip import BlipCaptioner
-    from medblip.models.tiny import _blip_image_processor, radiology_corpus, wordpiece_vocab
+    from medblip.models.tiny import _blip_image_processor, radiology_corpus
+    from medblip.models.vocab import wordpiece_vocab
 
     vocab = wordpiece_vocab(radiology_corpus(seed=seed), 30522, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     vocab["[DEC]"] = len(vocab)
@@ -69,10 +70,11 @@ def _vit_gpt2_base(seed: int) -> CaptionModel:
         ViTConfig,
     )
 
-    from medblip.models.tiny import _bpe, _vit_image_processor, radiology_corpus
+    from medblip.models.tiny import _vit_image_processor, radiology_corpus
     from medblip.models.vit_gpt2 import ViTGPT2Captioner, VitGpt2Processor
+    from medblip.models.vocab import bpe_vocab
 
-    vocab, merges = _bpe(radiology_corpus(seed=seed), 2000, ["<|endoftext|>"])
+    vocab, merges = bpe_vocab(radiology_corpus(seed=seed), 2000, ["<|endoftext|>"])
     tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=1024)
     eos = tokenizer.eos_token_id
     decoder = GPT2Config(vocab_size=50257, add_cross_attention=True, is_decoder=True, bos_token_id=eos,

@@ -221,3 +221,32 @@ class FastCaptioner:
             skip = 0
         ids = decode(decoder, image_embeds, prompt, cfg, step_fn=self._graph)
         return ids, skip
+
+
+#: ``captioner=`` choices of :func:`select_captioner` (and ``--captioner`` of evaluate / caption)
+CAPTIONER_CHOICES = ("auto", "generate")
+
+
+def select_captioner(adapter: CaptionModel, settings: GenerationSettings, prefer: str = "auto", *,
+                     fast: FastCaptioner | None = None) -> tuple[Any, dict[str, Any]]:
+    """The fastest way to caption with ``adapter`` under ``settings`` that gives ``adapter.generate``'s captions.
+
+    ``prefer="auto"``: a :class:`FastCaptioner` when it supports the family and settings, else the
+    adapter itself (transformers' ``generate``); ``"generate"``: always the adapter. Returns the
+    captioner (``.generate(images, settings)``) and a record of the choice for run.json:
+    ``{"path": "fast" | "generate", "fallback_reason": why not fast (None when fast or not asked)}``.
+    The fast captioner runs in the model's own dtype (no autocast), so its captions are ``generate``'s.
+    ``fast``: a FastCaptioner of this adapter made earlier, reused (building one checks the model).
+    """
+    if prefer not in CAPTIONER_CHOICES:
+        from medblip.errors import ConfigError
+
+        raise ConfigError(f"captioner must be one of {', '.join(CAPTIONER_CHOICES)}, not {prefer!r}")
+    if prefer == "generate":
+        return adapter, {"path": "generate", "fallback_reason": None, "requested": "generate"}
+    if fast is None or fast.adapter is not adapter:
+        fast = FastCaptioner(adapter, precision="fp32")
+    reason = fast.unsupported(settings, {})
+    if reason is not None:
+        return adapter, {"path": "generate", "fallback_reason": reason}
+    return fast, {"path": "fast", "fallback_reason": None, "sdpa": fast.sdpa, "cuda_graphs": fast.cuda_graphs}

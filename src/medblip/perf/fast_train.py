@@ -34,13 +34,15 @@ if TYPE_CHECKING:
 
 def make_adamw(params: list[torch.nn.Parameter], *, lr: float, weight_decay: float = 0.05,
                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-               device: torch.device | None = None) -> torch.optim.AdamW:
-    """AdamW without decay on 1-d tensors; fused kernel on CUDA, ``foreach`` elsewhere."""
+               device: torch.device | None = None, foreach: bool | None = True) -> torch.optim.AdamW:
+    """AdamW without decay on 1-d tensors (biases, norm weights); fused kernel on CUDA, else ``foreach``
+    (``None``: torch's default, the per-tensor loop on CPU; the trainer's, whose runs the resume tests
+    compare bit for bit)."""
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device is not None and device.type == "cuda"
-    kw: dict[str, Any] = {"fused": True} if fused else {"foreach": True}
+    kw: dict[str, Any] = {"fused": True} if fused else {"foreach": foreach}
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kw)
 
 
@@ -126,3 +128,25 @@ def naive_precision(device: torch.device, precision: str) -> Any:
     """The naive loop's autocast (``bf16`` = plain ``torch.autocast``)."""
     with autocast(device, precision):
         yield
+
+
+def trainer_kernels(adapter: CaptionModel, tc: Any, device: torch.device, source: str) -> dict[str, Any]:
+    """``train.sdpa`` and ``train.tf32``: the attention kernel and matmul precision a training run uses.
+
+    On CUDA a run takes this module's kernels by default -- scaled-dot-product attention, TF32 for fp32
+    matmuls (and :func:`make_adamw`'s fused AdamW) -- so it gets the throughput the benchmark reports.
+    ``auto`` keeps CPU runs and deterministic runs on eager attention, whose numbers the exact-resume and
+    DDP tests compare bit for bit. Returns what run.json records (``distributed.kernels``).
+    """
+    from medblip.errors import ConfigError
+    from medblip.perf import attention
+
+    want = tc.sdpa == "on" or (tc.sdpa == "auto" and device.type == "cuda" and not tc.deterministic)
+    switched = attention.enable_sdpa(adapter) if want else 0
+    if tc.sdpa == "on" and not switched:
+        raise ConfigError(f"{source}: train.sdpa: on, but no attention module of this {adapter.family} model "
+                          "can use scaled_dot_product_attention; set train.sdpa: auto or off")
+    tf32 = bool(tc.tf32 and device.type == "cuda")
+    if tf32:
+        set_tf32(True)
+    return {"sdpa": bool(switched), "sdpa_modules": switched, "tf32": tf32}

@@ -303,6 +303,7 @@ class DecoderFromFeatures(nn.Module):
             raise MedblipError(f"decoder from features: family {adapter.family!r} is not supported "
                                f"(supported: {', '.join(FEATURE_FAMILIES)})")
         self.family = adapter.family
+        self.adapter_loss = adapter.smoothed_loss if adapter.label_smoothing else None
         base = adapter.base_model
         self.decoder = base.text_decoder if adapter.family == "blip" else base
 
@@ -317,7 +318,7 @@ class DecoderFromFeatures(nn.Module):
 
         out = self.decoder(encoder_outputs=BaseModelOutput(last_hidden_state=features), decoder_input_ids=input_ids,
                            decoder_attention_mask=attention_mask, labels=labels)
-        return out.loss
+        return self.adapter_loss(out.logits, labels) if self.adapter_loss is not None else out.loss
 
 
 def decoder_only_loss_from_features(adapter: CaptionModel, features: torch.Tensor, batch: dict[str, torch.Tensor],

@@ -1,41 +1,69 @@
-"""Gather run folders into one report model (:class:`Report`). Every producer file is parsed here.
+"""Gather run folders into one report model (:class:`Report`) from the results their producers wrote.
 
 The inputs are any mix of folders written by other medblip commands, found recursively by their
-marker files (a folder can be several kinds at once)::
+marker files (a folder can be several kinds at once); each result is read through its type in
+:mod:`medblip.results`::
 
-    kind        marker                                   files read
-    evaluate    predictions.jsonl and/or metrics.json    + run.json (config.data / config.split)
-    compare     comparison.json (or comparison.csv)      + comparison.png, run.json,
-                                                           systems/<name>/predictions.jsonl (or the
-                                                           system's ``source`` predictions file)
-    train       metrics.jsonl, config.resolved.yaml,     + cost.json, result.json, run.json
-                result.json
-    explain     summary.json with an ``images`` list      + <folder>/explanation.json, overlays/*.png,
-                or a lone explanation.json                  grid.png
-    grounding   grounding.json
-    ablation    ablation.json (or ablation.csv)           + *.png beside it
-    dataset     any small *.json holding ``splits`` and ``load_report`` (``medblip data validate``)
+    kind        marker                                  read as
+    evaluate    predictions.jsonl and/or metrics.json   Scores, Prediction rows, ImageScores rows
+    compare     comparison.json                         Comparison (+ each system's predictions and
+                                                        systems/<name>/per_image.jsonl)
+    train       result.json, metrics.jsonl              TrainResult, LogRow rows
+                (or config.resolved.yaml)
+    explain     summary.json, or a lone explanation.json  ExplainSummary, Explanation (+ overlays, grid)
+    grounding   grounding.json                          Grounding
+    ablation    ablation.json (+ *.png beside it)       Ablation
+    dataset     any small *.json holding ``splits`` and ``load_report`` (``medblip data validate --json``)
 
-Every section is optional: a missing or unreadable file adds a note and leaves its section out;
-nothing here raises for a malformed producer file. Formats are read defensively (several
-spellings of a field are accepted) so that producers can evolve.
+Every section is optional: a missing result, one of another schema version or one that does not fit
+its type adds a note naming the file and leaves its part out; nothing here raises for a producer file.
+
+Per-image scores (CIDEr, token F1, the clinical concepts of each caption) are the evaluation's
+``per_image.jsonl``; only a predictions file that was never scored (an evaluation stopped before its
+scoring) has them computed here, by the same function, with a note.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from medblip.errors import DataError, MedblipError
+from medblip.evaluation.clinical import Concepts, load_lexicon
+from medblip.evaluation.clinical.extractor import _lower
+from medblip.evaluation.per_image import image_scores
+from medblip.evaluation.predictions import PREDICTIONS_FILE, read_predictions_file
+from medblip.evaluation.scoring import metric_group
+from medblip.io import read_jsonl_lines
+from medblip.results import (
+    Ablation,
+    Comparison,
+    ExplainSummary,
+    Explanation,
+    Grounding,
+    ImageScores,
+    LogRow,
+    Metric,
+    Prediction,
+    Result,
+    ResultError,
+    Scores,
+    TrainResult,
+    headline_metric,
+    read_rows,
+)
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=Result)
 
 #: folders never searched for run folders
 _SKIP_DIRS = {"checkpoints", "tensorboard", "overlays", "assets", "__pycache__", "node_modules", ".git"}
@@ -50,10 +78,6 @@ _MAX_DEPTH = 8
 #: names that mark a metric where lower is better (everything else: higher is better)
 _LOWER_BETTER = re.compile(r"loss|error|perplexity|repeat|repetition|degenera|hallucin|empty|copy|most_common|token_run|"
                            r"seconds|time|memory|(^|[_\s-])wer($|[_\s-])", re.I)
-#: preferred headline metrics, in order
-HEADLINE_METRICS = ("CIDEr", "cider", "BLEU-4", "bleu4", "BLEU_4", "ROUGE-L", "rouge_l", "METEOR", "BLEU-1")
-
-_VALUE_KEYS = ("value", "score", "mean")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -65,7 +89,7 @@ def lower_is_better(metric: str) -> bool:
 class Report:
     """Everything the renderers need; ``to_dict`` is what report.json holds.
 
-    Image fields hold the *source* file (``src``) until :func:`medblip.reports.html.build_report`
+    Image fields hold the *source* file (``src``) until :func:`medblip.reports.build.build_report`
     copies it into ``assets/`` and records the relative path as ``asset``.
     """
 
@@ -85,7 +109,6 @@ class Report:
     grounding: list[dict[str, Any]] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
     score_name: str | None = None
-    extractor: bool = False
     #: assets/ path of the training-curves figure (set when the report is built)
     training_plot: str | None = None
 
@@ -119,11 +142,22 @@ class _Reader:
         log.warning(msg)
         self.notes.append(msg)
 
-    def json(self, path: Path, *, quiet_missing: bool = False) -> Any:
+    def result(self, model: type[R], path: Path, *, quiet_missing: bool = False) -> R | None:
+        """A typed result (``path``: the file, or its folder); None with a note when it cannot be read."""
+        path = path / model.FILE if path.is_dir() else path
         if not path.is_file():
             if not quiet_missing:
                 self.note(f"{path}: not found; its part of the report is left out")
             return None
+        try:
+            out = model.read(path)
+        except ResultError as exc:
+            self.note(f"{exc}; left out")
+            return None
+        self.read.append(str(path))
+        return out
+
+    def json(self, path: Path) -> Any:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -132,178 +166,65 @@ class _Reader:
         self.read.append(str(path))
         return data
 
-    def jsonl(self, path: Path) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
+    def log_rows(self, path: Path) -> list[LogRow]:
+        """``metrics.jsonl``: a malformed line is skipped with a note (a run may be writing it)."""
+        rows: list[LogRow] = []
+        bad = 0
         try:
-            text = path.read_text(encoding="utf-8")
+            lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             self.note(f"{path}: unreadable ({exc}); left out")
             return rows
-        bad = 0
-        for line in text.splitlines():
+        for line in lines:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(obj, dict):
-                rows.append(obj)
-            else:
+                rows.append(LogRow.model_validate_json(line))
+            except ValueError:
                 bad += 1
         if bad:
             self.note(f"{path}: {bad} malformed line(s) skipped")
         self.read.append(str(path))
         return rows
 
-    def yaml(self, path: Path) -> Any:
+    def predictions(self, path: Path) -> list[dict[str, Any]]:
+        try:
+            read = read_predictions_file(path)
+            read_rows(Prediction, read.rows, str(path))  # every row a Prediction, or one note
+        except DataError as exc:
+            self.note(f"{exc}; its examples are left out")
+            return []
+        for n in read.notes:
+            self.note(n)
+        self.read.append(str(path))
+        return read.rows
+
+    def per_image(self, folder: Path) -> dict[str, ImageScores] | None:
+        path = folder / ImageScores.FILE
         if not path.is_file():
             return None
         try:
-            import yaml
-
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except Exception as exc:  # noqa: BLE001  (yaml errors, OSError, missing module)
-            self.note(f"{path}: unreadable ({type(exc).__name__}); left out")
+            rows = read_rows(ImageScores, (obj for _, obj in read_jsonl_lines(path)), str(path))
+        except DataError as exc:
+            self.note(f"{exc}; its per-image scores are left out")
             return None
         self.read.append(str(path))
-        return data
-
-    def csv(self, path: Path) -> list[dict[str, str]]:
-        try:
-            with path.open(newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh))
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            self.note(f"{path}: unreadable ({exc}); left out")
-            return []
-        self.read.append(str(path))
-        return rows
+        return {r.id: r for r in rows}
 
 
-# -- small value helpers ---------------------------------------------------------------------------
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    if isinstance(x, int | float):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, str):
-        try:
-            v = float(x)
-        except ValueError:
-            return None
-        return v if math.isfinite(v) else None
-    return None
-
-
-def metric_value(v: Any) -> dict[str, Any] | None:
-    """A metric in any of the producers' spellings -> ``{value, ci_low, ci_high, p_value}``.
-
-    Accepts a number, ``{"value"|"score"|"mean", "ci_low"/"ci_high" | "low"/"high" | "ci": [lo, hi],
-    "p_value"|"p"}``. Returns ``None`` for anything else.
-    """
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int | float):
-        return {"value": _num(v), "ci_low": None, "ci_high": None, "p_value": None}
-    if not isinstance(v, Mapping):
-        return None
-    key = next((k for k in _VALUE_KEYS if k in v), None)
-    if key is None:
-        return None
-    val = v[key]
-    if val is not None and (isinstance(val, bool) or not isinstance(val, int | float)):
-        return None
-    lo, hi = v.get("ci_low", v.get("low")), v.get("ci_high", v.get("high"))
-    ci = v.get("ci")
-    if isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2:
-        lo, hi = ci
-    out: dict[str, Any] = {"value": _num(val), "ci_low": _num(lo), "ci_high": _num(hi),
-                           "p_value": _num(v.get("p_value", v.get("p")))}
-    if isinstance(v.get("group"), str):
-        out["group"] = v["group"]
-    return out
-
-
-_NOT_METRICS = {"generation_time", "n", "n_images", "images", "diagnostics", "degeneration", "warnings",
-                "per_image", "notes", "settings", "options", "config", "bootstrap", "seed", "tokenizer",
-                "confidence", "n_resamples"}
-
-
-def metrics_table(d: Any) -> dict[str, dict[str, float | None]]:
-    """metrics.json (score_predictions' result) -> metric name -> value with CI.
-
-    Reads the ``metrics`` block when there is one (else the top level); a nested group whose members
-    are metrics (e.g. ``clinical: {modality_accuracy: {...}}``) is flattened one level.
-    """
-    if not isinstance(d, Mapping):
-        return {}
-    block = d.get("metrics") if isinstance(d.get("metrics"), Mapping) else d
-    out: dict[str, dict[str, float | None]] = {}
-    for name, v in block.items():
-        if name in _NOT_METRICS:
-            continue
-        mv = metric_value(v)
-        if mv is not None:
-            out[str(name)] = mv
-        elif isinstance(v, Mapping):
-            for sub, sv in v.items():
-                smv = metric_value(sv)
-                if smv is not None and sub not in _NOT_METRICS:
-                    out[str(sub) if str(sub) not in block else f"{name}.{sub}"] = smv
-    return out
-
-
-_DIAG_SKIP = {"n_captions", "most_common_caption", "warnings", "collapsed"}
-
-
-def diagnostics_of(d: Any) -> dict[str, Any]:
-    """Degeneration diagnostics of metrics.json / a comparison system: the numbers, plus ``collapsed``."""
-    if not isinstance(d, Mapping):
-        return {}
-    diag = d.get("diagnostics") or d.get("degeneration") or {}
-    out: dict[str, Any] = {}
-    if isinstance(diag, Mapping):
-        for k, v in diag.items():
-            if k in _DIAG_SKIP:
-                continue
-            if _num(v) is not None:
-                out[str(k)] = float(v)
-            elif isinstance(v, Mapping) and _num(v.get("value")) is not None:
-                out[str(k)] = float(v["value"])
-        if isinstance(diag.get("collapsed"), bool):
-            out["collapsed"] = diag["collapsed"]
-    return out
-
-
-_CLINICAL_RE = re.compile(r"modality|laterality|finding|region|clinical|side", re.I)
-
-
+# -- tables ----------------------------------------------------------------------------------------
 def metric_groups(metrics: Sequence[str], groups: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Metrics split into caption / clinical / embedding / other tables, each in the given order.
+    """Metrics split into caption / clinical / embedding / image-text tables, each in the given order.
 
-    ``groups`` is the producer's own ``group`` per metric (metrics.json); otherwise names decide.
+    ``groups`` is the producer's ``group`` per metric; a metric without one (a training run's validation
+    metrics) is grouped as the evaluation groups it.
     """
-    def group_of(m: str) -> str:
-        if groups and groups.get(m):
-            return str(groups[m])
-        if m.lower().startswith("bertscore"):
-            return "embedding"
-        return "clinical" if _CLINICAL_RE.search(m) else "caption"
-
     order: dict[str, list[str]] = {}
     for m in metrics:
-        order.setdefault(group_of(m), []).append(m)
-    titles = {"caption": "Caption metrics", "clinical": "Clinical correctness", "embedding": "Embedding similarity"}
+        order.setdefault(str((groups or {}).get(m) or metric_group(m)), []).append(m)
+    titles = {"caption": "Caption metrics", "clinical": "Clinical correctness", "embedding": "Embedding similarity",
+              "image-text": "Image-text agreement"}
     return [{"name": g, "title": titles.get(g, g.capitalize()), "metrics": ms} for g, ms in order.items()]
-
-
-def headline_metric(names: Iterable[str]) -> str | None:
-    names = list(names)
-    for m in HEADLINE_METRICS:
-        if m in names:
-            return m
-    return names[0] if names else None
 
 
 def best_per_metric(systems: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[str, list[str]]:
@@ -324,6 +245,36 @@ def significance_mark(p: float | None, alpha: float) -> str:
     if p is None or p >= alpha:
         return ""
     return "***" if p < 0.001 else "**" if p < 0.01 else "*"
+
+
+def _metric_dicts(metrics: Mapping[str, Metric]) -> dict[str, dict[str, Any]]:
+    return {m: v.model_dump() for m, v in metrics.items()}
+
+
+def _diagnostics(scores: Any) -> dict[str, Any]:
+    """A Degeneration's numbers plus ``collapsed`` (empty without one)."""
+    return {**scores.numbers(), "collapsed": scores.collapsed} if scores is not None else {}
+
+
+def _table(name: str, source: str, systems: list[dict[str, Any]], *, reference: str | None, split: str | None,
+           n_images: Any, alpha: float, significance: dict[str, Any], notes: list[str],
+           excluded: dict[str, Any], plot: dict[str, Any] | None) -> dict[str, Any]:
+    """A comparison table of the report (a comparison, or evaluations side by side)."""
+    metric_names = list(dict.fromkeys(m for s in systems for m in s["metrics"]))
+    for s in systems:
+        for v in s["metrics"].values():
+            v["mark"] = "" if s["name"] == reference else significance_mark(v.get("p_value"), alpha)
+    diag = list(dict.fromkeys(k for s in systems for k in s["diagnostics"] if k != "collapsed"))
+    groups = {m: v["group"] for s in systems for m, v in s["metrics"].items() if v.get("group")}
+    return {"name": name, "source": source, "reference": reference, "split": split, "n_images": n_images,
+            "significance": significance, "alpha": alpha, "notes": notes, "excluded": excluded,
+            "metrics": metric_names, "systems": systems, "best": best_per_metric(systems, metric_names),
+            "lower_is_better": [m for m in metric_names if lower_is_better(m)],
+            "has_ci": any(v.get("ci_low") is not None for s in systems for v in s["metrics"].values()),
+            "has_p": any(v.get("p_value") is not None for s in systems for v in s["metrics"].values()),
+            "plot": plot, "diagnostics": diag + (["collapsed"] if any("collapsed" in s["diagnostics"]
+                                                                      for s in systems) else []),
+            "groups": metric_groups(metric_names, groups)}
 
 
 # -- discovery -------------------------------------------------------------------------------------
@@ -352,9 +303,8 @@ def discover(roots: Sequence[Path], exclude: Sequence[Path] = ()) -> list[Found]
             dirnames[:] = sorted(n for n in dirnames
                                  if n not in _SKIP_DIRS and not n.startswith(".") and depth < _MAX_DEPTH
                                  and (d / n).resolve() not in excluded)
-            files = set(filenames)
             name = base_name if depth == 0 else f"{base_name}/{rel.as_posix()}"
-            kinds = _classify(d, files)
+            kinds = _classify(d, set(filenames))
             for kind in kinds:
                 key = (kind, d.resolve())
                 if key not in seen:
@@ -369,17 +319,17 @@ def discover(roots: Sequence[Path], exclude: Sequence[Path] = ()) -> list[Found]
 
 def _classify(d: Path, files: set[str]) -> list[str]:
     kinds: list[str] = []
-    if "comparison.json" in files or "comparison.csv" in files:
+    if Comparison.FILE in files:
         kinds.append("compare")
-    if "ablation.json" in files or "ablation.csv" in files:
+    if Ablation.FILE in files:
         kinds.append("ablation")
-    if "metrics.jsonl" in files or "config.resolved.yaml" in files or "result.json" in files:
+    if files & {"metrics.jsonl", "config.resolved.yaml", TrainResult.FILE}:
         kinds.append("train")
-    if ("predictions.jsonl" in files or "metrics.json" in files) and "compare" not in kinds:
+    if (PREDICTIONS_FILE in files or Scores.FILE in files) and "compare" not in kinds:
         kinds.append("evaluate")
-    if "explanation.json" in files or ("summary.json" in files and _is_explain_summary(d / "summary.json")):
+    if Explanation.FILE in files or ExplainSummary.FILE in files:
         kinds.append("explain")
-    if "grounding.json" in files:
+    if Grounding.FILE in files:
         kinds.append("grounding")
     for f in sorted(files):
         if f.endswith(".json") and f not in _KNOWN_JSON and _is_dataset_summary(d / f):
@@ -387,54 +337,43 @@ def _classify(d: Path, files: set[str]) -> list[str]:
     return kinds
 
 
-def _small_json(path: Path) -> Any:
-    try:
-        if path.stat().st_size > _MAX_JSON_BYTES:
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
-def _is_explain_summary(path: Path) -> bool:
-    d = _small_json(path)
-    return isinstance(d, dict) and isinstance(d.get("images"), list)
-
-
 def _is_dataset_summary(path: Path) -> bool:
     if path.name.startswith(("report", "ablation", "comparison")):
         return False
-    d = _small_json(path)
-    return isinstance(d, dict) and isinstance(d.get("splits"), dict) and (
-        "load_report" in d or "caption_words" in d)
+    try:
+        if path.stat().st_size > _MAX_JSON_BYTES:
+            return False
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(d, dict) and isinstance(d.get("splits"), dict) and "load_report" in d
 
 
 # -- parsers: one per kind -------------------------------------------------------------------------
 def parse_dataset(r: _Reader, path: Path, name: str) -> dict[str, Any] | None:
+    """``medblip data validate``'s JSON (:func:`medblip.data.validate.validate_dataset`)."""
     d = r.json(path)
     if not isinstance(d, dict):
         return None
-    splits = []
-    for split, info in (d.get("splits") or {}).items():
-        info = info if isinstance(info, Mapping) else {}
-        cw = info.get("caption_words") if isinstance(info.get("caption_words"), Mapping) else {}
-        splits.append({"split": str(split), "records": info.get("records"), "words_mean": cw.get("mean"),
-                       "words_median": cw.get("median"), "words_p95": cw.get("p95"), "words_max": cw.get("max")})
-    cw = d.get("caption_words") if isinstance(d.get("caption_words"), Mapping) else {}
-    rep = d.get("load_report") if isinstance(d.get("load_report"), Mapping) else {}
-    img = d.get("images") if isinstance(d.get("images"), Mapping) else {}
+
+    def words(info: Mapping[str, Any]) -> dict[str, Any]:
+        cw = info.get("caption_words") or {}
+        return {"words_mean": cw.get("mean"), "words_median": cw.get("median"), "words_p95": cw.get("p95"),
+                "words_max": cw.get("max")}
+
+    rep = d.get("load_report") or {}
+    img = d.get("images") or {}
 
     def rng(key: str) -> str | None:
         v = img.get(key)
-        if isinstance(v, Mapping) and v.get("min") is not None:
-            return f"{v.get('min')}–{v.get('max')} (median {v.get('median')})"
-        return None
+        return f"{v['min']}–{v['max']} (median {v['median']})" if v and v.get("min") is not None else None
 
     return {
         "name": name, "source": str(path), "path": d.get("path"), "format": d.get("format"),
-        "records": d.get("records"), "splits": splits,
-        "all": {"records": d.get("records"), "words_mean": cw.get("mean"), "words_median": cw.get("median"),
-                "words_p95": cw.get("p95"), "words_max": cw.get("max")},
+        "records": d.get("records"),
+        "splits": [{"split": str(split), "records": info.get("records"), **words(info)}
+                   for split, info in d["splits"].items()],
+        "all": {"records": d.get("records"), **words(d)},
         "dropped": dict(rep.get("dropped") or {}), "total_dropped": rep.get("total_dropped"),
         "warnings": dict(rep.get("warnings") or {}),
         "images": {"sampled": img.get("sampled"), "with_image": img.get("with_image"),
@@ -445,275 +384,120 @@ def parse_dataset(r: _Reader, path: Path, name: str) -> dict[str, Any] | None:
     }
 
 
-def _run_config(r: _Reader, d: Path) -> dict[str, Any]:
-    info = r.json(d / "run.json", quiet_missing=True)
-    if isinstance(info, dict) and isinstance(info.get("config"), dict):
-        return info["config"]
-    return {}
+def _predictions(r: _Reader, name: str, path: Path, scored_in: Path, data: str | None, split: str | None,
+                 fmt: str | None) -> dict[str, Any] | None:
+    """One system's captions for the examples: its predictions and the per-image scores written when it
+    was scored (in ``scored_in``)."""
+    if not path.is_file():
+        r.note(f"{path}: predictions of system {name!r} not found; it is left out of the examples")
+        return None
+    rows = r.predictions(path)
+    return {"name": name, "source": str(path), "_rows": rows, "_scores": r.per_image(scored_in),
+            "_data": data, "_split": split, "_format": fmt}
 
 
 def parse_comparison(r: _Reader, d: Path, name: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """comparison.json (or .csv) -> the table, plus each system's predictions for the examples."""
-    doc = r.json(d / "comparison.json", quiet_missing=True)
-    systems: list[dict[str, Any]] = []
-    if isinstance(doc, dict) and isinstance(doc.get("systems"), list):
-        sig = doc.get("significance") if isinstance(doc.get("significance"), Mapping) else {}
-        alpha = _num(sig.get("alpha")) or 0.05
-        for s in doc["systems"]:
-            if not isinstance(s, Mapping) or "name" not in s:
-                continue
-            metrics = {str(m): mv for m, v in (s.get("metrics") or {}).items() if (mv := metric_value(v))}
-            systems.append({"name": str(s["name"]), "kind": s.get("kind"), "family": s.get("family"),
-                            "source": s.get("source"), "folder": s.get("folder"),
-                            "n_predictions": s.get("n_predictions"),
-                            "seconds_per_image": _num(s.get("seconds_per_image")), "metrics": metrics,
-                            "diagnostics": diagnostics_of(s), "warnings": list(s.get("warnings") or [])})
-        metric_names = [str(m) for m in (doc.get("metrics") or [])] or \
-            list(dict.fromkeys(m for s in systems for m in s["metrics"]))
-        comp = {"reference": doc.get("reference"), "split": doc.get("split"), "n_images": doc.get("n_images"),
-                "significance": dict(sig), "alpha": alpha, "notes": list(doc.get("notes") or []),
-                "excluded": doc.get("excluded") or {}}
-    elif (d / "comparison.csv").is_file():
-        rows = r.csv(d / "comparison.csv")
-        by: dict[str, dict[str, Any]] = {}
-        ref = n_images = None
-        for row in rows:
-            sname = row.get("system")
-            if not sname or not row.get("metric"):
-                continue
-            s = by.setdefault(sname, {"name": sname, "kind": row.get("kind"), "family": None, "source": None,
-                                      "folder": None, "n_predictions": None,
-                                      "seconds_per_image": _num(row.get("seconds_per_image")),
-                                      "metrics": {}, "diagnostics": {}, "warnings": []})
-            s["metrics"][row["metric"]] = {"value": _num(row.get("value")), "ci_low": _num(row.get("ci_low")),
-                                           "ci_high": _num(row.get("ci_high")), "p_value": _num(row.get("p_value"))}
-            ref = ref or row.get("reference")
-            n_images = n_images or row.get("n_images")
-        systems = list(by.values())
-        metric_names = list(dict.fromkeys(m for s in systems for m in s["metrics"]))
-        comp = {"reference": ref, "split": None, "n_images": n_images, "significance": {}, "alpha": 0.05,
-                "notes": [], "excluded": {}}
-    else:
-        r.note(f"{d}: comparison.json is missing or malformed; the comparison table is left out")
+    """comparison.json -> the table, plus each system's predictions for the examples."""
+    comp = r.result(Comparison, d)
+    if comp is None:
         return None, []
-    if not systems:
-        r.note(f"{d}/comparison.json: no systems; the comparison table is left out")
+    if not comp.systems:
+        r.note(f"{d / Comparison.FILE}: no systems; the comparison table is left out")
         return None, []
-    alpha = comp["alpha"]
-    for s in systems:
-        for v in s["metrics"].values():
-            v["mark"] = "" if s["name"] == comp["reference"] else significance_mark(v.get("p_value"), alpha)
-    comp.update({
-        "name": name, "source": str(d), "metrics": metric_names, "systems": systems,
-        "best": best_per_metric(systems, metric_names),
-        "lower_is_better": [m for m in metric_names if lower_is_better(m)],
-        "has_ci": any(v.get("ci_low") is not None for s in systems for v in s["metrics"].values()),
-        "has_p": any(v.get("p_value") is not None for s in systems for v in s["metrics"].values()),
-        "plot": {"src": str(d / "comparison.png")} if (d / "comparison.png").is_file() else None,
-        "diagnostics": _diag_columns(systems),
-        "groups": metric_groups(metric_names, _producer_groups(systems)),
-    })
-    # predictions for the examples
-    cfg = _run_config(r, d)
-    preds: list[dict[str, Any]] = []
-    for s in systems:
-        candidates = [d / "systems" / s["name"] / "predictions.jsonl"]
-        if s.get("folder"):
-            candidates.append(Path(s["folder"]) / "predictions.jsonl")
-        if s.get("source") and str(s["source"]).endswith(".jsonl"):
-            candidates.append(Path(str(s["source"])))
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            r.note(f"{d}: no predictions file found for system {s['name']!r} "
-                   f"(looked for systems/{s['name']}/predictions.jsonl and its source); "
-                   "it is left out of the examples")
-            continue
-        preds.append({"name": s["name"], "source": str(path), "_rows": r.jsonl(path),
-                      "_data": cfg.get("data"), "_split": cfg.get("split"), "_format": cfg.get("format")})
-    return comp, preds
+    systems = [{"name": s.name, "kind": s.kind, "family": s.family, "source": s.source, "folder": s.folder,
+                "n_predictions": s.n_predictions, "seconds_per_image": s.seconds_per_image,
+                "metrics": _metric_dicts(s.metrics), "diagnostics": _diagnostics(s.diagnostics),
+                "warnings": list(s.warnings)} for s in comp.systems]
+    png = d / "comparison.png"
+    table = _table(name, str(d), systems, reference=comp.reference, split=comp.split, n_images=comp.n_images,
+                   alpha=comp.significance.alpha, significance=comp.significance.model_dump(), notes=list(comp.notes),
+                   excluded=comp.excluded.model_dump(), plot={"src": str(png)} if png.is_file() else None)
+    table["metrics"] = list(comp.metrics) or table["metrics"]
+    preds = [p for s in comp.systems
+             if (p := _predictions(r, s.name, s.predictions_file, Path(s.folder), comp.data, comp.split, comp.format))]
+    return table, preds
 
 
 def parse_evaluate(r: _Reader, d: Path, name: str) -> dict[str, Any]:
-    metrics_doc = r.json(d / "metrics.json", quiet_missing=True)
-    cfg = _run_config(r, d)
-    rows = r.jsonl(d / "predictions.jsonl") if (d / "predictions.jsonl").is_file() else []
-    model = cfg.get("model") or next((row.get("model") for row in rows if row.get("model")), None)
-    gt = metrics_doc.get("generation_time") if isinstance(metrics_doc, Mapping) else None
-    spi = _num(gt.get("seconds_per_image")) if isinstance(gt, Mapping) else None
-    n_images = metrics_doc.get("n_images") if isinstance(metrics_doc, Mapping) else None
-    return {"name": name, "source": str(d), "model": model, "split": cfg.get("split"), "n_images": n_images,
-            "metrics": metrics_table(metrics_doc), "diagnostics": diagnostics_of(metrics_doc),
-            "seconds_per_image": spi, "n_predictions": len(rows),
-            "_rows": rows, "_data": cfg.get("data"), "_split": cfg.get("split"), "_format": cfg.get("format")}
+    """An evaluate (or ``medblip score``) folder: metrics.json, predictions.jsonl, per_image.jsonl."""
+    scores = r.result(Scores, d, quiet_missing=True)
+    rows = r.predictions(d / PREDICTIONS_FILE) if (d / PREDICTIONS_FILE).is_file() else []
+    model = scores.model if scores else next((row.get("model") for row in rows if row.get("model")), None)
+    timing = scores.generation_time if scores else None
+    return {"name": name, "source": str(d), "model": model, "split": scores.split if scores else None,
+            "n_images": scores.n_images if scores else None,
+            "metrics": _metric_dicts(scores.metrics) if scores else {},
+            "diagnostics": _diagnostics(scores.degeneration) if scores else {},
+            "seconds_per_image": timing.seconds_per_image if timing else None, "n_predictions": len(rows),
+            "_rows": rows, "_scores": r.per_image(d), "_data": scores.data if scores else None,
+            "_split": scores.split if scores else None, "_format": scores.format if scores else None}
 
 
-_COST_ALIASES: dict[str, tuple[str, ...]] = {
-    "trainable_params": ("trainable_params", "trainable_parameters", "params_trainable", "trainable"),
-    "time_per_epoch": ("time_per_epoch", "seconds_per_epoch", "epoch_seconds", "time_per_epoch_s",
-                       "sec_per_epoch", "mean_epoch_seconds"),
-    "total_time": ("total_time", "total_seconds", "train_seconds", "total_train_seconds", "training_seconds",
-                   "total_time_s", "wall_seconds"),
-    "images_per_second": ("images_per_second", "images_per_s", "throughput", "img_per_s"),
-    "peak_memory": ("peak_memory_bytes", "peak_memory", "peak_mem_bytes", "peak_memory_mb", "peak_memory_gb",
-                    "peak_memory_mib", "peak_memory_gib"),
-    "relative_time": ("relative_time", "time_vs_full", "relative_to_full", "time_relative_to_full",
-                      "relative_time_vs_full", "speedup_vs_full", "rel_time"),
-}
 _COST_LABELS = {"trainable_params": "trainable params", "time_per_epoch": "time / epoch",
                 "total_time": "total time", "images_per_second": "images/s", "peak_memory": "peak memory",
                 "relative_time": "time vs full"}
-_ABLATION_SKIP = {"strategy", "name", "system", "run_dir", "folder", "status", "notes", "model", "family",
-                  "frozen_params", "total_params", "trainable_fraction", "epochs", "steps", "global_step",
-                  "peak_memory_kind", "num_processes", "images", "eval_seconds", "n_images", "seed"}
-
-
-def _cost_of(row: Mapping[str, Any]) -> dict[str, Any]:
-    pools = [row] + [row[k] for k in ("cost", "costs", "training") if isinstance(row.get(k), Mapping)]
-    out: dict[str, Any] = {}
-    for key, aliases in _COST_ALIASES.items():
-        for pool in pools:
-            hit = next((a for a in aliases if _num(pool.get(a)) is not None), None)
-            if hit is not None:
-                v = float(_num(pool[hit]))  # type: ignore[arg-type]
-                if key == "peak_memory":  # normalise to bytes
-                    scale = {"mb": 1e6, "gb": 1e9, "mib": 2**20, "gib": 2**30}.get(hit.rsplit("_", 1)[-1], 1.0)
-                    v *= scale
-                out[key] = v
-                break
-    if "time_per_epoch" not in out:
-        for pool in pools:
-            eps = pool.get("epochs")
-            if isinstance(eps, list) and eps:
-                secs = [_num(e.get("train_seconds")) for e in eps if isinstance(e, Mapping)]
-                secs = [s for s in secs if s is not None]
-                if secs:
-                    out["time_per_epoch"] = sum(secs) / len(secs)
-                    break
-    return out
 
 
 def parse_ablation(r: _Reader, d: Path, name: str) -> dict[str, Any] | None:
-    doc = r.json(d / "ablation.json", quiet_missing=True)
-    raw_rows: list[tuple[str, Mapping[str, Any]]] = []
-    meta: dict[str, Any] = {}
-    if doc is not None:
-        items: Any = doc
-        if isinstance(doc, Mapping):
-            meta = {k: v for k, v in doc.items() if not isinstance(v, list | dict)}
-            for key in ("strategies", "rows", "results", "runs", "table"):
-                if key in doc:
-                    items = doc[key]
-                    break
-        if isinstance(items, Mapping):
-            raw_rows = [(str(k), v) for k, v in items.items() if isinstance(v, Mapping)]
-        elif isinstance(items, list):
-            raw_rows = [(str(v.get("strategy") or v.get("name") or f"#{i + 1}"), v)
-                        for i, v in enumerate(items) if isinstance(v, Mapping)]
-    elif (d / "ablation.csv").is_file():
-        csv_rows = r.csv(d / "ablation.csv")
-        if csv_rows and "metric" in csv_rows[0] and "value" in csv_rows[0]:  # long form
-            grouped: dict[str, dict[str, Any]] = {}
-            for row in csv_rows:
-                sname = row.get("strategy") or row.get("name") or "?"
-                g = grouped.setdefault(sname, {k: v for k, v in row.items()
-                                               if k not in ("metric", "value", "ci_low", "ci_high", "p_value")})
-                g.setdefault("metrics", {})[row["metric"]] = {
-                    "value": _num(row.get("value")), "ci_low": _num(row.get("ci_low")),
-                    "ci_high": _num(row.get("ci_high"))}
-            raw_rows = list(grouped.items())
-        else:
-            raw_rows = [(row.get("strategy") or row.get("name") or f"#{i + 1}", row) for i, row in enumerate(csv_rows)]
-    if not raw_rows:
-        r.note(f"{d}: ablation.json has no strategy rows (or is unreadable); the ablation table is left out")
+    ab = r.result(Ablation, d)
+    if ab is None:
         return None
-    cost_keys = {a for aliases in _COST_ALIASES.values() for a in aliases}
+    if not ab.strategies:
+        r.note(f"{d / Ablation.FILE}: no strategy rows; the ablation table is left out")
+        return None
     rows = []
-    for sname, row in raw_rows:
-        metrics: dict[str, dict[str, float | None]] = {}
-        nested = row.get("metrics")
-        if isinstance(nested, Mapping):
-            for m, v in nested.items():
-                if (mv := metric_value(v)) is not None:
-                    metrics[str(m)] = mv
-        else:
-            for k, v in row.items():
-                if k in cost_keys or k in _ABLATION_SKIP or k in ("cost", "costs", "training"):
-                    continue
-                if k.endswith(("_ci_low", "_ci_high", "_low", "_high")):
-                    continue
-                mv = metric_value(_num(v) if isinstance(v, str) else v)
-                if mv is not None and mv["value"] is not None:
-                    mv["ci_low"] = mv["ci_low"] or _num(row.get(f"{k}_ci_low", row.get(f"{k}_low")))
-                    mv["ci_high"] = mv["ci_high"] or _num(row.get(f"{k}_ci_high", row.get(f"{k}_high")))
-                    metrics[str(k)] = mv
-        rows.append({"strategy": str(sname), "metrics": metrics, "cost": _cost_of(row)})
-    # time relative to full, when the producer did not give it
-    full = next((x for x in rows if x["strategy"].lower() == "full"), None)
-    if full and full["cost"].get("total_time"):
-        for x in rows:
-            if "relative_time" not in x["cost"] and x["cost"].get("total_time") is not None:
-                x["cost"]["relative_time"] = x["cost"]["total_time"] / full["cost"]["total_time"]
-    metric_names = list(dict.fromkeys(m for x in rows for m in x["metrics"]))
-    cost_cols = [k for k in _COST_ALIASES if any(k in x["cost"] for x in rows)]
-    plots = [{"src": str(p)} for p in sorted(d.glob("*.png"))]
+    for s in ab.strategies:
+        cost = {"trainable_params": s.trainable_params, "time_per_epoch": s.time_per_epoch,
+                "total_time": s.total_time, "images_per_second": s.images_per_second,
+                "peak_memory": s.peak_memory_bytes, "relative_time": s.relative_time}
+        rows.append({"strategy": s.strategy, "metrics": _metric_dicts(s.metrics),
+                     "cost": {k: v for k, v in cost.items() if v is not None}})
+    metric_names = list(ab.metrics) or list(dict.fromkeys(m for x in rows for m in x["metrics"]))
     as_systems = [{"name": x["strategy"], "metrics": x["metrics"]} for x in rows]
-    return {"name": name, "source": str(d), "meta": meta, "rows": rows, "metrics": metric_names,
-            "cost_columns": [{"key": k, "label": _COST_LABELS[k]} for k in cost_cols],
+    groups = {m: v["group"] for x in rows for m, v in x["metrics"].items() if v.get("group")}
+    return {"name": name, "source": str(d),
+            "meta": {k: v for k, v in ab.model_dump().items() if not isinstance(v, list | dict)},
+            "rows": rows, "metrics": metric_names,
+            "cost_columns": [{"key": k, "label": label} for k, label in _COST_LABELS.items()
+                             if any(k in x["cost"] for x in rows)],
             "best": best_per_metric(as_systems, metric_names),
             "has_ci": any(v.get("ci_low") is not None for x in rows for v in x["metrics"].values()),
-            "headline": headline_metric(metric_names), "plots": plots, "cost_plot": None,
-            "groups": metric_groups(metric_names, _producer_groups(as_systems))}
-
-
-_VAL_SKIP = {"step", "epoch", "split", "kind", "improved", "val_images", "examples", "lr"}
+            "headline": ab.headline or headline_metric(metric_names),
+            "plots": [{"src": str(p)} for p in sorted(d.glob("*.png"))], "cost_plot": None,
+            "groups": metric_groups(metric_names, groups)}
 
 
 def parse_training(r: _Reader, d: Path, name: str) -> dict[str, Any]:
-    rows = r.jsonl(d / "metrics.jsonl") if (d / "metrics.jsonl").is_file() else []
-    result = r.json(d / "result.json", quiet_missing=True)
-    result = result if isinstance(result, dict) else {}
-    cost = r.json(d / "cost.json", quiet_missing=True)
-    cost = cost if isinstance(cost, dict) else (result.get("cost") if isinstance(result.get("cost"), dict) else {})
-    cfg = r.yaml(d / "config.resolved.yaml")
-    cfg = cfg if isinstance(cfg, dict) else {}
-    strategy: dict[str, Any] = dict(result.get("strategy") or {})
-    train: list[list[float]] = []
-    val: list[dict[str, Any]] = []
-    epoch_costs: list[dict[str, Any]] = []
-    for row in rows:
-        kind = row.get("kind")
-        if kind == "strategy":
-            strategy = {**{k: v for k, v in row.items() if k not in ("step", "kind")}, **strategy}
-        elif kind == "epoch_cost":
-            epoch_costs.append(row)
-        elif row.get("split") == "train" and _num(row.get("loss")) is not None and _num(row.get("step")) is not None:
-            train.append([float(row["step"]), float(row["loss"])])
-        elif row.get("split") == "validation":
-            vals = {k: float(v) for k, v in row.items()
-                    if k not in _VAL_SKIP and _num(v) is not None and not isinstance(v, bool)}
-            if vals:
-                val.append({"step": _num(row.get("step")), "epoch": _num(row.get("epoch")), "metrics": vals})
-    val_names = list(dict.fromkeys(m for v in val for m in v["metrics"]))
-    best_name = result.get("best_metric_name")
-    model_cfg = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else {}
-    strat_cfg = cfg.get("strategy")
-    strategy_name = strategy.get("strategy") or (strat_cfg.get("name") if isinstance(strat_cfg, Mapping) else strat_cfg)
-    epochs = cost.get("epochs") if isinstance(cost.get("epochs"), list) else epoch_costs
-    secs = [x for e in epochs if isinstance(e, Mapping) and (x := _num(e.get("train_seconds"))) is not None]
-    if not rows and not result and not cost:
-        r.note(f"{d}: a training run folder without metrics.jsonl, result.json or cost.json; left out")
+    rows = r.log_rows(d / "metrics.jsonl") if (d / "metrics.jsonl").is_file() else []
+    result = r.result(TrainResult, d, quiet_missing=True)  # a run still going has none yet
+    strategy = next((row.model_extra for row in rows if row.kind == "strategy"), None) or {}
+    train = [[float(row.step), row.numbers()["loss"]] for row in rows
+             if row.split == "train" and "loss" in row.numbers()]
+    val = [{"step": row.step, "epoch": row.epoch, "metrics": row.numbers()} for row in rows
+           if row.split == "validation" and row.numbers()]
+    epoch_secs = [row.numbers()["train_seconds"] for row in rows
+                  if row.kind == "epoch_cost" and "train_seconds" in row.numbers()]
+    if not rows and result is None:
+        r.note(f"{d}: a training run folder without metrics.jsonl or result.json; left out")
+    cost = result.cost if result else None
     return {
-        "name": name, "source": str(d), "status": result.get("status"),
-        "model": model_cfg.get("name_or_path") if isinstance(model_cfg, Mapping) else None,
-        "strategy": strategy_name, "trainable_params": _num(strategy.get("trainable_params")),
-        "frozen_params": _num(strategy.get("frozen_params")),
-        "epochs": result.get("epochs_completed", len(epochs) or None), "steps": result.get("global_step"),
-        "best_metric": _num(result.get("best_metric")), "best_metric_name": best_name,
-        "cost": {"wall_seconds": _num(cost.get("wall_seconds")), "train_seconds": _num(cost.get("train_seconds")),
-                 "time_per_epoch": sum(secs) / len(secs) if secs else None,
-                 "images_per_second": _num(cost.get("images_per_second")),
-                 "peak_memory": _num(cost.get("peak_memory_bytes")), "peak_memory_kind": cost.get("peak_memory_kind")},
-        "train_loss": train, "val": val, "val_metrics": val_names,
+        "name": name, "source": str(d), "status": result.status if result else None,
+        "model": result.model if result else None,
+        "strategy": result.strategy.strategy if result else strategy.get("strategy"),
+        "trainable_params": result.strategy.trainable_params if result else strategy.get("trainable_params"),
+        "frozen_params": result.strategy.frozen_params if result else strategy.get("frozen_params"),
+        "epochs": result.epochs_completed if result else (len(epoch_secs) or None),
+        "steps": result.global_step if result else None,
+        "best_metric": result.best_metric if result else None,
+        "best_metric_name": result.best_metric_name if result else None,
+        "cost": {"wall_seconds": cost.wall_seconds if cost else None,
+                 "train_seconds": cost.train_seconds if cost else None,
+                 "time_per_epoch": cost.time_per_epoch if cost else (sum(epoch_secs) / len(epoch_secs)
+                                                                     if epoch_secs else None),
+                 "images_per_second": cost.images_per_second if cost else None,
+                 "peak_memory": cost.peak_memory_bytes if cost else None,
+                 "peak_memory_kind": cost.peak_memory_kind if cost else None},
+        "train_loss": train, "val": val, "val_metrics": list(dict.fromkeys(m for v in val for m in v["metrics"])),
     }
 
 
@@ -722,108 +506,77 @@ def _word_key(w: str) -> str:
 
 
 def parse_explain(r: _Reader, d: Path, name: str, words: Sequence[str], max_items: int) -> dict[str, Any] | None:
-    summary = r.json(d / "summary.json", quiet_missing=True)
-    items_meta: list[tuple[str, Path]] = []
-    model = method = None
-    if isinstance(summary, dict) and isinstance(summary.get("images"), list):
-        model = summary.get("model")
-        settings = summary.get("settings") if isinstance(summary.get("settings"), Mapping) else {}
-        method = settings.get("method")
-        for it in summary["images"]:
-            if isinstance(it, Mapping) and it.get("folder"):
-                items_meta.append((str(it.get("name") or it["folder"]), d / str(it["folder"])))
-    elif (d / "explanation.json").is_file():
-        items_meta.append((d.name, d))
+    summary = r.result(ExplainSummary, d, quiet_missing=True)
+    if summary is not None:
+        folders = [(it.name, d / it.folder) for it in summary.images]
+    elif (d / Explanation.FILE).is_file():
+        folders = [(d.name, d)]
+    else:
+        return None
     wanted = {_word_key(w) for w in words if _word_key(w)}
     items = []
-    for item_name, folder in items_meta[:max_items]:
-        doc = r.json(folder / "explanation.json")
-        if not isinstance(doc, dict):
+    for item_name, folder in folders[:max_items]:
+        doc = r.result(Explanation, folder)
+        if doc is None:
             continue
-        files = doc.get("files") if isinstance(doc.get("files"), Mapping) else {}
-        panels = [str(p) for p in (doc.get("panels") or doc.get("words") or [])]
-        overlay_files = [str(f) for f in (files.get("overlays") or [])]
         overlays = []
-        for i, rel in enumerate(overlay_files):
-            word = panels[i] if i < len(panels) else Path(rel).stem.split("_", 1)[-1]
+        for word, rel in zip(doc.panels, doc.files.overlays, strict=False):
             path = folder / rel
             if not path.is_file():
                 r.note(f"{path}: overlay listed in explanation.json is missing")
                 continue
             overlays.append({"word": word, "src": str(path)})
         chosen = [o for o in overlays if _word_key(o["word"]) in wanted] if wanted else overlays[:8]
-        grid = folder / str(files.get("grid") or "grid.png")
-        settings = doc.get("settings") if isinstance(doc.get("settings"), Mapping) else {}
+        grid = folder / doc.files.grid
+        shown = {_word_key(o["word"]) for o in overlays}
         items.append({
-            "name": item_name, "caption": doc.get("caption"), "caption_source": doc.get("caption_source"),
-            "model": doc.get("model") or model, "method": settings.get("method") or method,
-            "overlays": chosen, "n_overlays": len(overlays),
-            "missing_words": sorted(w for w in words if _word_key(w) and
-                                    _word_key(w) not in {_word_key(o["word"]) for o in overlays}) if wanted else [],
-            "grid": {"src": str(grid)} if grid.is_file() and (not chosen) else None,
+            "name": item_name, "caption": doc.caption, "caption_source": doc.caption_source, "model": doc.model,
+            "method": doc.settings.get("method"), "overlays": chosen, "n_overlays": len(overlays),
+            "missing_words": sorted(w for w in words if _word_key(w) and _word_key(w) not in shown) if wanted else [],
+            "grid": {"src": str(grid)} if grid.is_file() and not chosen else None,
         })
     if not items:
         r.note(f"{d}: no readable explanation; the attention section for it is left out")
         return None
-    if len(items_meta) > max_items:
-        r.note(f"{d}: {len(items_meta)} explained images; the first {max_items} are shown")
-    return {"name": name, "source": str(d), "model": model or items[0].get("model"), "method": method, "images": items}
+    if len(folders) > max_items:
+        r.note(f"{d}: {len(folders)} explained images; the first {max_items} are shown")
+    return {"name": name, "source": str(d), "model": summary.model if summary else items[0]["model"],
+            "method": summary.settings.get("method") if summary else items[0]["method"], "images": items}
 
 
 def parse_grounding(r: _Reader, path: Path, name: str) -> dict[str, Any] | None:
-    doc = r.json(path)
-    if not isinstance(doc, dict):
+    g = r.result(Grounding, path)
+    if g is None:
         return None
-    summ = doc.get("summary") if isinstance(doc.get("summary"), Mapping) else {}
-    scores = summ.get("scores") if isinstance(summ.get("scores"), Mapping) else {}
-    table = []
-    for src, label in (("model", "model"), ("uniform", "uniform baseline"), ("centre", "centre-bias baseline")):
-        s = scores.get(src)
-        if isinstance(s, Mapping):
-            table.append({"map": label, "hit": _num(s.get("hit")), "hit_tol": _num(s.get("hit_tol")),
-                          "energy": _num(s.get("energy"))})
-    by_finding = []
-    for f, v in (doc.get("by_finding") or {}).items():
-        sc = v.get("scores", {}) if isinstance(v, Mapping) else {}
-        by_finding.append({"finding": f, "n": v.get("n") if isinstance(v, Mapping) else None,
-                           "model": _num((sc.get("model") or {}).get("hit")),
-                           "uniform": _num((sc.get("uniform") or {}).get("hit")),
-                           "centre": _num((sc.get("centre") or {}).get("hit"))})
-    settings = doc.get("settings") if isinstance(doc.get("settings"), Mapping) else {}
-    if not table:
-        r.note(f"{path}: no summary.scores; the grounding table is left out")
-        return None
-    return {"name": name, "source": str(path), "model": doc.get("model"), "split": doc.get("split"),
-            "caption_source": doc.get("caption_source"), "method": settings.get("method"),
-            "tolerance": doc.get("tolerance"), "n": summ.get("n"), "skipped": dict(summ.get("skipped") or {}),
-            "table": table, "by_finding": by_finding}
+    labels = {"model": "model", "uniform": "uniform baseline", "centre": "centre-bias baseline"}
+    table = [{"map": label, **g.summary.scores[key].model_dump()} for key, label in labels.items()
+             if key in g.summary.scores]
+    by_finding = [{"finding": f, "n": s.n, **{key: s.scores[key].hit if key in s.scores else None for key in labels}}
+                  for f, s in g.by_finding.items()]
+    return {"name": name, "source": str(path), "model": g.model, "split": g.split,
+            "caption_source": g.caption_source, "method": g.settings.get("method"), "tolerance": g.tolerance,
+            "n": g.summary.n, "skipped": dict(g.summary.skipped), "table": table, "by_finding": by_finding}
 
 
 # -- clinical terms --------------------------------------------------------------------------------
 class Clinical:
-    """The evaluation core's extractor, if importable; agreement of a caption with its reference."""
+    """Highlighting of a caption's clinical terms, judged against its reference's concepts.
+
+    The concepts come from the evaluation (``per_image.jsonl``); only the terms' positions in the text
+    are found here, with the same lexicon.
+    """
 
     def __init__(self) -> None:
-        try:
-            from medblip.evaluation.clinical import extract_concepts, load_lexicon
-
-            self.extract = extract_concepts
-            self.lexicon = load_lexicon()
-            self.ok = True
-        except Exception as exc:  # noqa: BLE001  (the extractor is another helper's module)
-            log.warning("clinical extractor unavailable: %s", exc)
-            self.ok = False
-
-    def concepts(self, text: str) -> Any:
-        return self.extract(text or "") if self.ok else None
+        self.lexicon = load_lexicon()
 
     def _same_modality(self, a: str, b: str) -> bool:
         if a == b:
             return True
-        parents = getattr(self.lexicon, "modality_parents", {}) or {}
+        parents = self.lexicon.modality_parents
         return parents.get(a) == b or parents.get(b) == a
 
-    def summary(self, c: Any) -> dict[str, Any]:
+    @staticmethod
+    def summary(c: Concepts | None) -> dict[str, Any]:
         if c is None:
             return {}
         return {"modality": c.modality, "laterality": c.laterality, "regions": list(c.regions),
@@ -832,24 +585,16 @@ class Clinical:
 
     def spans(self, text: str) -> list[tuple[int, int, str, tuple[str, ...]]]:
         """(start, end, category, labels) of every lexicon term, non-overlapping, in text order."""
-        if not self.ok or not text:
+        if not text:
             return []
-        try:
-            from medblip.evaluation.clinical.extractor import _lower
-
-            low, original = _lower(text), text
-        except Exception:  # noqa: BLE001
-            low, original = text.lower(), text
+        low = _lower(text)
         if len(low) != len(text):
             return []
         lex = self.lexicon
         found = []
         for cat, matcher in (("modality", lex.modality_matcher), ("side", lex.laterality_matcher),
                              ("finding", lex.finding_matcher), ("region", lex.region_matcher)):
-            try:
-                found += [(m.start, m.end, cat, tuple(m.labels)) for m in matcher.find(low, original) if m.labels]
-            except Exception:  # noqa: BLE001
-                continue
+            found += [(m.start, m.end, cat, tuple(m.labels)) for m in matcher.find(low, text) if m.labels]
         found.sort(key=lambda t: (t[0], -(t[1] - t[0])))
         out, end = [], -1
         for t in found:
@@ -858,7 +603,7 @@ class Clinical:
                 end = t[1]
         return out
 
-    def judge(self, cat: str, labels: tuple[str, ...], pred: Any, ref: Any) -> tuple[str, str]:
+    def judge(self, cat: str, labels: tuple[str, ...], pred: Concepts | None, ref: Concepts | None) -> tuple[str, str]:
         """('agree'|'disagree'|'term', explanation) for one term of a prediction."""
         if ref is None:
             return "term", cat
@@ -868,18 +613,14 @@ class Clinical:
             ok = any(self._same_modality(lab, m) for lab in labels for m in ref.modalities)
             return ("agree", f"modality {labels[0]} as in the reference") if ok else \
                 ("disagree", f"modality {labels[0]}; the reference says {ref.modality}")
-        if cat == "side":
-            if not ref.sides:
-                return "term", "side (the reference names none)"
-            ok = any(lab in ref.sides for lab in labels)
-            return ("agree", f"side {labels[0]} as in the reference") if ok else \
-                ("disagree", f"side {labels[0]}; the reference says {ref.laterality}")
-        if cat == "region":
-            if not ref.regions:
-                return "term", "region (the reference names none)"
-            ok = any(lab in ref.regions for lab in labels)
-            return ("agree", f"region {labels[0]} as in the reference") if ok else \
-                ("disagree", f"region {labels[0]} is not in the reference")
+        if cat in ("side", "region"):
+            named = ref.sides if cat == "side" else ref.regions
+            if not named:
+                return "term", f"{cat} (the reference names none)"
+            if any(lab in named for lab in labels):
+                return "agree", f"{cat} {labels[0]} as in the reference"
+            return "disagree", (f"side {labels[0]}; the reference says {ref.laterality}" if cat == "side"
+                                else f"region {labels[0]} is not in the reference")
         # finding: compare presence
         ref_present = ref.findings_present()
         ref_status = ref.finding_status
@@ -905,26 +646,25 @@ class Clinical:
                 return hit
         return "term", cat
 
-    def segments(self, text: str, ref_text: str | None) -> list[dict[str, Any]]:
-        """The caption split into plain and highlighted pieces (``cls``: agree/disagree/term)."""
+    def segments(self, text: str, pred: Concepts | None = None, ref: Concepts | None = None) -> list[dict[str, Any]]:
+        """The caption split into plain and highlighted pieces (``cls``: agree/disagree/term); without
+        ``ref`` (the reference caption itself) every term is a plain ``term``."""
         text = text or ""
         spans = self.spans(text)
         if not spans:
             return [{"text": text, "cls": None, "title": None}] if text else []
-        pred = self.concepts(text)
-        ref = self.concepts(ref_text) if ref_text is not None else None
         out, pos = [], 0
         for start, end, cat, labels in spans:
             if start > pos:
                 out.append({"text": text[pos:start], "cls": None, "title": None})
-            cls, title = self.judge(cat, labels, pred, ref) if ref_text is not None else ("term", f"{cat}: {labels[0]}")
+            cls, title = self.judge(cat, labels, pred, ref) if ref is not None else ("term", f"{cat}: {labels[0]}")
             out.append({"text": text[start:end], "cls": cls, "title": title, "category": cat})
             pos = end
         if pos < len(text):
             out.append({"text": text[pos:], "cls": None, "title": None})
         return out
 
-    def chips(self, pred: Any, ref: Any) -> list[dict[str, str]]:
+    def chips(self, pred: Concepts | None, ref: Concepts | None) -> list[dict[str, str]]:
         """Per caption: modality / side verdicts and findings missed relative to the reference."""
         if pred is None or ref is None:
             return []
@@ -948,7 +688,7 @@ class Clinical:
             chips.append({"cls": "missed", "text": "missed: " + ", ".join(missed), "title": "present in the reference"})
         return chips
 
-    def errors(self, pred: Any, ref: Any) -> dict[str, bool | None]:
+    def errors(self, pred: Concepts | None, ref: Concepts | None) -> dict[str, bool | None]:
         """Wrong modality / wrong side (None when either caption does not say)."""
         if pred is None or ref is None:
             return {"modality": None, "side": None}
@@ -961,57 +701,11 @@ class Clinical:
         return {"modality": mod, "side": side}
 
 
-# -- per-image scores ------------------------------------------------------------------------------
-_TOKEN_RE = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")
-
-
-def _tokens(text: str) -> list[str]:
-    return _TOKEN_RE.findall((text or "").lower())
-
-
-def token_f1(pred: str, ref: str) -> float:
-    p, r = _tokens(pred), _tokens(ref)
-    if not p or not r:
-        return 1.0 if not p and not r else 0.0
-    from collections import Counter
-
-    common = sum((Counter(p) & Counter(r)).values())
-    if not common:
-        return 0.0
-    prec, rec = common / len(p), common / len(r)
-    return 2 * prec * rec / (prec + rec)
-
-
-def per_image_scores(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, dict[str, float]], bool]:
-    """id -> {"CIDEr": ..., "token_f1": ...}; CIDEr-D (the evaluation core's, document frequencies
-    over this system's images) when importable. Returns whether CIDEr is included."""
-    ids = [str(r["id"]) for r in rows]
-    out = {i: {"token_f1": token_f1(str(r.get("prediction") or ""), str(r.get("reference") or ""))}
-           for i, r in zip(ids, rows, strict=True)}
-    has_cider = False
-    if len(rows) >= 2:
-        try:
-            from medblip.evaluation.cider import CiderD
-            from medblip.evaluation.tokenization import simple_tokenize
-
-            refs = [[simple_tokenize(str(r.get("reference") or "")) or "-"] for r in rows]
-            preds = [simple_tokenize(str(r.get("prediction") or "")) for r in rows]
-            scores = CiderD(refs, preds).per_image()
-            for i, s in zip(ids, scores, strict=True):
-                out[i]["CIDEr"] = float(s)
-            has_cider = True
-        except Exception as exc:  # noqa: BLE001
-            log.warning("per-image CIDEr unavailable (%s); failure cases use token F1", exc)
-    return out, has_cider
-
-
 # -- images for the examples -----------------------------------------------------------------------
-_IMAGE_FIELDS = ("image", "image_path", "image_file", "path", "file")
-
-
 class ImageResolver:
-    """Finds each example's image: a path in the predictions row, else the record in the dataset the
-    run was made on (``run.json`` config ``data``/``split``/``format``, or ``--data``)."""
+    """Finds each example's image: the predictions row's ``image`` (absolute, or relative to the
+    predictions file or the data), else the record in the dataset the system was run on (its
+    result's ``data``/``split``/``format``, or ``--data``)."""
 
     def __init__(self, reader: _Reader, data_override: Path | None = None) -> None:
         self.r = reader
@@ -1028,9 +722,9 @@ class ImageResolver:
                 ds = load_dataset(data, format=fmt or "auto", splits=[split] if split else None,
                                   require_images=False)
                 mapping = {str(rec.id): rec.image for rec in ds.records if rec.image is not None}
-            except Exception as exc:  # noqa: BLE001  (a moved or partial dataset must not break the report)
+            except MedblipError as exc:  # a moved or partial dataset must not break the report
                 self.r.note(f"{data}: cannot load the dataset to find example images "
-                            f"({type(exc).__name__}: {exc}); examples are shown without images")
+                            f"({exc}); examples are shown without images")
             self._datasets[key] = mapping
         return self._datasets[key]
 
@@ -1038,13 +732,12 @@ class ImageResolver:
         base = Path(system.get("source") or ".")
         base = base.parent if base.suffix else base
         data = str(self.data_override) if self.data_override else system.get("_data")
-        for key in _IMAGE_FIELDS:
-            v = row.get(key)
-            if isinstance(v, str) and v:
-                p = Path(v).expanduser()
-                for cand in ([p] if p.is_absolute() else [base / p, *( [Path(data) / p] if data else []), p]):
-                    if cand.is_file():
-                        return cand
+        image = Prediction.model_validate(row).image_path()
+        if image:
+            p = Path(image).expanduser()
+            for cand in ([p] if p.is_absolute() else [base / p, *([Path(data) / p] if data else []), p]):
+                if cand.is_file():
+                    return cand
         if data:
             split = row.get("split") or system.get("_split")
             img = self._from_dataset(str(data), str(split) if split else None,
@@ -1069,8 +762,6 @@ def _unique(name: str, taken: set[str]) -> str:
 def collect(run_dirs: Sequence[str | Path], *, title: str | None = None, words: Sequence[str] = (),
             examples: int = 6, data: str | Path | None = None, exclude: Sequence[Path] = ()) -> Report:
     """Discover and parse every run folder under ``run_dirs`` into a :class:`Report`."""
-    from medblip.errors import MedblipError
-
     roots = [Path(p).expanduser() for p in run_dirs]
     for p in roots:
         if not p.is_dir():
@@ -1080,8 +771,9 @@ def collect(run_dirs: Sequence[str | Path], *, title: str | None = None, words: 
     if not found:
         raise MedblipError(
             f"no run folders found in {', '.join(map(str, roots))}: expected predictions.jsonl / metrics.json "
-            "(evaluate), comparison.json (compare), metrics.jsonl (train), summary.json / explanation.json "
-            "(explain), grounding.json, ablation.json or a dataset summary from `medblip data validate`")
+            "(evaluate), comparison.json (compare), metrics.jsonl / result.json (train), summary.json / "
+            "explanation.json (explain), grounding.json, ablation.json or a dataset summary from "
+            "`medblip data validate`")
     rep = Report(title=title or "medblip report", created=datetime.now(UTC).isoformat(timespec="seconds"),
                  words=[w for w in words if w.strip()])
     rep.inputs = [{"kind": f.kind.split(":")[0], "name": f.name, "path": str(f.path)} for f in found]
@@ -1116,15 +808,12 @@ def collect(run_dirs: Sequence[str | Path], *, title: str | None = None, words: 
         elif f.kind == "explain":
             if (ex := parse_explain(r, f.path, f.name, rep.words, max_items=max(examples, 1))) is not None:
                 rep.explanations.append(ex)
-        elif f.kind == "grounding" and (g := parse_grounding(r, f.path / "grounding.json", f.name)):
+        elif f.kind == "grounding" and (g := parse_grounding(r, f.path / Grounding.FILE, f.name)):
             rep.grounding.append(g)
-    # evaluate folders without a comparison: a table of their own (no p-values)
-    if evaluated and not rep.comparisons and any(e["metrics"] for e in evaluated):
-        rep.comparisons.append(_table_from_evaluations(evaluated))
-    elif evaluated and rep.comparisons:
-        with_metrics = [e for e in evaluated if e["metrics"]]
-        if with_metrics:
-            rep.comparisons.append(_table_from_evaluations(with_metrics))
+    # evaluate folders: a table of their own (no p-values)
+    with_metrics = [e for e in evaluated if e["metrics"]]
+    if with_metrics:
+        rep.comparisons.append(_table_from_evaluations(with_metrics))
     _build_examples(rep, r, preds, examples, Path(data).expanduser() if data else None)
     if not rep.datasets:
         r.note("no dataset summary (a `medblip data validate` JSON) among the inputs; that section is left out")
@@ -1136,30 +825,14 @@ def collect(run_dirs: Sequence[str | Path], *, title: str | None = None, words: 
 def _table_from_evaluations(evaluated: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     systems = [{"name": e["name"], "kind": "evaluate", "family": None, "source": e["source"], "folder": e["source"],
                 "n_predictions": e["n_predictions"], "seconds_per_image": e["seconds_per_image"],
-                "metrics": {m: {**v, "mark": ""} for m, v in e["metrics"].items()},
-                "diagnostics": e["diagnostics"], "warnings": []} for e in evaluated]
-    metric_names = list(dict.fromkeys(m for s in systems for m in s["metrics"]))
+                "metrics": {m: dict(v) for m, v in e["metrics"].items()}, "diagnostics": e["diagnostics"],
+                "warnings": []} for e in evaluated]
     splits = {e.get("split") for e in evaluated} - {None}
     sizes = {e.get("n_images") for e in evaluated} - {None}
-    return {"name": "evaluations", "source": ", ".join(e["source"] for e in evaluated), "reference": None,
-            "split": splits.pop() if len(splits) == 1 else None,
-            "n_images": sizes.pop() if len(sizes) == 1 else None, "significance": {},
-            "alpha": 0.05, "notes": ["evaluate folders scored separately: no paired test (use `medblip compare`)"],
-            "excluded": {}, "metrics": metric_names, "systems": systems,
-            "best": best_per_metric(systems, metric_names),
-            "lower_is_better": [m for m in metric_names if lower_is_better(m)],
-            "has_ci": any(v.get("ci_low") is not None for s in systems for v in s["metrics"].values()),
-            "has_p": False, "plot": None, "diagnostics": _diag_columns(systems),
-            "groups": metric_groups(metric_names, _producer_groups(systems))}
-
-
-def _producer_groups(systems: Sequence[Mapping[str, Any]]) -> dict[str, str]:
-    return {m: v["group"] for s in systems for m, v in s["metrics"].items() if v.get("group")}
-
-
-def _diag_columns(systems: Sequence[Mapping[str, Any]]) -> list[str]:
-    cols = list(dict.fromkeys(k for s in systems for k in s["diagnostics"] if k != "collapsed"))
-    return cols + (["collapsed"] if any("collapsed" in s["diagnostics"] for s in systems) else [])
+    return _table("evaluations", ", ".join(e["source"] for e in evaluated), systems, reference=None,
+                  split=splits.pop() if len(splits) == 1 else None, n_images=sizes.pop() if len(sizes) == 1 else None,
+                  alpha=0.05, significance={}, excluded={}, plot=None,
+                  notes=["evaluate folders scored separately: no paired test (use `medblip compare`)"])
 
 
 def _spread(items: Sequence[str], n: int) -> list[str]:
@@ -1172,18 +845,22 @@ def _spread(items: Sequence[str], n: int) -> list[str]:
     return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
 
 
+def _scored(r: _Reader, s: dict[str, Any], refs: dict[str, str]) -> dict[str, ImageScores]:
+    """The system's per-image scores: as its evaluation stored them, or (never scored) computed now."""
+    if s["_scores"] is not None:
+        return s["_scores"]
+    ids = [i for i in s["_by_id"] if i in refs]
+    if not ids:
+        return {}
+    r.note(f"{s['source']}: not scored yet (no {ImageScores.FILE}); its per-image scores are computed for the report")
+    rows = image_scores(ids, [[refs[i]] for i in ids], [str(s["_by_id"][i].get("prediction") or "") for i in ids])
+    return {row["id"]: ImageScores.model_validate(row) for row in rows}
+
+
 def _build_examples(rep: Report, r: _Reader, preds: list[dict[str, Any]], n_examples: int,
                     data: Path | None) -> None:
     clinical = Clinical()
-    rep.extractor = clinical.ok
-    if not clinical.ok:
-        r.note("the clinical extractor (medblip.evaluation.clinical) is unavailable: no term highlighting")
-    systems = []
-    for s in preds:
-        rows = [row for row in s["_rows"] if "id" in row and isinstance(row.get("prediction", ""), str)]
-        by_id = {str(row["id"]): row for row in rows}
-        if by_id:
-            systems.append({**s, "_by_id": by_id})
+    systems = [{**s, "_by_id": {str(row["id"]): row for row in s["_rows"]}} for s in preds if s["_rows"]]
     if not systems:
         r.note("no predictions.jsonl among the inputs: the examples and failure cases are left out")
         return
@@ -1194,13 +871,21 @@ def _build_examples(rep: Report, r: _Reader, preds: list[dict[str, Any]], n_exam
             if isinstance(row.get("reference"), str) and i not in refs:
                 refs[i] = row["reference"]
     for s in systems:
-        s["_rows_ref"] = [{**row, "id": i, "reference": refs[i]} for i, row in s["_by_id"].items() if i in refs]
-        s["_scores"], has_cider = per_image_scores(s["_rows_ref"]) if s["_rows_ref"] else ({}, False)
-        s["_has_cider"] = has_cider
-    rep.score_name = "CIDEr" if all(s["_has_cider"] for s in systems if s["_rows_ref"]) else "token_f1"
+        s["_per_image"] = _scored(r, s, refs)
+    rep.score_name = "CIDEr" if all("CIDEr" in sc.scores for s in systems for sc in s["_per_image"].values()) \
+        else "token_f1"
     rep.systems = [{"name": s["name"], "source": s["source"], "n": len(s["_by_id"])} for s in systems]
     resolver = ImageResolver(r, data)
     images: dict[str, Any] = {}
+
+    def concepts(s: Mapping[str, Any], i: str) -> tuple[Concepts | None, Concepts | None]:
+        """(prediction, reference) concepts of image ``i`` of system ``s``, from its per-image scores."""
+        sc = s["_per_image"].get(i)
+        if sc is None:
+            return None, None
+        pred = Concepts.from_summary(sc.prediction.model_dump(), str(s["_by_id"][i].get("prediction") or ""))
+        ref = Concepts.from_summary(sc.references[0].model_dump(), refs.get(i, "")) if sc.references else None
+        return pred, ref
 
     def image_for(i: str) -> dict[str, Any] | None:
         if i not in images:
@@ -1216,20 +901,21 @@ def _build_examples(rep: Report, r: _Reader, preds: list[dict[str, Any]], n_exam
 
     def card(i: str, members: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ref_text = refs.get(i)
-        ref_c = clinical.concepts(ref_text) if ref_text is not None else None
+        ref_c = next((c for s in members if (c := concepts(s, i)[1]) is not None), None)
         out = {"id": i, "image": image_for(i), "reference": ref_text,
-               "reference_segments": clinical.segments(ref_text, None) if ref_text else [],
+               "reference_segments": clinical.segments(ref_text) if ref_text else [],
                "reference_concepts": clinical.summary(ref_c), "systems": []}
         for s in members:
             row = s["_by_id"].get(i)
             if row is None:
                 continue
             caption = str(row.get("prediction") or "")
-            pred_c = clinical.concepts(caption)
+            pred_c, ref_c = concepts(s, i)
+            sc = s["_per_image"].get(i)
             out["systems"].append({
                 "name": s["name"], "caption": caption,
-                "segments": clinical.segments(caption, ref_text) if caption else [],
-                "chips": clinical.chips(pred_c, ref_c), "scores": s["_scores"].get(i, {}),
+                "segments": clinical.segments(caption, pred_c, ref_c) if caption else [],
+                "chips": clinical.chips(pred_c, ref_c), "scores": dict(sc.scores) if sc else {},
                 "errors": clinical.errors(pred_c, ref_c)})
         return out
 
@@ -1245,27 +931,25 @@ def _build_examples(rep: Report, r: _Reader, preds: list[dict[str, Any]], n_exam
     score = rep.score_name
     per_system = []
     for s in systems:
-        scored = [(i, sc) for i, sc in s["_scores"].items()]
-        scored.sort(key=lambda t: (t[1].get(score, t[1]["token_f1"]), t[1]["token_f1"], t[0]))
+        scored = sorted(s["_per_image"].items(),
+                        key=lambda t: (t[1].scores.get(score, t[1].scores["token_f1"]), t[1].scores["token_f1"], t[0]))
         lowest = [card(i, [s]) for i, _ in scored[:max(1, min(n_examples, 4))]]
         wrong_mod, wrong_side, n_mod, n_side = [], [], 0, 0
-        for i in (x["id"] for x in s["_rows_ref"]):
-            pred_c = clinical.concepts(str(s["_by_id"][i].get("prediction") or ""))
-            ref_c = clinical.concepts(refs[i])
+        for i in (i for i in s["_by_id"] if i in s["_per_image"]):
+            pred_c, ref_c = concepts(s, i)
             err = clinical.errors(pred_c, ref_c)
+            case = {"id": i, "reference": refs.get(i), "prediction": s["_by_id"][i].get("prediction")}
             if err["modality"] is not None:
                 n_mod += 1
                 if err["modality"]:
-                    wrong_mod.append({"id": i, "reference": refs[i], "prediction": s["_by_id"][i].get("prediction"),
-                                      "expected": ref_c.modality, "got": pred_c.modality})
+                    wrong_mod.append({**case, "expected": ref_c.modality, "got": pred_c.modality})  # type: ignore[union-attr]
             if err["side"] is not None:
                 n_side += 1
                 if err["side"]:
-                    wrong_side.append({"id": i, "reference": refs[i], "prediction": s["_by_id"][i].get("prediction"),
-                                       "expected": ref_c.laterality, "got": pred_c.laterality})
+                    wrong_side.append({**case, "expected": ref_c.laterality, "got": pred_c.laterality})  # type: ignore[union-attr]
         limit = max(n_examples, 5)
         per_system.append({
-            "system": s["name"], "n": len(s["_rows_ref"]), "lowest": lowest,
+            "system": s["name"], "n": len(s["_per_image"]), "lowest": lowest,
             "wrong_modality": wrong_mod[:limit], "wrong_modality_count": len(wrong_mod), "modality_checked": n_mod,
             "wrong_side": wrong_side[:limit], "wrong_side_count": len(wrong_side), "side_checked": n_side,
         })

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from medblip.formatting import ci_text, fmt_cost, fmt_int, fmt_num, fmt_params, fmt_seconds
 from medblip.reports.collect import Report, lower_is_better
-from medblip.reports.html import ci_text, fmt_cost, fmt_int, fmt_num, fmt_params, fmt_seconds
 
 
 def _cell(text: Any) -> str:

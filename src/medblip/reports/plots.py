@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medblip.io import atomic_write_bytes
-
-_PREFERRED_VAL = ("CIDEr", "cider", "BLEU-4", "bleu4", "ROUGE-L", "rouge_l", "METEOR", "BLEU-1")
+from medblip.results import headline_metric
 
 
 def _figure(width: float, height: float, ncols: int) -> tuple[Any, list[Any]]:
@@ -46,10 +45,7 @@ def val_metric_for(runs: Sequence[Mapping[str, Any]]) -> str | None:
         best = run.get("best_metric_name")
         if best and best in caption:
             return best
-    for m in _PREFERRED_VAL:
-        if m in caption:
-            return m
-    return caption[0] if caption else None
+    return headline_metric(caption)
 
 
 def training_curves(runs: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:

@@ -1,6 +1,7 @@
 """Fine-tuning: the experiment config schema, the trainer and its checkpoints.
 
-``load_config(path, overrides)`` -> :class:`ExperimentConfig`; ``train(config)`` -> :class:`RunResult`.
+``load_config(path, overrides)`` -> :class:`ExperimentConfig`; ``train(config)`` ->
+:class:`medblip.results.TrainResult` (what ``result.json`` holds).
 The trainer (torch, accelerate) is imported on first use so that reading a config stays light.
 """
 
@@ -10,12 +11,11 @@ from typing import Any
 
 from medblip.training.config import ExperimentConfig, check_paths, load_config, validate_config
 
-__all__ = ["ExperimentConfig", "RunResult", "TrainingDiverged", "check_paths", "load_config", "train",
-           "validate_config"]
+__all__ = ["ExperimentConfig", "TrainingDiverged", "check_paths", "load_config", "train", "validate_config"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("train", "RunResult", "TrainingDiverged"):
+    if name in ("train", "TrainingDiverged"):
         from medblip.training import trainer
 
         return getattr(trainer, name)

@@ -1,7 +1,7 @@
 """Experiment configuration: a pydantic schema over plain YAML files, plus ``--set a.b=c`` overrides.
 
-An experiment file has seven sections (``model``, ``data``, ``strategy``, ``train``, ``generation``,
-``output`` and an optional top-level ``name``); every key is checked, so a typo such as
+An experiment file has eight sections (``model``, ``data``, ``strategy``, ``train``, ``generation``,
+``output``, ``scoring`` and an optional top-level ``name``); every key is checked, so a typo such as
 ``train.lrr`` is an error naming the key and the file instead of a silently ignored value.
 
 Relative paths in a config are relative to the working directory the command runs in (like every
@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from medblip import configfile
 from medblip.data.captions import CaptionOptions
 from medblip.errors import ConfigError, MedblipError
+from medblip.evaluation.metric_sets import ScoringConfig
 from medblip.models.base import GenerationSettings
-
-# The families medblip has adapters for; the registry in ``medblip.models`` is the authority when it
-# can be imported (see ``_known_families``), this tuple only keeps config validation import-light.
-FAMILIES = ("blip", "blip2", "instructblip", "vit-gpt2")
+from medblip.models.lora import LoraOptions
+from medblip.models.registry import get_family, list_families
 
 
 class _Section(BaseModel):
@@ -40,6 +40,15 @@ class ModelConfig(_Section):
     attn_implementation: str | None = Field(None, description="eager | sdpa | flash_attention_2; None: transformers' default")
     prompt: str | None = Field(None, description="BLIP / BLIP-2 text prompt the caption continues (family default when None)")
     instruction: str | None = Field(None, description="InstructBLIP instruction (family default when None)")
+    max_length: int | None = Field(None, ge=2, description="caption token limit in training (longer captions are "
+                                                           "truncated); None: the family's default, 128")
+    device_map: str | dict[str, Any] | None = Field(
+        None, description="place the weights with accelerate's device map (e.g. auto: a 7B model over the visible "
+                          "GPUs and the CPU) instead of on the training device; for evaluation-only (strategy none) "
+                          "and LoRA runs of models that do not fit one GPU")
+    load_in_8bit: bool = Field(False, description="8-bit weights (bitsandbytes, CUDA; pip install 'medblip[quantization]'); "
+                                                  "only strategy none or lora can use them")
+    load_in_4bit: bool = Field(False, description="4-bit NF4 weights (bitsandbytes, CUDA), as load_in_8bit (QLoRA with lora)")
 
     @field_validator("family")
     @classmethod
@@ -51,15 +60,24 @@ class ModelConfig(_Section):
     def family_options(self) -> dict[str, Any]:
         """Keyword options for ``create_model``; unset ones are left to the family's defaults."""
         opts = {"attn_implementation": self.attn_implementation, "prompt": self.prompt,
-                "instruction": self.instruction}
+                "instruction": self.instruction, "max_length": self.max_length, "device_map": self.device_map,
+                "load_in_8bit": self.load_in_8bit or None, "load_in_4bit": self.load_in_4bit or None}
         return {k: v for k, v in opts.items() if v is not None}
 
 
 class DataConfig(_Section):
     path: str = Field(description="dataset folder or file (ROCOv2 layout, synthetic benchmark, HF export, ...)")
     format: Literal["auto", "roco", "rocov2", "hf", "manifest"] = "auto"
+    roco_subsets: list[Literal["radiology", "non-radiology"]] = Field(
+        ["radiology"], min_length=1, description="ROCO layout only: the subsets loaded (non-radiology/ holds "
+                                                 "charts, photos and drawings; the study fine-tunes on radiology)")
     train_split: str = "train"
     val_split: str = "validation"
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="when the data has no validation records (e.g. a manifest without a split "
+                                         "column), this fraction of the training records is held out for validation, "
+                                         "chosen by `seed` and grouped by a patient/case column when there is one; "
+                                         "0 trains without validation")
     captions: CaptionOptions = Field(default_factory=CaptionOptions, description="caption cleaning on load")
     limit: int | None = Field(None, ge=1, description="at most this many records per split (quick runs)")
     seed: int = Field(0, description="seed of the record subsampling done by `limit`")
@@ -76,9 +94,10 @@ class DataConfig(_Section):
 
 
 class LoraConfig(_Section):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # defaults: medblip.models.lora.LoraOptions, the one place they are set
+    r: int = Field(LoraOptions.r, ge=1)
+    alpha: int = Field(LoraOptions.alpha, ge=1)
+    dropout: float = Field(LoraOptions.dropout, ge=0.0, lt=1.0)
     target_modules: list[str] | None = Field(None, description="module name patterns; None: the family's default")
 
 
@@ -119,6 +138,10 @@ class TrainConfig(_Section):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     clip_grad: float | None = Field(1.0, gt=0.0, description="max gradient norm; None: no clipping")
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    label_smoothing: float | None = Field(
+        None, ge=0.0, lt=1.0, description="cross-entropy label smoothing of the captioning loss; None: the family's own "
+                                          "training code's (BLIP 0.1; BLIP-2, InstructBLIP, ViT-GPT2 0.0). run.json "
+                                          "records the value used (label_smoothing)")
     gradient_checkpointing: bool = False
     seed: int = 42
     deterministic: bool = Field(False, description="deterministic kernels (slower); needed for bit-exact resume")
@@ -184,6 +207,8 @@ class ExperimentConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)  # type: ignore[valid-type]
     output: OutputConfig
+    #: how `medblip ablation` scores each strategy's captions (metric sets, their models, ...)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(**self.generation.model_dump())
@@ -195,115 +220,25 @@ class ExperimentConfig(_Section):
 def _canonical_family(name: str) -> str:
     """The registry's spelling of a family name or alias (``vit_gpt2`` -> ``vit-gpt2``)."""
     try:
-        import medblip.models  # noqa: F401  (importing it fills the registry)
-        from medblip.models.registry import get_family
-    except ImportError:  # registry unavailable: fall back to the fixed list
-        if name not in FAMILIES:
-            raise ValueError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})") from None
-        return name
-    if not _registry_families():  # registry not populated (models package incomplete)
-        if name not in FAMILIES:
-            raise ValueError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
-        return name
-    try:
         return get_family(name).family
     except MedblipError:
-        raise ValueError(f"unknown family {name!r} (known: {', '.join(_registry_families())})") from None
-
-
-def _registry_families() -> list[str]:
-    from medblip.models.registry import list_families
-
-    return list_families()
+        raise ValueError(f"unknown family {name!r} (known: {', '.join(list_families())})") from None
 
 
 # -- loading -----------------------------------------------------------------------------------------
-
-def _format_error(err: dict[str, Any], source: str, overridden: set[str]) -> str:
-    key = ".".join(str(p) for p in err["loc"])
-    # An override is named as the user typed it; a file problem as "file: key".
-    where = f"--set {key}" if key in overridden else f"{source}: {key}"
-    if err["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
-    if err["type"] == "missing":
-        return f"{where}: required key is missing"
-    if err["type"] == "value_error":  # our own validators already name the value
-        return f"{where}: {err['msg'].removeprefix('Value error, ')}"
-    shown = err.get("input")
-    if isinstance(shown, dict | list):
-        return f"{where}: {err['msg']}"
-    return f"{where}: {err['msg']} (got {shown!r})"
+_SECTIONS = "a mapping of sections (model, data, train, ...)"
 
 
 def validate_config(raw: Any, source: str = "<config>", overridden: set[str] | None = None) -> ExperimentConfig:
     """Validate a parsed YAML mapping; any problem is one :class:`ConfigError` line naming key and file."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections (model, data, train, ...), "
-                          f"got {type(raw).__name__}")
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        first = _format_error(errors[0], source, overridden or set())
-        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise ConfigError(first + more) from None
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``train.lr=1e-4`` -> (["train", "lr"], 1e-4); the value is YAML, so lists/bools/null work."""
-    key, sep, value = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. train.lr=1e-4")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value is not valid YAML ({exc.__class__.__name__})") from None
-    # YAML 1.1 reads "1e-4" as a string; pydantic's lax mode turns it into the float the field wants.
-    return key.split("."), parsed
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> set[str]:
-    """Apply ``--set`` items to ``raw`` in place; returns the dotted keys they set."""
-    keys: set[str] = set()
-    for item in overrides:
-        path, value = parse_override(item)
-        node = raw
-        for depth, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[:depth + 1])} is not a section")
-            node = child
-        node[path[-1]] = value
-        keys.add(".".join(path))
-    return keys
-
-
-def read_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or exc.__class__.__name__
-        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+    return configfile.validate(ExperimentConfig, raw, source, overridden, expected=_SECTIONS)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
                 out: str | Path | None = None) -> ExperimentConfig:
     """Read, override and validate an experiment file (paths are not checked; see :func:`check_paths`)."""
-    raw = read_yaml(path)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, ...), "
-                          f"got {type(raw).__name__}")
-    overridden = apply_overrides(raw, overrides)
+    raw = configfile.read_yaml(path, expected=_SECTIONS)
+    overridden = configfile.apply_overrides(raw, overrides)
     if out is not None:
         raw.setdefault("output", {})
         if not isinstance(raw["output"], dict):

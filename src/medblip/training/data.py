@@ -168,6 +168,80 @@ def validation_subset(records: Sequence[Record], size: int | None, seed: int) ->
     return [records[i] for i in keep]
 
 
+#: columns (``Record.meta`` keys, any case) whose value groups records of one patient, in priority order
+GROUP_COLUMNS = ("patient", "patient_id", "case", "case_id")
+
+
+def holdout_validation(records: Sequence[Record], fraction: float,
+                       seed: int) -> tuple[list[Record], list[Record], str]:
+    """(train, validation, what was done): ``fraction`` of ``records`` held out, chosen by ``seed``.
+
+    When the records have a patient/case column (:data:`GROUP_COLUMNS`) whole groups are held out, so
+    no patient is on both sides. Both lists keep load order. At least one record (group) stays on each
+    side; with fewer than two groups nothing is held out (the returned text says so).
+    """
+    import random
+
+    key = next((k for col in GROUP_COLUMNS for r in records for k in r.meta if k.lower() == col), None)
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        value = r.meta.get(key) if key is not None else None
+        groups.setdefault(f"g:{value}" if value not in (None, "") else f"r:{r.id}", []).append(i)
+    unit = f"{key!r} group" if key is not None else "record"
+    if len(groups) < 2:
+        return list(records), [], f"too few {unit}s ({len(groups)}) to hold out validation records"
+    order = list(groups)
+    random.Random(f"{seed}:validation").shuffle(order)
+    target = max(1, round(fraction * len(records)))
+    held: set[int] = set()
+    taken = 0
+    for g in order[:-1]:  # the last group always stays in training
+        if len(held) >= target:
+            break
+        held.update(groups[g])
+        taken += 1
+    train = [r for i, r in enumerate(records) if i not in held]
+    val = [r for i, r in enumerate(records) if i in held]
+    how = (f"held out {len(val)} of {len(records)} training records for validation (data.val_fraction {fraction:g}, "
+           f"seed {seed}" + (f", whole {key!r} groups: {taken} of {len(groups)}" if key is not None else "") + ")")
+    return train, val, how
+
+
+def split_for_training(dataset: Any, dc: Any) -> tuple[list[Record], list[Record], str, str | None]:
+    """(train records, validation records, the split the validation records come from, a note or None).
+
+    Data without validation records (e.g. a manifest that names no split: every record is in train)
+    gets ``data.val_fraction`` of its training records held out (:func:`holdout_validation`); the note
+    says what was done, and run.json keeps it.
+    """
+    train, val = dataset.split(dc.train_split), dataset.split(dc.val_split)
+    if not train or val:
+        return train, val, dc.val_split, None
+    missing = f"no {dc.val_split!r} records in {dc.path}" + (" (it names no split)" if dataset.report.unsplit else "")
+    if dc.val_fraction > 0:
+        train, val, how = holdout_validation(train, dc.val_fraction, dc.seed)
+        return train, val, dc.train_split, f"{missing}: {how}"
+    return train, val, dc.val_split, (f"{missing} and data.val_fraction is 0: training without validation; "
+                                      "checkpoints/best is then the first evaluation's checkpoint, not a chosen one")
+
+
 def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def config_dataset(dc: Any, split: str, records: Sequence[Record], source: str) -> CaptionDataset:
+    """A split as the config's ``data:`` section asks: read from the memory-mapped ``data.image_cache``
+    when there is one, else decoded (and with ``data.cache_images`` kept in memory after the first epoch)."""
+    from medblip.errors import ConfigError, DataError
+
+    image_cache = None
+    if dc.image_cache is not None and records:
+        from medblip.data.cache import CachedImageDataset
+
+        try:
+            image_cache = CachedImageDataset(dc.image_cache, split, records, size=dc.image_size)
+        except DataError as exc:
+            raise ConfigError(f"{source}: data.image_cache: {exc}") from None
+    in_memory = dc.cache_images and dc.image_cache is None  # a memory-mapped cache needs no second copy
+    return CaptionDataset(records, dc.image_size, cache=in_memory, image_cache=image_cache)

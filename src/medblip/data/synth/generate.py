@@ -27,7 +27,10 @@ from medblip.data.synth.captions import concept_cuis, write_caption
 from medblip.data.synth.render import render_scene
 from medblip.data.synth.scene import sample_scene
 from medblip.errors import DataError, MedblipError
-from medblip.io import atomic_replace_dir, atomic_write_json, dumps, read_jsonl
+from medblip.io import atomic_write_json, dumps, read_jsonl
+from medblip.outputs import check_output_dir, ensure_writable_dir, install_output_dir
+
+SYNTH_JSON = "synth.json"  # the benchmark's parameters; also how an earlier benchmark is recognised
 
 SYNTH_VERSION = "1.0"
 JPEG_QUALITY = 92
@@ -196,14 +199,6 @@ Split fractions (train/validation/test): {", ".join(f"{f:g}" for f in fractions)
 """
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "synth.json").is_file():
-        raise DataError(f"{out}: directory is not empty and holds no synthetic benchmark (synth.json); "
-                        "refusing to replace it - choose a new or empty --out")
-
-
 def generate(
     out: str | Path,
     n: int,
@@ -212,18 +207,21 @@ def generate(
     splits: Sequence[float] = (0.8, 0.1, 0.1),
     workers: int | None = None,
     on_image: Callable[[], None] | None = None,
+    overwrite: bool = False,
 ) -> SynthSummary:
     """Render ``n`` studies into ``out`` (replacing an earlier benchmark there atomically).
+
+    A non-empty ``out`` that holds no benchmark is refused unless ``overwrite`` (then the benchmark's
+    files are added to it and the folder's other files kept); see :mod:`medblip.outputs`.
 
     ``splits`` are the train/validation/test fractions; images are assigned to splits in ID order.
     ``workers`` processes render in parallel (default: 1 for small runs, else the available CPUs);
     the output does not depend on it. ``on_image`` is called once per finished image (progress bars).
     """
     _check_args(n, size, splits, workers)
-    out = Path(out)
-    _prepare_out(out)
+    out = check_output_dir(out, "data synth", overwrite=overwrite, known_files=(SYNTH_JSON,), replaces=True)
     counts = split_counts(n, splits)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out.parent)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -248,7 +246,7 @@ def generate(
                     if on_image:
                         on_image()
         summary = _write_tables(tmp, rows, out, seed, size, counts, splits)
-        atomic_replace_dir(tmp, out)
+        install_output_dir(tmp, out, "data synth", known_files=(SYNTH_JSON,))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -292,7 +290,7 @@ def _write_tables(tmp: Path, rows: list[dict[str, Any]], out: Path, seed: int, s
         "fov_mm": {f"{m}/{r}": v for (m, r), v in vocab.FOV_MM.items()},
         "counts": {"modality": summary.modalities, "finding": summary.findings, "side": summary.sides},
     }
-    atomic_write_json(tmp / "synth.json", meta)
+    atomic_write_json(tmp / SYNTH_JSON, meta)
     (tmp / "README.md").write_text(_readme(summary, fractions), encoding="utf-8")
     return summary
 

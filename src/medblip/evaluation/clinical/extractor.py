@@ -90,6 +90,18 @@ class Concepts:
         keep = {"present", "uncertain"} if uncertain_as == "present" else {"present"}
         return frozenset(label for label, status in self._status.items() if status in keep)
 
+    def summary(self) -> dict[str, Any]:
+        """What the caption says, without the mentions: :class:`medblip.results.ConceptSummary`'s fields."""
+        return {"modality": self.modality, "modalities": list(self.modalities), "regions": list(self.regions),
+                "sides": list(self.sides), "findings": dict(self._status)}
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any], text: str = "") -> Concepts:
+        """The concepts back from :meth:`summary` (the mentions are not kept)."""
+        return cls(text=text, modality=summary.get("modality"), modalities=tuple(summary.get("modalities", ())),
+                   regions=tuple(summary.get("regions", ())), sides=tuple(summary.get("sides", ())),
+                   _status=dict(summary.get("findings", {})))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,

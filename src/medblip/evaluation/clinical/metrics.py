@@ -42,11 +42,23 @@ def _best_counts(pred: frozenset[str] | set[str], refs: list[frozenset[str] | se
     return max((_set_counts(pred, r) for r in refs), key=f1)
 
 
+def extract_all(references: Sequence[Sequence[str]], predictions: Sequence[str]
+                ) -> tuple[list[Concepts], list[list[Concepts]]]:
+    """The concepts of every prediction and of each of its references."""
+    return [extract_concepts(p) for p in predictions], [[extract_concepts(r) for r in refs] for refs in references]
+
+
 def clinical_metrics(references: Sequence[Sequence[str]], predictions: Sequence[str],
-                     uncertain_as: UncertainAs = "present") -> tuple[dict[str, AdditiveMetric], dict[str, Any]]:
-    """Resamplable clinical metrics and a details block (supports, confusion of modalities)."""
+                     uncertain_as: UncertainAs = "present",
+                     concepts: tuple[list[Concepts], list[list[Concepts]]] | None = None,
+                     ) -> tuple[dict[str, AdditiveMetric], dict[str, Any]]:
+    """Resamplable clinical metrics and a details block (supports, confusion of modalities).
+
+    ``concepts``: :func:`extract_all`'s result when the caller has it already.
+    """
     if uncertain_as not in ("present", "absent"):
         raise ValueError(f"uncertain_as must be 'present' or 'absent', not {uncertain_as!r}")
+    pred_concepts, ref_concepts = concepts if concepts is not None else extract_all(references, predictions)
     n = len(predictions)
     modality = np.zeros((n, 2))
     regions = np.zeros((n, 3))
@@ -54,9 +66,7 @@ def clinical_metrics(references: Sequence[Sequence[str]], predictions: Sequence[
     side = np.zeros((n, 2))
     confusion: Counter[tuple[str, str]] = Counter()
     negated_in_refs = uncertain_in_refs = 0
-    for i, (refs, hyp) in enumerate(zip(references, predictions, strict=True)):
-        pc = extract_concepts(hyp)
-        rcs: list[Concepts] = [extract_concepts(r) for r in refs]
+    for i, (pc, rcs) in enumerate(zip(pred_concepts, ref_concepts, strict=True)):
         ref_modalities = [c.modality for c in rcs if c.modality]
         if ref_modalities:
             modality[i] = (pc.modality in ref_modalities, 1)

@@ -1,17 +1,20 @@
 """``medblip compare CONFIG``: several captioning systems on one split, one table, one plot.
 
-A compare config (YAML) lists *systems*; each is either a model run through
-:func:`medblip.evaluation.predict.predict_with` (``model:``) or an existing predictions file
-(``predictions:``, e.g. captions from a commercial API, scored with the same code). All systems are
+A compare config (YAML) lists *systems*; each is a model run through
+:func:`medblip.evaluation.predict.predict_with` (``model:``), a model behind an OpenAI-compatible
+endpoint (``api:``, e.g. Gemini; see :mod:`medblip.models.api`) or an existing predictions file
+(``predictions:``, captions made elsewhere, scored with the same code). All systems are
 scored on the ids they share (the intersection; what was left out is reported), every metric gets
 its bootstrap 95% CI, and each system is tested against the ``reference`` system per metric with the
 evaluation core's paired test. Output folder::
 
-    comparison.md / comparison.csv / comparison.json   the table (metric x system)
+    comparison.json                                    the result (:class:`medblip.results.Comparison`)
+    comparison.md / comparison.csv                     the table (metric x system)
     comparison.png                                     grouped bar plot with CI error bars
     run.json                                           config, seed, versions, git commit
     systems/<name>/predictions.jsonl                   model systems (resumable on a rerun)
-    systems/<name>/metrics.json, metrics.md            each system on the shared ids
+    systems/<name>/metrics.json, metrics.md,           each system on the shared ids, with its
+                  per_image.jsonl                      per-image scores
 
 Relative paths in the config are resolved against the current working directory.
 """
@@ -24,13 +27,15 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medblip.errors import ConfigError, DataError, MedblipError
+from medblip import configfile
+from medblip.configfile import KeyedError
+from medblip.errors import ConfigError, DataError
+from medblip.evaluation.metric_sets import ScoringConfig
 from medblip.evaluation.predict import (
     PREDICTIONS_FILE,
     load_split,
@@ -41,7 +46,10 @@ from medblip.evaluation.predict import (
     score_and_write,
     seconds_per_image,
 )
-from medblip.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from medblip.formatting import fmt_num, fmt_p
+from medblip.io import atomic_write_bytes, atomic_write_text
+from medblip.models.api import ApiConfig
+from medblip.results import ComparedSystem, Comparison, Excluded, Scores, Significance
 from medblip.runinfo import set_seed
 
 log = logging.getLogger(__name__)
@@ -51,13 +59,15 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 # -- config ----------------------------------------------------------------------------------------
 class SystemConfig(BaseModel):
-    """One system: ``model:`` (run by medblip) or ``predictions:`` (an existing JSONL file)."""
+    """One system: ``model:`` (run by medblip), ``api:`` (an OpenAI-compatible endpoint) or
+    ``predictions:`` (an existing JSONL file)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     model: str | None = None
     predictions: str | None = None
+    api: ApiConfig | None = None
     family: str | None = None
     generation: dict[str, Any] = Field(default_factory=dict)
     model_options: dict[str, Any] = Field(default_factory=dict)
@@ -78,39 +88,21 @@ class SystemConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> SystemConfig:
-        if (self.model is None) == (self.predictions is None):
-            raise ValueError("give exactly one of 'model' or 'predictions'")
-        if self.predictions is not None:
+        if sum(x is not None for x in (self.model, self.predictions, self.api)) != 1:
+            raise ValueError("give exactly one of 'model', 'api' or 'predictions'")
+        if self.model is None:
+            allowed = ("batch_size",) if self.api is not None else ()
             for key in ("family", "model_options", "batch_size", "device", "dtype"):
-                if key in self.model_fields_set:
+                if key in self.model_fields_set and key not in allowed:
                     raise ValueError(f"'{key}' only applies to a 'model' system")
             if self.generation:
-                raise ValueError("'generation' only applies to a 'model' system")
+                raise ValueError("'generation' only applies to a 'model' system (an 'api' system has "
+                                 "prompt, max_tokens and temperature in its api block)")
         return self
 
     @property
     def kind(self) -> str:
-        return "model" if self.model is not None else "predictions"
-
-
-class ScoringConfig(BaseModel):
-    """Options of :func:`medblip.evaluation.score_predictions`, the same for every system."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    #: ImageCLEFmedical Caption preprocessing before the COCO metrics (ROCOv2 comparability)
-    imageclef: bool = False
-    #: METEOR needs a Java process that takes 10 s or more to start
-    meteor: bool = True
-    #: "auto": PTB tokenizer + METEOR when Java is installed; false: never use Java
-    java: bool | Literal["auto"] = "auto"
-    spice: bool = False
-    #: BERTScore model (local path or name) or a dict of bert_score.score options
-    bertscore: str | dict[str, Any] | None = None
-    uncertain_as: Literal["present", "absent"] = "present"
-
-    def options(self) -> dict[str, Any]:
-        return self.model_dump()
+        return "model" if self.model is not None else "api" if self.api is not None else "predictions"
 
 
 class CompareConfig(BaseModel):
@@ -137,7 +129,7 @@ class CompareConfig(BaseModel):
     significance: Literal["bootstrap", "randomization"] = "bootstrap"
     significance_samples: int = Field(default=1000, ge=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
-    #: options passed to score_predictions (e.g. ImageCLEF preprocessing)
+    #: options passed to score_predictions: metrics (sets), models, device, ImageCLEF preprocessing, ...
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     #: metrics drawn in the bar plot (default: every metric on a 0..1 scale, plus CIDEr)
     plot_metrics: list[str] | None = None
@@ -150,78 +142,29 @@ class CompareConfig(BaseModel):
         seen: set[str] = set()
         for i, n in enumerate(names):
             if n.lower() in seen:
-                raise _KeyError(f"systems[{i}].name", f"duplicate system name {n!r}")
+                raise KeyedError(f"systems[{i}].name", f"duplicate system name {n!r}")
             seen.add(n.lower())
         if self.reference not in names:
-            raise _KeyError("reference", f"{self.reference!r} is not a system name "
+            raise KeyedError("reference", f"{self.reference!r} is not a system name "
                                          f"(systems: {', '.join(names)})")
         if self.data is None:
             for i, s in enumerate(self.systems):
-                if s.model is not None:
-                    raise _KeyError("data", f"required: system {s.name!r} (systems[{i}]) runs a model")
+                if s.predictions is None:
+                    raise KeyedError("data", f"required: system {s.name!r} (systems[{i}]) captions images")
         return self
-
-
-class _KeyError(ValueError):
-    """A validation error that knows its config key (pydantic reports the model's location)."""
-
-    def __init__(self, key: str, msg: str) -> None:
-        super().__init__(msg)
-        self.key, self.msg = key, msg
-
-
-def _format_loc(loc: Sequence[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
 
 
 def load_compare_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> CompareConfig:
     """Read and validate a compare config; any problem is one :class:`ConfigError` line naming
-    the file and the key."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: invalid YAML ({where}{problem})") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
-    raw = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    try:
-        cfg = CompareConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        ctx_err = (err.get("ctx") or {}).get("error")
-        if isinstance(ctx_err, _KeyError):
-            key, msg = ctx_err.key, ctx_err.msg
-        else:
-            key, msg = _format_loc(err["loc"]), err["msg"]
-            msg = msg.removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-        more = exc.error_count() - 1
-        raise ConfigError(f"{path}: {key}: {msg}" + (f" (and {more} more problem(s))" if more else "")) from None
+    the file and the key. ``overrides``: top-level keys to replace (``None`` values are ignored)."""
+    raw = configfile.read_yaml(path)
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    cfg = configfile.validate(CompareConfig, raw, str(path), {k for k, v in (overrides or {}).items() if v is not None})
     # generation keys are checked here so the message names the key path
     for i, s in enumerate(cfg.systems):
         if s.model is not None:
             make_settings({**cfg.generation, **s.generation}, source=f"{path}: systems[{i}].generation")
-        elif not Path(s.predictions).expanduser().is_file():  # type: ignore[arg-type]
+        elif s.predictions is not None and not Path(s.predictions).expanduser().is_file():
             raise ConfigError(f"{path}: systems[{i}].predictions: no such file: {s.predictions}")
     if cfg.generation:
         make_settings(cfg.generation, source=f"{path}: generation")
@@ -230,81 +173,21 @@ def load_compare_config(path: str | Path, overrides: Mapping[str, Any] | None = 
     return cfg
 
 
-# -- results ---------------------------------------------------------------------------------------
-@dataclass
-class MetricValue:
-    value: float | None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    p_value: float | None = None
-    group: str | None = None  # caption | clinical | embedding (from score_predictions)
-
-
-@dataclass
-class SystemResult:
-    name: str
-    kind: str
-    source: str
-    n_own: int
-    metrics: dict[str, MetricValue]
-    seconds_per_image: float | None
-    generation: dict[str, Any] | None = None
-    family: str | None = None
-    diagnostics: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    folder: Path | None = None
-    description: str | None = None
-
-
-@dataclass
-class Comparison:
-    out: Path
-    reference: str
-    split: str
-    n_images: int
-    metric_names: list[str]
-    systems: list[SystemResult]
-    excluded: dict[str, Any]
-    significance: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-
-    def system(self, name: str) -> SystemResult:
-        return next(s for s in self.systems if s.name == name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "reference": self.reference,
-            "split": self.split,
-            "n_images": self.n_images,
-            "metrics": self.metric_names,
-            "significance": self.significance,
-            "excluded": self.excluded,
-            "notes": self.notes,
-            "systems": [
-                {
-                    "name": s.name, "kind": s.kind, "source": s.source, "family": s.family,
-                    "description": s.description,
-                    "generation": s.generation, "n_predictions": s.n_own,
-                    "seconds_per_image": s.seconds_per_image,
-                    "metrics": {m: vars(v) for m, v in s.metrics.items()},
-                    "diagnostics": s.diagnostics, "warnings": s.warnings,
-                    "folder": str(s.folder) if s.folder else None,
-                }
-                for s in self.systems
-            ],
-        }
-
-
 # -- runner ----------------------------------------------------------------------------------------
 def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = None,
-                progress: bool = True, config_path: str | Path | None = None) -> Comparison:
-    """Run/load every system, score them on their shared ids and write the comparison files."""
+                progress: bool = True, config_path: str | Path | None = None, overwrite: bool = False) -> Comparison:
+    """Run/load every system, score them on their shared ids and write the comparison files.
+
+    A non-empty ``out`` that holds no comparison is refused unless ``overwrite`` (:mod:`medblip.outputs`).
+    """
+    from medblip.outputs import prepare_output_dir
+
     if not isinstance(config, CompareConfig):
         config_path = config
         config = load_compare_config(config)
     cfg = config
     out = Path(out or cfg.out or Path("runs") / "compare" / (Path(config_path).stem if config_path else "compare"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "compare", overwrite=overwrite, known_files=("comparison.json", "systems"))
     notes: list[str] = []
     where = str(config_path) if config_path else "compare config"
 
@@ -315,9 +198,7 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
         records, report = load_split(cfg.data, cfg.split, format=cfg.format, limit=cfg.limit, seed=cfg.seed)
         split = records[0].split
         data_refs = {r.id: r.caption for r in records}
-        summary = getattr(report, "summary", None)
-        if callable(summary):
-            notes.append(summary())
+        notes.append(report.summary())
 
     # 1. predictions-file systems (cheap) first, so id problems show before any model runs
     own: dict[str, dict[str, dict[str, Any]]] = {}
@@ -356,12 +237,22 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
     shared()
     _precheck_models(cfg, records or [], out, where)
 
-    # 2. model systems: caption the whole split (resumable), each into its own folder
+    # 2. model and api systems: caption the whole split (resumable), each into its own folder
     for i, s in enumerate(cfg.systems):
-        if s.model is None:
+        if s.predictions is not None:
             continue
         folder = out / "systems" / s.name
         set_seed(cfg.seed)  # only sampling (do_sample) draws random numbers
+        if s.api is not None:
+            from medblip.models.api import predict_through_api
+
+            run = predict_through_api(s.api, records, folder / PREDICTIONS_FILE,  # type: ignore[arg-type]
+                                      batch_size=s.batch_size, progress=progress, desc=s.name)
+            notes.extend(f"{s.name}: {n}" for n in run.notes)
+            own[s.name] = {r["id"]: r for r in run.rows}
+            info[s.name] = {"kind": "api", "source": run.rows[0].get("model"), "family": None,
+                            "generation": run.rows[0].get("generation"), "folder": folder}
+            continue
         run = predict_with(
             s.model, records, folder / PREDICTIONS_FILE,  # type: ignore[arg-type]
             generation={**cfg.generation, **s.generation}, family=s.family,
@@ -381,27 +272,27 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
         log.warning(msg)
         notes.append(msg)
 
-    # 3. score each system on the shared ids
+    # 3. score each system on the shared ids (CLIPScore reads the dataset's images, else the rows' own)
+    images = {str(r.id): r.image for r in records or []}
     scored: dict[str, list[dict[str, Any]]] = {}
-    results: list[SystemResult] = []
-    raw_metrics: dict[str, Any] = {}
+    results: list[ComparedSystem] = []
     for s in cfg.systems:
         rows = [{**own[s.name][i], "id": i, "reference": refs[i]} for i in common]
+        rows = [{**r, "image": images[r["id"]] if r["id"] in images else _own_image(r, s.predictions)} for r in rows]
         scored[s.name] = rows
         folder = info[s.name]["folder"]
         folder.mkdir(parents=True, exist_ok=True)
         metrics, _ = score_and_write(rows, folder, bootstrap=cfg.bootstrap, seed=cfg.seed,
                                      score_options=cfg.scoring.options(), title=f"{s.name} on {split} ({len(rows)} images)")
-        raw_metrics[s.name] = metrics
+        scores = Scores.model_validate(metrics)
         spi = seconds_per_image(rows)
         if spi is None and s.seconds_per_image is not None:
             spi = s.seconds_per_image
-        table, diag, warns = extract_metrics(metrics)
-        results.append(SystemResult(
-            name=s.name, kind=info[s.name]["kind"], source=info[s.name]["source"], n_own=len(own[s.name]),
-            metrics=table, seconds_per_image=spi, generation=info[s.name]["generation"],
-            family=info[s.name]["family"], diagnostics=diag, warnings=warns, folder=folder,
-            description=s.description))
+        results.append(ComparedSystem(
+            name=s.name, kind=info[s.name]["kind"], source=info[s.name]["source"], n_predictions=len(own[s.name]),
+            metrics=scores.metrics, seconds_per_image=spi, generation=info[s.name]["generation"],
+            family=info[s.name]["family"], diagnostics=scores.degeneration, warnings=scores.warnings,
+            folder=str(folder), description=s.description))
     metric_names = list(dict.fromkeys(m for r in results for m in r.metrics))
 
     # 4. paired significance against the reference, per metric
@@ -416,10 +307,10 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
                 r.metrics[m].p_value = p
 
     comp = Comparison(
-        out=out, reference=cfg.reference, split=split, n_images=len(common), metric_names=metric_names,
-        systems=results, excluded=excluded,
-        significance={"method": cfg.significance, "samples": cfg.significance_samples, "alpha": cfg.alpha,
-                      "bootstrap": cfg.bootstrap, "ci": 0.95},
+        out=str(out), reference=cfg.reference, split=split, data=cfg.data, format=cfg.format, n_images=len(common),
+        metrics=metric_names, systems=results, excluded=Excluded.model_validate(excluded),
+        significance=Significance(method=cfg.significance, samples=cfg.significance_samples, alpha=cfg.alpha,
+                                  bootstrap=cfg.bootstrap, ci=0.95),
         notes=notes)
     write_comparison(comp, out, alpha=cfg.alpha, plot_metrics=cfg.plot_metrics)
     run_info(out, {"command": "compare", "config_file": str(config_path) if config_path else None,
@@ -427,10 +318,19 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
     return comp
 
 
+def _own_image(row: Mapping[str, Any], predictions: str | None) -> Any:
+    """A predictions-file row's ``image`` field, relative to that file's folder."""
+    src = row.get("image")
+    if not isinstance(src, str) or not src or predictions is None:
+        return None
+    path = Path(src).expanduser()
+    return path if path.is_absolute() else Path(predictions).expanduser().parent / path
+
+
 def _precheck_models(cfg: CompareConfig, records: Sequence[Any], out: Path, where: str) -> None:
     """Fail before any model runs when a model system that still has captions to make names a
     local checkpoint folder that does not exist (a finished system needs no model)."""
-    from medblip.evaluation.predict import resolve_checkpoint
+    from medblip.models.loading import resolve_checkpoint
 
     ids = {str(r.id) for r in records}
     for i, s in enumerate(cfg.systems):
@@ -520,71 +420,24 @@ def _excluded_summary(ex: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-# -- the evaluation core's results, normalised -----------------------------------------------------
-def extract_metrics(metrics: Mapping[str, Any]) -> tuple[dict[str, MetricValue], dict[str, Any], list[str]]:
-    """score_predictions' result -> (metric -> value with CI, degeneration diagnostics, warnings)."""
-    table: dict[str, MetricValue] = {}
-    for name, v in (metrics.get("metrics") or {}).items():
-        mv = _metric_value(v)
-        if mv is not None:
-            table[name] = mv
-    diag = metrics.get("degeneration") or {}
-    warns = [str(w) for w in metrics.get("warnings") or []]
-    return table, diag if isinstance(diag, dict) else {}, warns
-
-
-def _metric_value(v: Any) -> MetricValue | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int | float):
-        return MetricValue(float(v))
-    if isinstance(v, Mapping):
-        val = v.get("value", v.get("score", v.get("mean")))
-        if not isinstance(val, int | float) or isinstance(val, bool):
-            return None
-        lo, hi = v.get("ci_low", v.get("low")), v.get("ci_high", v.get("high"))
-        ci = v.get("ci")
-        if isinstance(ci, Sequence) and len(ci) == 2:
-            lo, hi = ci
-        group = v.get("group")
-        return MetricValue(float(val), _f(lo), _f(hi), group=str(group) if group else None)
-    return None
-
-
-def _f(x: Any) -> float | None:
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) else None
-
-
 def paired_pvalues(rows_ref: Sequence[Mapping[str, Any]], rows_sys: Sequence[Mapping[str, Any]],
                    metrics: Sequence[str], *, method: str, samples: int, seed: int,
                    score_options: Mapping[str, Any] | None = None) -> dict[str, float | None]:
-    """Per metric, the paired test's p-value of ``rows_sys`` vs ``rows_ref`` (same ids, same order)."""
+    """Per metric, the paired test's p-value of ``rows_sys`` vs ``rows_ref`` (same ids, same order;
+    None for a metric the test does not compute)."""
     from medblip.evaluation import paired_test
 
-    a = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows_ref]
+    a = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"], "image": r.get("image")}
+         for r in rows_ref]
     b = [{"id": r["id"], "reference": r["reference"], "prediction": r["prediction"]} for r in rows_sys]
-    res = paired_test(a, b, metrics=list(metrics), method=method, n=samples, seed=seed,
+    res = paired_test(a, b, test_metrics=list(metrics), method=method, n=samples, seed=seed,
                       **dict(score_options or {}))
-    out: dict[str, float | None] = {}
-    for m in metrics:
-        v = res.get(m) if isinstance(res, Mapping) else None
-        if isinstance(v, Mapping):
-            v = v.get("p_value", v.get("p"))
-        out[m] = _f(v)
-    return out
+    return {m: res[m]["p_value"] for m in metrics}
 
 
 # -- writers ---------------------------------------------------------------------------------------
 def _fmt(x: float | None, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return f"{x:.{digits}f}"
-
-
-def _fmt_p(p: float | None) -> str:
-    if p is None:
-        return "-"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    return fmt_num(x, digits, missing="-")
 
 
 def comparison_markdown(comp: Comparison, *, alpha: float = 0.05) -> str:
@@ -593,13 +446,13 @@ def comparison_markdown(comp: Comparison, *, alpha: float = 0.05) -> str:
         f"# Comparison on {comp.split} ({comp.n_images} images)",
         "",
         f"Each cell: value [95% CI] and, for systems other than the reference `{comp.reference}`, the "
-        f"p-value of a paired {comp.significance['method']} test "
-        f"({comp.significance['samples']} samples); * marks p < {alpha:g}.",
+        f"p-value of a paired {comp.significance.method} test "
+        f"({comp.significance.samples} samples); * marks p < {alpha:g}.",
         "",
         "| metric | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
-    for m in comp.metric_names:
+    for m in comp.metrics:
         cells = []
         for s in comp.systems:
             v = s.metrics.get(m)
@@ -610,14 +463,14 @@ def comparison_markdown(comp: Comparison, *, alpha: float = 0.05) -> str:
             if v.ci_low is not None and v.ci_high is not None:
                 cell += f" [{_fmt(v.ci_low)}, {_fmt(v.ci_high)}]"
             if s.name != comp.reference:
-                cell += f" p={_fmt_p(v.p_value)}" + ("*" if v.p_value is not None and v.p_value < alpha else "")
+                cell += f" p={fmt_p(v.p_value, missing='-')}" + ("*" if v.p_value is not None and v.p_value < alpha else "")
             cells.append(cell)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines.append("| generation s/image | " + " | ".join(_fmt(s.seconds_per_image) for s in comp.systems) + " |")
     for label, key, digits in (("distinct captions", "distinct_caption_fraction", 3),
                                ("mean length (words)", "mean_length", 1)):
-        if any(key in s.diagnostics for s in comp.systems):
-            lines.append(f"| {label} | " + " | ".join(_fmt(_f(s.diagnostics.get(key)), digits)
+        if any(s.diagnostics for s in comp.systems):
+            lines.append(f"| {label} | " + " | ".join(_fmt(getattr(s.diagnostics, key, None), digits)
                                                       for s in comp.systems) + " |")
     lines.append("")
     lines.append("| system | kind | source | predictions | description |")
@@ -625,13 +478,13 @@ def comparison_markdown(comp: Comparison, *, alpha: float = 0.05) -> str:
     for s in comp.systems:
         kind = s.kind + (f" ({s.family})" if s.family else "")
         desc = (s.description or "").replace("|", "\\|")
-        lines.append(f"| {s.name} | {kind} | `{s.source}` | {s.n_own} | {desc} |")
+        lines.append(f"| {s.name} | {kind} | `{s.source}` | {s.n_predictions} | {desc} |")
     warns = [(s.name, w) for s in comp.systems for w in s.warnings]
-    if warns or comp.excluded.get("total"):
+    if warns or comp.excluded.total:
         lines += ["", "## Notes", ""]
-        if comp.excluded.get("total"):
-            lines.append(f"- {comp.excluded['total']} id(s) not shared by every system were excluded: "
-                         f"{_excluded_summary(comp.excluded)}.")
+        if comp.excluded.total:
+            lines.append(f"- {comp.excluded.total} id(s) not shared by every system were excluded: "
+                         f"{_excluded_summary(comp.excluded.model_dump())}.")
         lines += [f"- **{n}**: {w}" for n, w in warns]
     return "\n".join(lines) + "\n"
 
@@ -645,7 +498,7 @@ def comparison_csv(comp: Comparison, *, alpha: float = 0.05) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for s in comp.systems:
-        for m in comp.metric_names:
+        for m in comp.metrics:
             v = s.metrics.get(m)
             if v is None:
                 continue
@@ -659,7 +512,8 @@ def _csv(x: float | None) -> str:
     return "" if x is None else repr(float(x))
 
 
-_GROUP_TITLES = {"caption": "caption metrics", "clinical": "clinical correctness", "embedding": "embedding"}
+_GROUP_TITLES = {"caption": "caption metrics", "clinical": "clinical correctness", "embedding": "embedding",
+                 "image-text": "image-text"}
 
 
 def plot_comparison(comp: Comparison, path: str | Path, metrics: Sequence[str] | None = None,
@@ -676,10 +530,10 @@ def plot_comparison(comp: Comparison, path: str | Path, metrics: Sequence[str] |
     import matplotlib.pyplot as plt
     import numpy as np
 
-    chosen = list(metrics) if metrics else comp.metric_names
-    unknown = [m for m in chosen if m not in comp.metric_names]
+    chosen = list(metrics) if metrics else comp.metrics
+    unknown = [m for m in chosen if m not in comp.metrics]
     if unknown:
-        raise ConfigError(f"plot_metrics: unknown metric {unknown[0]!r} (metrics: {', '.join(comp.metric_names)})")
+        raise ConfigError(f"plot_metrics: unknown metric {unknown[0]!r} (metrics: {', '.join(comp.metrics)})")
 
     def top(m: str) -> float:
         vals = [x for s in comp.systems if (v := s.metrics.get(m)) for x in (v.value, v.ci_high)
@@ -730,7 +584,7 @@ def plot_comparison(comp: Comparison, path: str | Path, metrics: Sequence[str] |
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=min(n, 4), frameon=False)
     fig.suptitle(f"{comp.split}: {comp.n_images} images; * p < {alpha:g} vs {comp.reference} "
-                 f"(paired {comp.significance.get('method', 'bootstrap')})", fontsize=9, x=0.01, ha="left")
+                 f"(paired {comp.significance.method})", fontsize=9, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -744,13 +598,10 @@ def write_comparison(comp: Comparison, out: str | Path, *, alpha: float = 0.05,
     paths = {
         "markdown": atomic_write_text(out / "comparison.md", comparison_markdown(comp, alpha=alpha)),
         "csv": atomic_write_text(out / "comparison.csv", comparison_csv(comp, alpha=alpha)),
-        "json": atomic_write_json(out / "comparison.json", comp.to_dict()),
+        "json": comp.write(out),
     }
     paths["png"] = plot_comparison(comp, out / "comparison.png", plot_metrics, alpha=alpha)
     return paths
 
 
-__all__ = [
-    "CompareConfig", "Comparison", "MedblipError", "SystemConfig", "load_compare_config", "run_compare",
-    "write_comparison",
-]
+__all__ = ["CompareConfig", "SystemConfig", "load_compare_config", "run_compare", "write_comparison"]
