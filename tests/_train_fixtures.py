@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 import torch
 
-from medblip.experiments.demo import STANDIN_FAMILIES
 from medblip.experiments.demo import load_recipe as load_demo_recipe
 from medblip.perf.threads import torch_threads
 from medblip.training.config import ExperimentConfig, validate_config
@@ -77,12 +76,12 @@ def train_captions(data_dir: Path) -> list[str]:
         return [row["Caption"] for row in csv.DictReader(fh)]
 
 
-def experiment(model: Path, data: Path, out: Path, **train: Any) -> ExperimentConfig:
+def experiment(model: Path, data: Path, out: Path, strategy: str = "full", **train: Any) -> ExperimentConfig:
     """A validated config for a quick CPU run (greedy, short captions)."""
     return validate_config({
         "model": {"name_or_path": str(model)},
         "data": {"path": str(data), "image_size": 64, "cache_images": True},
-        "strategy": {"name": "full"},
+        "strategy": {"name": strategy},
         "train": train,
         "generation": {"num_beams": 1, "max_new_tokens": 12},
         "output": {"dir": str(out)},
@@ -135,7 +134,7 @@ def train_one_thread(cfg: ExperimentConfig, **kw: Any) -> Any:
 
 
 def train_recipe(root: Path, recipe: dict[str, Any], model: Path | None = None, data: Path | None = None,
-                 **overrides: Any) -> TrainedTinyBlip:
+                 strategy: str = "full", **overrides: Any) -> TrainedTinyBlip:
     """Train ``model`` (default: a tiny random BLIP of ``recipe["blip"]``) on ``data`` (default: the
     recipe's synthetic benchmark, rendered here) with the recipe's ``train`` section (plus ``overrides``)."""
     from medblip.data.synth import generate, load_facts
@@ -149,25 +148,27 @@ def train_recipe(root: Path, recipe: dict[str, Any], model: Path | None = None, 
         # The tokenizer is trained on the benchmark's own captions, so captions are short token sequences.
         model = init_tiny("blip", root / "init", captions=train_captions(data), **recipe["blip"])
     with torch_threads(min(2, os.cpu_count() or 1)):  # the recipes' times are measured with 2 threads
-        result = train(experiment(model, data, root / "run", **{**recipe["train"], **overrides}), progress=False)
+        result = train(experiment(model, data, root / "run", strategy, **{**recipe["train"], **overrides}),
+                       progress=False)
     assert result.status == "completed" and result.best_checkpoint
     return TrainedTinyBlip(model_dir=Path(result.best_checkpoint), data_dir=data, run_dir=root / "run",
                            facts=load_facts(data))
 
 
 @pytest.fixture(scope="session")
-def demo_standin(tmp_path_factory: pytest.TempPathFactory) -> DemoStandin:
-    # As the demo's "models" stage makes it: the full pretraining recipe, the benchmark's captions in the tokenizer.
-    from medblip.data.synth import generate
-    from medblip.experiments.pretrain import load_recipe, pretrain_tiny
+def demo_standin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DemoStandin:
+    # As the demo's "models" stage makes it: the full pretraining recipe, the benchmark's captions in the
+    # tokenizer. Kept in pytest's cache folder when there is one (a rerun reuses it while its recipe key -
+    # recipe, seed, tokenizer captions, corpus version - is the same), else made in a temporary folder.
+    from medblip.experiments.demo import make_synth
+    from medblip.experiments.pretrain import load_recipe, standins
 
-    assert "blip" in STANDIN_FAMILIES
-    root = tmp_path_factory.mktemp("demo-standin")
-    data = root / "synth"
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("medblip-demo-standin") if cache is not None else tmp_path_factory.mktemp("demo-standin")
+    data, model = root / "synth", root / "tiny-blip"
     demo = load_demo_recipe("full")
-    generate(data, **demo.synth.model_dump(exclude_none=True))
-    model = pretrain_tiny("blip", root / "tiny-blip", recipe=load_recipe("blip", demo.pretrain),
-                          captions=train_captions(data))
+    make_synth(data, demo.synth, lambda _m: None)
+    standins({"blip": model}, {"blip": load_recipe("blip", demo.pretrain)}, captions=train_captions(data))
     return DemoStandin(model_dir=model, data_dir=data)
 
 

@@ -62,9 +62,15 @@ def test_gradcam_maps_of_the_trained_model_beat_the_uniform_map(trained_tiny_bli
     assert sc["model"]["energy"] >= GRADCAM_ENERGY_FACTOR * sc["uniform"]["energy"], sc
 
 
-def test_untrained_model_is_not_grounded(trained_tiny_blip: Any) -> None:
-    """Same architecture and tokenizer, random weights: nothing beyond the baselines."""
-    init = trained_tiny_blip.run_dir.parent / "init"
+def test_untrained_model_is_not_grounded(trained_tiny_blip: Any, tmp_path: Any) -> None:
+    """Same architecture (the stand-in's), random weights: nothing beyond the baselines."""
+    from _train_fixtures import train_captions
+    from medblip.experiments.demo import load_recipe as load_demo_recipe
+    from medblip.experiments.pretrain import load_recipe
+    from medblip.models import init_tiny
+
+    recipe = load_recipe("blip", load_demo_recipe("full").pretrain)
+    init = init_tiny("blip", tmp_path / "init", captions=train_captions(trained_tiny_blip.data_dir), **recipe.model)
     result = _grounding(init, trained_tiny_blip.data_dir, "attention")
     assert result["p_value"]["vs_uniform"] > 0.05, (result["hits"], result["summary"]["scores"])
     sc = result["summary"]["scores"]

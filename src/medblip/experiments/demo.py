@@ -129,6 +129,7 @@ class DemoOptions:
     device: str | None = None
     progress: bool = True
     overwrite: bool = False  # write into a non-empty folder that holds no demo run
+    seed: int = 0  # the tiny stand-ins' initialisation and every fine-tuning's seed (data order, LoRA init)
 
     @property
     def real(self) -> bool:
@@ -160,7 +161,7 @@ def _fingerprint(opts: DemoOptions) -> dict[str, Any]:
     recipes are part of it: runs fine-tuned from other stand-ins must not be mixed in)."""
     return {"quick": opts.quick, "model": opts.model,
             "data": str(opts.data.expanduser().resolve()) if opts.data else None,
-            "recipe": "real" if opts.real else ("quick" if opts.quick else "full"),
+            "recipe": "real" if opts.real else ("quick" if opts.quick else "full"), "seed": opts.seed,
             "pretrain": None if opts.real else {f: r.as_dict() for f, r in standin_recipes(opts).items()}}
 
 
@@ -252,7 +253,7 @@ def train_captions(data: Path) -> list[str]:
 
 
 def tiny_config(model: Path, data: Path, out: Path, recipe: TinyRecipe, name: str,
-                image_size: int) -> ExperimentConfig:
+                image_size: int, seed: int = 0) -> ExperimentConfig:
     from medblip.training.config import validate_config
 
     return validate_config({
@@ -260,7 +261,7 @@ def tiny_config(model: Path, data: Path, out: Path, recipe: TinyRecipe, name: st
         "model": {"name_or_path": str(model)},
         "data": {"path": str(data), "image_size": image_size, "cache_images": True},
         "strategy": {"name": "full"},
-        "train": dict(recipe.train),
+        "train": {**recipe.train, "seed": seed},
         "generation": dict(recipe.generation),
         "output": {"dir": str(out)},
     }, f"demo {name}")
@@ -376,7 +377,7 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
                                f"{old.get('model') or 'tiny'}, data {old.get('data') or 'synthetic'}); "
                                "use another --out or delete it")
     recipe: TinyRecipe | RealRecipe = load_real_recipe() if opts.real else load_recipe("quick" if opts.quick else "full")
-    seed = 0
+    seed = opts.seed
     set_seed(seed)
     stages: dict[str, dict[str, Any]] = dict(state.get("stages") or {})
     notes: list[str] = []
@@ -436,12 +437,13 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: TinyRecipe | RealRecipe, st:
             recipes = standin_recipes(opts)
             # The tokenizers also learn the benchmark's captions, so fine-tuning never changes the vocabulary.
             # Side by side in two processes for the full recipe (the quick one is done before they start).
-            made = standins({"blip": blip_dir, "vit-gpt2": vit_dir}, recipes, seed=0, captions=train_captions(data),
+            made = standins({"blip": blip_dir, "vit-gpt2": vit_dir}, recipes, seed=opts.seed, captions=train_captions(data),
                             parallel=not opts.quick, progress=opts.progress, log=lambda m: log("      " + m))
             info["status"] = f"pretrained {', '.join(made)}" if made else "skipped (present)"
-            blip_cfg = tiny_config(blip_dir, data, out / "ablation", recipe, "demo-blip", recipes["blip"].image_size)
+            blip_cfg = tiny_config(blip_dir, data, out / "ablation", recipe, "demo-blip", recipes["blip"].image_size,
+                                   opts.seed)
             vit_cfg = tiny_config(vit_dir, data, out / "runs" / "vit-gpt2", recipe, "demo-vit-gpt2",
-                                  recipes["vit-gpt2"].image_size)
+                                  recipes["vit-gpt2"].image_size, opts.seed)
             zero_shot = str(blip_dir)
         resolved["blip"] = blip_cfg.model_dump(mode="json")
         resolved["vit_gpt2"] = vit_cfg.model_dump(mode="json")
@@ -552,6 +554,12 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: TinyRecipe | RealRecipe, st:
         rep = collect(roots, title=title, examples=6, exclude=exclude)
         paths = build_report(rep, report_dir)
     headline = headline_table(comparison, abl, grounding)
+    if not opts.real:
+        from medblip.experiments.shape import shape_lines, study_shape, write_shape
+
+        criteria = study_shape(out, FINE_TUNED, ZERO_SHOT)
+        write_shape(out, criteria)
+        headline += ["", "The study's shape, measured on this run (shape.json):", *shape_lines(criteria)]
     atomic_write_text(out / "headline.txt", "\n".join(headline) + "\n")
     save()
     return DemoResult(out, Path(paths["html"]), headline, st.record, notes)

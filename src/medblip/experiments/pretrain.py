@@ -79,9 +79,9 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 def load_recipe(family: str, name: str = "full", path: str | Path | None = None) -> PretrainRecipe:
     """The ``name`` recipe (``full`` or ``quick``) of ``family`` from ``path`` (default: the shipped
     ``configs/pretrain_tiny.yaml``)."""
+    from medblip.configfile import read_yaml
     from medblip.experiments.demo import shipped_config
     from medblip.models.registry import get_family
-    from medblip.training.config import read_yaml
 
     family = get_family(family).family
     file = Path(path) if path is not None else shipped_config(RECIPE_FILE)
@@ -203,7 +203,7 @@ def pretrain_tiny(family: str, out: str | Path, *, recipe: PretrainRecipe | None
                 model = Path(result.last_checkpoint)  # the end of the schedule, not an early best
                 stages.append({"name": stage.name, "pictures": corpus.splits["train"], "steps": result.global_step,
                                "final_val_loss": result.final_metrics.get("val_loss"),
-                               "train_seconds": result.cost.get("train_seconds")})
+                               "train_seconds": result.cost.train_seconds})
             samples = _samples(model, corpora[-1].out, 6)
         seconds = time.perf_counter() - t0
         model_dir = work / "standin"
