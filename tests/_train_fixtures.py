@@ -161,6 +161,7 @@ def demo_standin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     # tokenizer. Kept in pytest's cache folder when there is one (a rerun reuses it while its recipe key -
     # recipe, seed, tokenizer captions, corpus version - is the same), else made in a temporary folder.
     from medblip.experiments.demo import make_synth
+    from medblip.experiments.demo import train_captions as demo_captions
     from medblip.experiments.pretrain import load_recipe, standins
 
     cache = getattr(request.config, "cache", None)
@@ -168,7 +169,7 @@ def demo_standin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     data, model = root / "synth", root / "tiny-blip"
     demo = load_demo_recipe("full")
     make_synth(data, demo.synth, lambda _m: None)
-    standins({"blip": model}, {"blip": load_recipe("blip", demo.pretrain)}, captions=train_captions(data))
+    standins({"blip": model}, {"blip": load_recipe("blip", demo.pretrain)}, captions=demo_captions(data))
     return DemoStandin(model_dir=model, data_dir=data)
 
 
