@@ -5,7 +5,7 @@ Register them once in ``tests/conftest.py`` with ``pytest_plugins = ["_train_fix
 - ``tiny_blip_dir``: a tiny random BLIP checkpoint folder (the default ``init_tiny`` sizes).
 - ``small_synth_dir``: a 60-image synthetic benchmark at 64 px (48 train / 6 validation / 6 test).
 - ``demo_standin``: the full demo's data (1440 synthetic images) and its pretrained tiny BLIP stand-in
-  (``medblip.experiments.pretrain``, the full recipe of configs/pretrain_tiny.yaml; two to three minutes
+  (``medblip.experiments.pretrain``, the full recipe of configs/demo/pretrain_tiny.yaml; two to three minutes
   of CPU): the zero-shot system of the demo and the start of its fine-tuning. See :class:`DemoStandin`.
 - ``trained_tiny_blip``: that stand-in fine-tuned by ``medblip.training.train`` with the full demo's
   recipe (all parameters; about a minute of CPU): the fine-tuned BLIP of ``medblip demo``, the

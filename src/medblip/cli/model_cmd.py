@@ -81,7 +81,7 @@ def pretrain_tiny_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write (replaced atomically if it exists)."),
     recipe: str = typer.Option("full", "--recipe", help="Recipe in the recipe file: full, or quick (seconds, "
                                                          "for smoke tests)."),
-    config: Path | None = typer.Option(None, "--config", help="Recipe file (default: configs/pretrain_tiny.yaml)."),
+    config: Path | None = typer.Option(None, "--config", help="Recipe file (default: configs/demo/pretrain_tiny.yaml)."),
     captions: Path | None = typer.Option(None, "--captions",
                                          help="Text file, one caption per line, added to the tokenizer corpus "
                                               "(the captions the stand-in will be fine-tuned on)."),

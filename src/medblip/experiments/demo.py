@@ -6,7 +6,7 @@ Stages (each skipped when its outputs already exist, so a rerun resumes where th
     2 validate   dataset summary (``medblip data validate``'s JSON)           DIR/dataset/
     3 models     tiny BLIP and ViT-GPT2 (real transformers classes) pretrained  DIR/models/
                  on the lay shapes corpus: the "zero-shot" systems and the
-                 start of every fine-tuning (configs/pretrain_tiny.yaml)
+                 start of every fine-tuning (configs/demo/pretrain_tiny.yaml)
     4 ablation   BLIP fine-tuned with full / decoder_only / encoder_only /     DIR/ablation/
                  lora on one budget, each evaluated on the test split          (its ``full`` run is the
                                                                                fine-tuned BLIP below)
@@ -22,7 +22,7 @@ pictures and write plain-language captions ("A dark oval with a small bright spo
 as a general-domain BLIP does, so the zero-shot system is a captioner meeting radiology and the
 strategies freeze pretrained parts, as in the study. They are made once per output folder (a rerun
 finds them by their recipe's key). ``quick`` shrinks everything (60 images, 1 epoch) for CI. The
-recipes are ``configs/demo/full.yaml`` and ``demo/quick.yaml`` (and ``configs/pretrain_tiny.yaml``
+recipes are ``configs/demo/full.yaml`` and ``demo/quick.yaml`` (and ``configs/demo/pretrain_tiny.yaml``
 for the stand-ins).
 
 With ``model`` (e.g. ``Salesforce/blip-image-captioning-base``) and ``data`` (e.g. ROCOv2) the same
@@ -80,7 +80,7 @@ class TinyRecipe(_Recipe):
     """``configs/demo/full.yaml`` / ``demo/quick.yaml``: tiny pretrained stand-ins fine-tuned on synthetic data."""
 
     synth: SynthRecipe
-    #: the recipe of ``configs/pretrain_tiny.yaml`` that makes the stand-ins (``full`` or ``quick``)
+    #: the recipe of ``configs/demo/pretrain_tiny.yaml`` that makes the stand-ins (``full`` or ``quick``)
     pretrain: str
     #: the experiment config's ``train:`` and ``generation:`` sections
     train: dict[str, Any]
@@ -159,14 +159,15 @@ def shipped_config(name: str) -> Path:
 def _fingerprint(opts: DemoOptions) -> dict[str, Any]:
     """What decides the outputs; a folder written with another fingerprint is not reused (the stand-ins'
     recipes are part of it: runs fine-tuned from other stand-ins must not be mixed in)."""
-    return {"quick": opts.quick, "model": opts.model,
-            "data": str(opts.data.expanduser().resolve()) if opts.data else None,
-            "recipe": "real" if opts.real else ("quick" if opts.quick else "full"), "seed": opts.seed,
-            "pretrain": None if opts.real else {f: r.as_dict() for f, r in standin_recipes(opts).items()}}
+    fingerprint = {"quick": opts.quick, "model": opts.model,
+                   "data": str(opts.data.expanduser().resolve()) if opts.data else None,
+                   "recipe": "real" if opts.real else ("quick" if opts.quick else "full"), "seed": opts.seed,
+                   "pretrain": None if opts.real else {f: r.as_dict() for f, r in standin_recipes(opts).items()}}
+    return json.loads(json.dumps(fingerprint))  # as demo.json holds it (tuples are lists there)
 
 
 def standin_recipes(opts: DemoOptions) -> dict[str, Any]:
-    """The pretraining recipes of the tiny stand-ins (configs/pretrain_tiny.yaml) by family."""
+    """The pretraining recipes of the tiny stand-ins (configs/demo/pretrain_tiny.yaml) by family."""
     from medblip.experiments.pretrain import load_recipe as load_pretrain_recipe
 
     name = load_recipe("quick" if opts.quick else "full").pretrain

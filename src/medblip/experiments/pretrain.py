@@ -7,7 +7,7 @@ offline stand-in of a pretrained checkpoint: a tiny model of the family's real t
 trained by medblip's own trainer on the shapes corpus (:mod:`medblip.data.shapes`: plain-language
 captions of shapes and marks, no radiology word), with a tokenizer that also covers radiology
 captions so that fine-tuning never changes the vocabulary. The recipe - corpus size, model sizes,
-training budget - is a YAML file (``configs/pretrain_tiny.yaml``, commented).
+training budget - is a YAML file (``configs/demo/pretrain_tiny.yaml``, commented).
 
 ``OUT`` is a ``save_pretrained`` folder (``create_model`` loads it like any checkpoint) plus
 ``pretrain.json``: family, seed, the recipe and its key, the corpus, the training summary and what
@@ -32,7 +32,7 @@ from typing import Any
 from medblip.errors import ConfigError, MedblipError
 from medblip.io import atomic_replace_dir, atomic_write_json
 
-RECIPE_FILE = "pretrain_tiny.yaml"
+RECIPE_FILE = "demo/pretrain_tiny.yaml"
 PRETRAIN_JSON = "pretrain.json"
 RECIPE_NAMES = ("full", "quick")
 #: Files of a checkpoint folder that make up the model (the trainer's resumable state is left out).
@@ -78,7 +78,7 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 
 def load_recipe(family: str, name: str = "full", path: str | Path | None = None) -> PretrainRecipe:
     """The ``name`` recipe (``full`` or ``quick``) of ``family`` from ``path`` (default: the shipped
-    ``configs/pretrain_tiny.yaml``)."""
+    ``configs/demo/pretrain_tiny.yaml``)."""
     from medblip.configfile import read_yaml
     from medblip.experiments.demo import shipped_config
     from medblip.models.registry import get_family

@@ -103,7 +103,7 @@ class TinySpec:
     # At 0.02 a from-scratch decoder attends uniformly to all patches, and learning to look at one
     # small thing is a slow escape from that symmetric start (a single white spot's side took > 350
     # steps); at 0.1 the start is already content-selective and the same task is learnt in ~100 steps.
-    # The pretrained stand-ins use it (configs/pretrain_tiny.yaml).
+    # The pretrained stand-ins use it (configs/demo/pretrain_tiny.yaml).
     cross_attention_init_std: float | None = None
 
     def vision_init(self) -> dict[str, float]:
