@@ -79,6 +79,13 @@ def test_cli_pretrain_tiny(medblip_cli: Any, tmp_path: Path, capsys: pytest.Capt
     assert json.loads((out / PRETRAIN_JSON).read_text())["tokenizer_captions"]["extra"] == 2
     assert medblip_cli("model", "pretrain-tiny", "--family", "blip", "--out", str(out), "--recipe", "nope") == 2
     assert "no recipe 'nope'" in capsys.readouterr().err
+    # a folder of other files is not replaced (nothing is lost): one line naming --overwrite
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert medblip_cli("model", "pretrain-tiny", "--family", "blip", "--out", str(foreign), "--recipe", "quick",
+                       "--no-progress") == 2
+    assert "--overwrite" in capsys.readouterr().err and (foreign / "notes.txt").read_text() == "keep me"
 
 
 def test_shipped_recipes_validate() -> None:

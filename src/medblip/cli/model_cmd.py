@@ -86,6 +86,7 @@ def pretrain_tiny_cmd(
                                          help="Text file, one caption per line, added to the tokenizer corpus "
                                               "(the captions the stand-in will be fine-tuned on)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and the data order."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Pretrain a tiny stand-in of a general-domain captioner on the plain-language shapes corpus.
@@ -100,7 +101,8 @@ def pretrain_tiny_cmd(
 
     spec = load_recipe(family.value, recipe, config)
     path = pretrain_tiny(family.value, out, recipe=spec, seed=seed,
-                         captions=read_captions(captions) if captions else None, progress=progress, log=typer.echo)
+                         captions=read_captions(captions) if captions else None, progress=progress, log=typer.echo,
+                         overwrite=overwrite)
     typer.echo(f"wrote pretrained tiny {family.value} stand-in to {path} (details: {path / 'pretrain.json'})")
 
 

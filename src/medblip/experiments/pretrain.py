@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from medblip.errors import ConfigError, MedblipError
-from medblip.io import atomic_replace_dir, atomic_write_json
+from medblip.io import atomic_write_json
+from medblip.outputs import check_output_dir, ensure_writable_dir, install_output_dir
 
 RECIPE_FILE = "demo/pretrain_tiny.yaml"
 PRETRAIN_JSON = "pretrain.json"
+PRETRAIN_TINY = "model pretrain-tiny"  # the command named in the output folder's marker
 RECIPE_NAMES = ("full", "quick")
 #: Files of a checkpoint folder that make up the model (the trainer's resumable state is left out).
 _TRAINER_STATE = "trainer_state.pt"
@@ -159,12 +161,14 @@ def _samples(model_dir: Path, corpus: Path, n: int) -> list[dict[str, str]]:
 
 
 def pretrain_tiny(family: str, out: str | Path, *, recipe: PretrainRecipe | None = None, seed: int = 0,
-                  captions: Iterable[str] | None = None, progress: bool = False, log: Log | None = None) -> Path:
+                  captions: Iterable[str] | None = None, progress: bool = False, log: Log | None = None,
+                  overwrite: bool = False) -> Path:
     """Pretrain ``family``'s tiny stand-in on the shapes corpus and write it to ``out`` (atomically).
 
     ``recipe``: default the shipped ``full`` one. ``seed``: model initialisation and data order (each
     stage's corpus has its own seed in the recipe). ``captions``: extra tokenizer text - the captions
-    the stand-in will be fine-tuned on, so that their words are whole tokens from the start.
+    the stand-in will be fine-tuned on, so that their words are whole tokens from the start. A
+    non-empty ``out`` that is not an earlier stand-in is refused unless ``overwrite`` (medblip.outputs).
     """
     from medblip.data import load_dataset
     from medblip.data.shapes import generate_shapes
@@ -178,10 +182,8 @@ def pretrain_tiny(family: str, out: str | Path, *, recipe: PretrainRecipe | None
     if recipe.family != family:
         raise MedblipError(f"pretrain-tiny: the recipe is for {recipe.family}, not {family}")
     extra = [c for c in (captions or []) if c and c.strip()]
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MedblipError(f"output {out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, PRETRAIN_TINY, overwrite=overwrite, known_files=(PRETRAIN_JSON,), replaces=True)
+    ensure_writable_dir(out.parent)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.pretrain.", dir=out.parent))
     try:
         t0 = time.perf_counter()
@@ -215,7 +217,7 @@ def pretrain_tiny(family: str, out: str | Path, *, recipe: PretrainRecipe | None
             "tokenizer_captions": {"shapes": len(lay), "extra": len(extra)},
             "stages": stages, "seconds": round(seconds, 1), "samples": samples,
             **run_metadata(seed=seed, command="pretrain-tiny")})
-        atomic_replace_dir(model_dir, out)
+        install_output_dir(model_dir, out, PRETRAIN_TINY, known_files=(PRETRAIN_JSON,))
         say(f"pretrained the {family} stand-in in {seconds:.0f} s -> {out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
