@@ -15,15 +15,20 @@ import pytest
 
 from medblip.experiments.shape import Criterion, shape_lines, side_rates
 
-#: ``medblip demo --seed S`` (2026-11-27, 2-core CPU machine shared with other work, transformers 5.24),
-#: each run's shape.json; the benchmark is the same (data seed 0, 144 test images).
+#: ``medblip demo --seed S`` (2026-11-27, 2-core CPU machine shared with other work, transformers 5.24,
+#: torch 2.13), each run's shape.json; the benchmark is the same (data seed 0, 144 test images):
 #:
-#:   seed  fine-tuned/zero-shot CIDEr   decoder_only/full CIDEr   decoder_only/full time
-#:   0     MEASURED_0
-#:   1     MEASURED_1
-#:   2     MEASURED_2
-WIDE_MARGIN = 10.0  # fine-tuned CIDEr over the zero-shot stand-in's (lowest seed: see the table)
-DECODER_ONLY_SHARE = 0.8  # decoder_only's CIDEr over full's (lowest seed: see the table)
+#:   seed  CIDEr: zero-shot  fine-tuned (full)  decoder_only   fine-tuned/zero-shot  decoder_only/full
+#:   0           0.021         0.977              0.936          47.6                  0.958
+#:   1           0.021         0.990              1.047          48.0                  1.058
+#:   2           0.020         0.967              1.029          47.6                  1.064
+#:
+#: (decoder_only's training time over full's: 0.38, 0.37, 0.44 - timed by the demo, not by a test.) Not
+#: asserted, because the demo does not achieve them (README, "What the demo does"): the pointing game,
+#: 0.043 / 0.052 / 0.026 against the uniform map's 0.014, and the side of one-sided lesions, named for
+#: 0.50 / 0.44 / 0.44 of them against the majority side's 0.53.
+WIDE_MARGIN = 10.0  # fine-tuned CIDEr over the zero-shot stand-in's (lowest seed: 47.6x)
+DECODER_ONLY_SHARE = 0.8  # decoder_only's CIDEr over full's (lowest seed: 0.958x; the study's threshold)
 
 
 def _cider(model_dir: Path, data_dir: Path) -> float:
