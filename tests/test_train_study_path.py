@@ -134,7 +134,7 @@ def test_model_load_options_in_the_config(tiny_blip_dir: Path, small_synth_dir: 
     assert model._max_length() == 12
     raw["model"].update(device_map=None, load_in_8bit=True)
     if importlib.util.find_spec("bitsandbytes") is None:
-        with pytest.raises(MedblipError, match=r"load_in_8bit needs bitsandbytes .*pip install 'medblip\[quantization\]'"):
+        with pytest.raises(MedblipError, match=r"load_in_8bit needs bitsandbytes, .*pip install 'medblip\[quantization\]'"):
             create_model(tiny_blip_dir, **validate_config(raw).model.family_options())
     with pytest.raises(ConfigError, match="quantized weights cannot be trained with strategy full; use strategy lora"):
         run(validate_config(raw))
@@ -155,12 +155,15 @@ def test_checkpoint_decodes_with_plain_transformers_as_medblip_does(word_blip: P
                                                                    tmp_path: Path, twin: Any) -> None:
     from PIL import Image
     from transformers import (
+        AutoModelForImageTextToText,
         AutoProcessor,
         BlipForConditionalGeneration,
         GenerationConfig,
         VisionEncoderDecoderModel,
         pipeline,
     )
+
+    import medblip
 
     images = [Image.new("RGB", (64, 64), (30 * i, 90, 160)) for i in range(2)]
     # a run whose captions are longer than transformers' default length (20): the pipeline must not cut them
@@ -178,6 +181,10 @@ def test_checkpoint_decodes_with_plain_transformers_as_medblip_does(word_blip: P
     proc = AutoProcessor.from_pretrained(ckpt)
     out = plain.generate(**proc(images=images, return_tensors="pt"), generation_config=GenerationConfig.from_pretrained(ckpt))
     assert [t.strip() for t in proc.batch_decode(out, skip_special_tokens=True)] == ours
+    # greedy settings need no argument at all: BLIP's text config carries the length limits
+    out = plain.generate(**proc(images=images, return_tensors="pt"))
+    assert [t.strip() for t in proc.batch_decode(out, skip_special_tokens=True)] == ours
+    assert medblip.load(ckpt).caption(images) == ours, "medblip.load decodes with the checkpoint's settings"
     # beam search too, on a family whose generate reads generation_config.json itself
     vit = create_model(twin("nlpconnect/vit-gpt2-image-captioning"))
     beams = GenerationSettings(num_beams=3, max_new_tokens=8, min_new_tokens=8)
@@ -186,6 +193,16 @@ def test_checkpoint_decodes_with_plain_transformers_as_medblip_does(word_blip: P
     plain_vit = VisionEncoderDecoderModel.from_pretrained(tmp_path / "vit")
     ids = plain_vit.generate(pixel_values=vit.pixel_values(images))
     assert vit.decode(ids) == vit.generate(images, beams)
+    # BLIP-2 generates through its inner language model, as BLIP does: the length limits need no argument
+    blip2 = create_model(twin("Salesforce/blip2-opt-2.7b"))
+    greedy = GenerationSettings(num_beams=1, max_new_tokens=7, min_new_tokens=7)
+    blip2.save(tmp_path / "blip2", generation=greedy)
+    plain_blip2 = AutoModelForImageTextToText.from_pretrained(tmp_path / "blip2")
+    proc2 = AutoProcessor.from_pretrained(tmp_path / "blip2")
+    out = plain_blip2.generate(**proc2(images=images, text=[""] * len(images), return_tensors="pt"))
+    ours2 = blip2.generate(images, greedy)
+    assert [t.strip() for t in proc2.batch_decode(out, skip_special_tokens=True)] == ours2
+    assert medblip.load(tmp_path / "blip2").caption(images) == ours2
 
 
 # -- 9: --no-progress silences transformers' bars, and a library caller gets its setting back ----------------

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-__all__ = ["Captioner", "load"]
+from medblip._version import __version__
+
+__all__ = ["Captioner", "__version__", "load"]
+_LAZY = ("Captioner", "load")
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in _LAZY:
         from medblip import api
 
         return getattr(api, name)

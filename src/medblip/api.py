@@ -108,15 +108,19 @@ def load(name_or_path: str | Path, device: str | None = None, dtype: str | None 
 
     ``device``: ``cpu``, ``cuda``, ``cuda:1`` ... (default: a GPU when there is one); ``dtype``:
     ``float32``, ``bfloat16``, ``float16`` (default: the checkpoint's). ``generation``: default
-    settings of every ``caption`` call. ``options``: family options (e.g. ``prompt`` for BLIP-2).
+    settings of every ``caption`` call, on top of those the checkpoint carries (a checkpoint or export
+    of a training run: its run's ``generation:`` settings, from generation_config.json) and medblip's
+    defaults for the rest. ``options``: family options (e.g. ``prompt`` for BLIP-2).
     """
-    from medblip.models.loading import auto_device, resolve_checkpoint
     from medblip.models import create_model
+    from medblip.models.base import saved_generation_settings
+    from medblip.models.loading import auto_device, resolve_checkpoint
 
     checkpoint, run_options, _ = resolve_checkpoint(name_or_path)
     adapter = create_model(checkpoint, family=family, dtype=dtype, device=auto_device(device),
                            **{**run_options, **options})
-    return Captioner(adapter, generation=generation, captioner=captioner)
+    defaults = {**saved_generation_settings(adapter.base_model), **(generation or {})}
+    return Captioner(adapter, generation=defaults, captioner=captioner)
 
 
 def to_image(source: Any) -> Image.Image:

@@ -51,7 +51,7 @@ def read_marker(folder: str | Path) -> dict[str, Any] | None:
 
 def write_marker(folder: str | Path, command: str, entries: list[str] | None = None) -> Path:
     """Mark ``folder`` as written by ``medblip <command>``; ``entries``: the names it wrote there, if known."""
-    from medblip import __version__
+    from medblip._version import __version__
     from medblip.io import atomic_write_json
 
     # No time stamp: outputs that are byte-identical for the same inputs (data synth) stay so.

@@ -340,6 +340,8 @@ class Ablation(Result):
     """``ablation.json``."""
 
     FILE: ClassVar[str] = "ablation.json"
+    #: the headline metric vs. training time and trainable parameters, written beside ablation.json
+    COST_PLOT: ClassVar[str] = "ablation_cost.png"
     model: str | None = None
     family: str | None = None
     data: str | None = None
@@ -500,6 +502,12 @@ class Explanation(Result):
     #: the words (or tokens) drawn, one panel each
     panels: list[str]
     files: ExplanationFiles
+    #: the colour map of the overlays and the grid
+    cmap: str = "jet"
+    #: each panel's raw map range [min, max] (every overlay is stretched min-to-max, except flat ones)
+    panel_ranges: list[list[float]] = Field(default_factory=list)
+    #: per panel: near-flat (:func:`medblip.explain.maps.is_flat`), drawn in grey instead of stretched
+    flat_panels: list[bool] = Field(default_factory=list)
 
 
 class MapScores(Record):

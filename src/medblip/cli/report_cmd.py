@@ -16,10 +16,12 @@ def report_command(
     run_dirs: list[Path] = typer.Argument(..., help="Run folders: evaluate, compare, train, explain, ablation, "
                                                     "dataset-summary folders, or a folder holding them "
                                                     "(searched recursively)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: report.html, report.md, report.json, assets/."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: report.html (self-contained: images "
+                                                     "embedded), report.md, report.json, assets/."),
     title: str | None = typer.Option(None, "--title", help="Report title."),
     words: str | None = typer.Option(None, "--words", help="Comma-separated caption words whose attention "
-                                                           "overlays are shown (default: the first few words)."),
+                                                           "overlays are shown (default: up to 8 of the caption's "
+                                                           "clinical words, then other content words)."),
     examples: int = typer.Option(6, "--examples", min=1, max=200,
                                  help="Qualitative examples shown (and lowest-scoring cases per system)."),
     data: Path | None = typer.Option(None, "--data", help="Dataset to take example images from when the runs' "

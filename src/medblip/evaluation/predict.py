@@ -464,9 +464,10 @@ def _generate_into(engine: Callable[[], Any], pending: Sequence[Any], out_path: 
                     per_image = elapsed / len(items)
                     rows = []
                     for item, caption in zip(items, captions, strict=True):
-                        row = Prediction(id=str(item.id), **fields_of(item), prediction=caption, model=model_name,
-                                         family=family(), generation=gen, gen_seconds=round(per_image, 6),
-                                         image=signatures.get(str(item.id))).model_dump(exclude_unset=True)
+                        row = Prediction(**{"id": str(item.id), **fields_of(item), "prediction": caption,
+                                            "model": model_name, "family": family(), "generation": gen,
+                                            "gen_seconds": round(per_image, 6),
+                                            "image": signatures.get(str(item.id))}).model_dump(exclude_unset=True)
                         if out_path is not None:
                             append_jsonl(out_path, row)
                         done[row["id"]] = row

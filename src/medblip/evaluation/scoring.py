@@ -509,7 +509,8 @@ def metrics_markdown(result: Mapping[str, Any], title: str | None = None) -> str
     lines += [f"| metric | value | {conf:.0%} CI | n |", "|---|---:|---|---:|"]
     for name, m in result.get("metrics", {}).items():
         ci = f"[{_fmt(m.get('ci_low'))}, {_fmt(m.get('ci_high'))}]" if m.get("ci_low") is not None else "-"
-        lines.append(f"| {name} | {_fmt(m.get('value'))} | {ci} | {m.get('support', result.get('n_images', ''))} |")
+        n = m.get("support") if m.get("support") is not None else result.get("n_images", "")  # None: every image
+        lines.append(f"| {name} | {_fmt(m.get('value'))} | {ci} | {n} |")
     for name in result.get("unavailable") or {}:
         lines.append(f"| {name} | not available (see warnings) | - | - |")
     deg = result.get("degeneration")

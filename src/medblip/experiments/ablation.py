@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 DEFAULT_STRATEGIES: tuple[str, ...] = ("full", "decoder_only", "encoder_only", "lora")
 ABLATION_JSON, ABLATION_CSV, ABLATION_MD = "ablation.json", "ablation.csv", "ablation.md"
-COST_PLOT, PARAMS_PLOT = "ablation_cost.png", "ablation_params.png"
+COST_PLOT, PARAMS_PLOT = Ablation.COST_PLOT, "ablation_params.png"
 EVAL_KEY = "ablation_eval.json"  # what an evaluation folder was made with (reuse check)
 FINISHED = ("completed", "early_stopped")
 

@@ -17,7 +17,15 @@ import numpy as np
 
 from medblip import results
 from medblip.explain.attention import METHODS, trace
-from medblip.explain.maps import AGGREGATES, group_words, merge_maps, normalize, select_words
+from medblip.explain.maps import (
+    AGGREGATES,
+    group_words,
+    is_flat,
+    map_ranges,
+    merge_maps,
+    normalize,
+    select_words,
+)
 from medblip.explain.render import Box, grid_figure, input_box, overlay, save_png, to_original
 from medblip.io import atomic_write_bytes
 
@@ -161,19 +169,23 @@ def save_explanation(expl: Explanation, image: Image.Image, out_dir: str | Path,
         chosen = list(range(len(labels_all)))
     heats = expl.heatmaps(level, chosen)
     labels = [labels_all[i] for i in chosen]
+    # the raw range of each map, on the patch grid: the figure prints it and leaves flat maps unstretched
+    ranges = map_ranges((expl.word_maps if level == "word" else expl.token_maps)[chosen])
     files: dict[str, Any] = {"grid": "grid.png", "token_maps": "token_maps.npy", "word_maps": "word_maps.npy"}
     grid_figure(image, list(heats), labels, expl.caption, out_dir / "grid.png", cmap=cmap, alpha=alpha,
-                title=title or f"{expl.family} · {expl.settings.method}")
+                title=title or f"{expl.family} · {expl.settings.method}", ranges=ranges)
     if overlays:
         names = []
         for k, (i, heat) in enumerate(zip(chosen, heats, strict=True)):
             name = f"overlays/{k:02d}_{_slug(labels_all[i])}.png"
-            save_png(overlay(image, heat, cmap=cmap, alpha=alpha), out_dir / name)
+            save_png(overlay(image, heat, cmap=cmap, alpha=alpha, flat=is_flat(*ranges[k])), out_dir / name)
             names.append(name)
         files["overlays"] = names
     _save_npy(out_dir / "token_maps.npy", expl.token_maps)
     _save_npy(out_dir / "word_maps.npy", expl.word_maps)
-    doc = {**expl.as_dict(), "level": level, "panels": labels, "files": files}
+    doc = {**expl.as_dict(), "level": level, "panels": labels, "files": files, "cmap": cmap,
+           "panel_ranges": [[round(lo, 9), round(hi, 9)] for lo, hi in ranges],
+           "flat_panels": [is_flat(lo, hi) for lo, hi in ranges]}
     results.Explanation.model_validate(doc).write(out_dir)
     return doc
 

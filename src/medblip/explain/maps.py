@@ -80,6 +80,24 @@ def normalize(maps: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
+#: a map whose values span less than this fraction of its largest magnitude is *flat*: min-max
+#: normalisation would stretch noise (attention that is uniform to 1%) to the full colour scale
+FLAT_TOLERANCE = 0.1
+
+
+def map_ranges(maps: np.ndarray) -> list[tuple[float, float]]:
+    """(min, max) of each raw 2-D map (the last two axes)."""
+    maps = np.asarray(maps, dtype=np.float64)
+    flat = maps.reshape(-1, *maps.shape[-2:])
+    return [(float(m.min()), float(m.max())) for m in flat]
+
+
+def is_flat(low: float, high: float, tolerance: float = FLAT_TOLERANCE) -> bool:
+    """Whether a map with values in [low, high] is near-flat (see :data:`FLAT_TOLERANCE`)."""
+    scale = max(abs(low), abs(high))
+    return scale == 0.0 or (high - low) <= tolerance * scale
+
+
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of ``(..., rows, cols)`` maps to ``size = (height, width)``."""
     import torch

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medblip.explain.maps import normalize, upsample
+from medblip.explain.maps import is_flat, normalize, upsample
 from medblip.io import atomic_write_bytes
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom in original pixels
@@ -86,14 +86,19 @@ def to_original(maps: np.ndarray, original_size: tuple[int, int], box: Box | Non
     return canvas
 
 
-def overlay(image: Image.Image, heat: np.ndarray, cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
+def overlay(image: Image.Image, heat: np.ndarray, cmap: str = "jet", alpha: float = 0.5,
+            flat: bool = False) -> Image.Image:
     """Blend a colour-mapped heat-map onto ``image``; the result has the image's own size.
 
     ``heat`` is any 2-D map; it is min-max normalised here and resized to the image when its shape
-    differs (use :func:`to_original` first to respect the processor's crop).
+    differs (use :func:`to_original` first to respect the processor's crop). A ``flat`` map (see
+    :func:`medblip.explain.maps.is_flat`) is not stretched over the colour scale: the image is
+    returned in grey, without heat.
     """
     import matplotlib
 
+    if flat:
+        return image.convert("L").convert("RGB")
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     heat = np.asarray(heat, dtype=np.float32)
     if heat.shape != rgb.shape[:2]:
@@ -104,6 +109,16 @@ def overlay(image: Image.Image, heat: np.ndarray, cmap: str = "jet", alpha: floa
     return Image.fromarray(np.clip(blended * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
+def range_text(low: float, high: float) -> str:
+    """A map's raw range, to four significant digits: ``0.01512–0.01566``."""
+    return f"{low:.4g}–{high:.4g}"
+
+
+def range_label(low: float, high: float) -> str:
+    """:func:`range_text`, with ``· flat`` when the map is near-flat: a panel label."""
+    return f"{range_text(low, high)} · flat" if is_flat(low, high) else range_text(low, high)
+
+
 def save_png(image: Image.Image, path: str | Path) -> Path:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -112,42 +127,59 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
 
 def grid_figure(image: Image.Image, heats: Sequence[np.ndarray], labels: Sequence[str], caption: str,
                 path: str | Path, *, cmap: str = "jet", alpha: float = 0.5, cols: int | None = None,
-                title: str | None = None, panel_px: int = 256) -> Path:
-    """One panel per map (the original image first), the caption underneath; written as PNG.
+                title: str | None = None, panel_px: int = 256,
+                ranges: Sequence[tuple[float, float]] | None = None) -> Path:
+    """One panel per map (the original image first), a colour bar and the caption underneath; PNG.
 
-    ``heats`` are maps at the original image's resolution (see :func:`to_original`). Panels are
-    drawn at most ``panel_px`` pixels wide so a 30-token caption stays a readable figure.
+    ``heats`` are maps at the original image's resolution (see :func:`to_original`); ``ranges`` their
+    raw (min, max), printed under each word: every map is stretched min-to-max over the colour bar,
+    except near-flat ones, which are drawn in grey and labelled ``flat``. Panels are drawn at most
+    ``panel_px`` pixels wide so a 30-token caption stays a readable figure. The layout is in inches
+    (title, panel titles, colour bar, caption each get their own band), so nothing overlaps.
     """
+    from matplotlib import cm, colors
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     scale = min(1.0, panel_px / max(image.size))
     small = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     panels = [(image.convert("RGB").resize(small, Image.Resampling.BILINEAR), "image")]
-    for heat, label in zip(heats, labels, strict=True):
-        panels.append((overlay(image, heat, cmap=cmap, alpha=alpha).resize(small, Image.Resampling.BILINEAR),
-                       label))
+    ranges = list(ranges) if ranges is not None else [None] * len(heats)
+    for heat, label, rng in zip(heats, labels, ranges, strict=True):
+        flat = rng is not None and is_flat(*rng)
+        text = f"{label}\n{range_label(*rng)}" if rng is not None else label
+        panels.append((overlay(image, heat, cmap=cmap, alpha=alpha, flat=flat).resize(
+            small, Image.Resampling.BILINEAR), text))
     n = len(panels)
     cols = cols or min(n, 6)
     rows = -(-n // cols)
     aspect = small[1] / small[0]
     wrapped = textwrap.fill(caption, width=max(40, 18 * cols))
-    caption_h = 0.3 + 0.22 * (wrapped.count("\n") + 1)
-    fig = Figure(figsize=(2.2 * cols, 2.2 * rows * aspect + 0.35 * rows + caption_h), dpi=100)
+    panel_w = 2.2
+    title_h = 0.45 if title else 0.1
+    label_h = 0.45 if any(r is not None for r in ranges) else 0.3  # one or two lines above each panel
+    bar_h = 0.6
+    caption_h = 0.2 + 0.2 * (wrapped.count("\n") + 1)
+    row_h = panel_w * aspect + label_h
+    height = title_h + rows * row_h + bar_h + caption_h
+    fig = Figure(figsize=(panel_w * cols, height), dpi=100)
     FigureCanvasAgg(fig)
-    bottom = caption_h / fig.get_figheight()
-    top = 1.0 - (0.35 / fig.get_figheight() if title else 0.02)
-    axes = fig.subplots(rows, cols, squeeze=False,
-                        gridspec_kw={"left": 0.01, "right": 0.99, "bottom": bottom, "top": top,
-                                     "wspace": 0.05, "hspace": 0.25})
-    for k, ax in enumerate(axes.flat):
+    for k in range(rows * cols):
+        r, c = divmod(k, cols)
+        top = height - title_h - r * row_h - label_h
+        ax = fig.add_axes((c / cols + 0.005, (top - panel_w * aspect) / height, 1 / cols - 0.01,
+                           panel_w * aspect / height))
         ax.set_axis_off()
         if k < n:
             ax.imshow(np.asarray(panels[k][0]))
-            ax.set_title(panels[k][1], fontsize=9)
-    fig.text(0.5, bottom / 2, wrapped, ha="center", va="center", fontsize=9, wrap=True)
+            ax.set_title(panels[k][1], fontsize=8.5, pad=3)
+    bar = fig.add_axes((0.25, (caption_h + 0.3) / height, 0.5, 0.12 / height))
+    fig.colorbar(cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=cmap), cax=bar, orientation="horizontal",
+                 ticks=[0, 1])
+    bar.set_xticklabels(["map min", "map max"], fontsize=8)
+    fig.text(0.5, caption_h / 2 / height, wrapped, ha="center", va="center", fontsize=9)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.text(0.5, 1 - 0.22 / height, title, ha="center", va="center", fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return atomic_write_bytes(path, buf.getvalue())

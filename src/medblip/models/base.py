@@ -119,6 +119,26 @@ def checkpoint_generation_config(model: Any, settings: GenerationSettings) -> An
     return gen
 
 
+def saved_generation_settings(model: Any) -> dict[str, Any]:
+    """The decoding settings ``model``'s generation config sets (the :class:`GenerationSettings` fields it
+    holds), e.g. those a checkpoint saved by medblip carries; the inverse of :func:`checkpoint_generation_config`.
+    A hub checkpoint whose generation_config.json names no decoding setting gives ``{}``."""
+    gen = getattr(model, "generation_config", None)
+    if gen is None:
+        return {}
+    names = [f.name for f in dataclasses.fields(GenerationSettings) if f.name != "prompt"]
+    values = {name: getattr(gen, name, None) for name in names}
+    if not values.get("do_sample"):  # sampling parameters are not used without sampling
+        values.pop("top_p")
+        values.pop("temperature")
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def text_config_limits(settings: GenerationSettings) -> dict[str, Any]:
+    """The length limits a nested family's ``text_config`` carries (see :func:`carried_generation_settings`)."""
+    return {"max_new_tokens": settings.max_new_tokens, "min_new_tokens": settings.min_new_tokens or None}
+
+
 @contextlib.contextmanager
 def carried_generation_settings(model: Any, settings: GenerationSettings | None) -> Iterator[None]:
     """For the duration (a ``save_pretrained``), ``model`` holds ``settings`` where plain transformers read them.
@@ -135,7 +155,7 @@ def carried_generation_settings(model: Any, settings: GenerationSettings | None)
         return
     saved = model.generation_config
     text = getattr(model.config, "text_config", None)
-    limits = {"max_new_tokens": settings.max_new_tokens, "min_new_tokens": settings.min_new_tokens or None}
+    limits = text_config_limits(settings)
     before = {k: getattr(text, k, None) for k in limits} if text is not None else {}
     model.generation_config = checkpoint_generation_config(model, settings)
     try:
@@ -454,10 +474,18 @@ class CaptionModel(ABC):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        base = self.base_model
+        base, peft = self.base_model, self.model if self.is_peft else None
+        if peft is not None and getattr(base, "is_quantized", False):
+            # QLoRA: adding the deltas to 4/8-bit weights would round them away; the checkpoint holds the
+            # dequantized weights with the deltas merged (a copy: the live model keeps training quantized)
+            import copy
+
+            peft = copy.deepcopy(peft)
+            base = peft.get_base_model()
+            base.dequantize()
         with carried_generation_settings(base, generation):
-            if self.is_peft:
-                base.save_pretrained(directory, state_dict=merged_state_dict(self.model))
+            if peft is not None:
+                base.save_pretrained(directory, state_dict=merged_state_dict(peft))
             else:
                 base.save_pretrained(directory)
         self.processor.save_pretrained(directory)

@@ -134,17 +134,24 @@ def _family(checkpoint: Path) -> str:
 
 
 def _write_generation_config(checkpoint: Path, out: Path, settings: Any) -> dict[str, Any]:
-    """The checkpoint's generation config with the run's settings in it (as a checkpoint saved by the
-    trainer carries them: :func:`medblip.models.base.checkpoint_generation_config`); returns the fields set."""
+    """The checkpoint's generation config with the run's settings in it, and the length limits in the
+    text config of the families that generate through an inner language model (as a checkpoint saved by
+    the trainer carries them: :func:`medblip.models.base.carried_generation_settings`); returns the fields set."""
     from transformers import AutoConfig, GenerationConfig
 
-    from medblip.models.base import checkpoint_generation_config
+    from medblip.models.base import checkpoint_generation_config, text_config_limits
 
+    config = AutoConfig.from_pretrained(checkpoint)
     try:
         gc = GenerationConfig.from_pretrained(checkpoint)
     except OSError:
-        gc = GenerationConfig.from_model_config(AutoConfig.from_pretrained(checkpoint))
+        gc = GenerationConfig.from_model_config(config)
     checkpoint_generation_config(SimpleNamespace(generation_config=gc), settings).save_pretrained(out)
+    text = getattr(config, "text_config", None)
+    if text is not None:
+        for key, value in text_config_limits(settings).items():
+            setattr(text, key, value)
+        config.save_pretrained(out)
     return {k: v for k, v in settings.generate_kwargs().items() if v is not None}
 
 

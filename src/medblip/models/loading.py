@@ -215,7 +215,11 @@ LOAD_OPTIONS = frozenset({"attn_implementation", "device_map", "load_in_8bit", "
 
 
 def quantization_config(options: dict[str, Any], dtype: Any = None) -> Any:
-    """``load_in_8bit`` / ``load_in_4bit`` -> a ``BitsAndBytesConfig`` (None when neither is set)."""
+    """``load_in_8bit`` / ``load_in_4bit`` -> a ``BitsAndBytesConfig`` (None when neither is set).
+
+    4-bit is QLoRA's: NF4 weights with double quantization, computing in ``dtype`` (default bfloat16).
+    bitsandbytes runs on CUDA, and on the CPU from 0.50 (slowly; what the tests use).
+    """
     eight, four = bool(options.get("load_in_8bit")), bool(options.get("load_in_4bit"))
     if not (eight or four):
         return None
@@ -225,12 +229,15 @@ def quantization_config(options: dict[str, Any], dtype: Any = None) -> Any:
 
     if importlib.util.find_spec("bitsandbytes") is None:
         what = "load_in_8bit" if eight else "load_in_4bit"
-        raise MedblipError(f"{what} needs bitsandbytes (and a CUDA GPU): pip install 'medblip[quantization]'")
+        raise MedblipError(f"{what} needs bitsandbytes, which is not installed: pip install 'medblip[quantization]'")
     import torch
     from transformers import BitsAndBytesConfig
 
     compute = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
-    return BitsAndBytesConfig(load_in_8bit=eight, load_in_4bit=four, bnb_4bit_compute_dtype=compute)
+    if eight:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
 
 
 def load_pretrained(family: str, source: str, processor_class: Any, model_class: Any, options: dict[str, Any],

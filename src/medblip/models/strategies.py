@@ -73,7 +73,8 @@ def apply_strategy(adapter: CaptionModel, strategy: str, *, lora: LoraOptions | 
         for m in group:
             adapter._unpin(m)
     for p in adapter.model.parameters():
-        p.requires_grad_(True)
+        if p.is_floating_point():  # 8/4-bit quantized weights (integer storage) never train
+            p.requires_grad_(True)
 
     recorded: dict[str, Any] = {}
     if strategy == "lora":

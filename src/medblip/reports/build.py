@@ -1,9 +1,12 @@
 """Write a report folder that opens from a ``file://`` URL::
 
-    report.html     the page (:mod:`medblip.reports.html`)
-    report.md       a Markdown summary (:mod:`medblip.reports.markdown`)
+    report.html     the page (:mod:`medblip.reports.html`), self-contained: every image embedded
+    report.md       a Markdown summary (:mod:`medblip.reports.markdown`), linking images in assets/
     report.json     the collected model (what every section was built from)
     assets/         every image the page shows: plots, example thumbnails, attention overlays
+
+Photos (example thumbnails, attention overlays) are downscaled JPEGs of at most twice the size the
+page shows them at, so the page stays a few MB however large the source images are.
 
 ``assets/`` is written to a temporary folder and swapped in whole, so a re-run never leaves a mix
 of old and new images.
@@ -18,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from medblip.data import load_image
 from medblip.errors import MedblipError
 from medblip.io import atomic_replace_dir, atomic_write_json, atomic_write_text
@@ -28,7 +33,11 @@ from medblip.reports.markdown import render_markdown
 
 ASSETS = "assets"
 REPORT_HTML = "report.html"
-THUMBNAIL_PX = 320
+#: longest side of example thumbnails (shown at 132 px) and attention overlays (shown at 200 px):
+#: twice the CSS size, for high-density screens
+THUMBNAIL_PX = 264
+OVERLAY_PX = 400
+JPEG_QUALITY = 85
 
 
 # -- assets ----------------------------------------------------------------------------------------
@@ -47,22 +56,29 @@ class _Assets:
         self._names.add(name)
         return name
 
-    def copy(self, src: str | Path, stem: str, sub: str = "") -> str | None:
+    def copy(self, src: str | Path, stem: str, sub: str = "", max_px: int | None = None) -> str | None:
+        """``src`` into the assets (an unreadable image is a note); ``max_px``: downscaled to a JPEG
+        whose longest side is at most that."""
         key = f"copy:{src}"
         if key in self._done:
             return self._done[key]
         src = Path(src)
         try:
-            from PIL import Image
-
             with Image.open(src) as im:  # only real images reach the page
                 im.verify()
         except Exception as exc:  # noqa: BLE001
             self.notes.append(f"{src}: not a readable image ({type(exc).__name__}); left out")
             return None
-        rel = f"{sub}/{self._name(stem, src.suffix.lower() or '.png')}" if sub else self._name(stem, src.suffix.lower())
+        suffix = ".jpg" if max_px else (src.suffix.lower() or ".png")
+        rel = f"{sub}/{self._name(stem, suffix)}" if sub else self._name(stem, suffix)
         (self.folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, self.folder / rel)
+        if max_px:
+            with Image.open(src) as im:
+                small = im.convert("RGB")
+            small.thumbnail((max_px, max_px))
+            small.save(self.folder / rel, format="JPEG", quality=JPEG_QUALITY)
+        else:
+            shutil.copyfile(src, self.folder / rel)
         self._done[key] = f"{ASSETS}/{rel}"
         return self._done[key]
 
@@ -81,11 +97,11 @@ class _Assets:
             self.notes.append(f"{exc}; shown without an image")
             self._done[key] = None  # type: ignore[assignment]
             return None
-        im = im.copy()
+        im = im.convert("RGB")
         im.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-        rel = f"img/{self._name(stem, '.png')}"
+        rel = f"img/{self._name(stem, '.jpg')}"
         (self.folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        im.save(self.folder / rel, format="PNG")
+        im.save(self.folder / rel, format="JPEG", quality=JPEG_QUALITY)
         self._done[key] = f"{ASSETS}/{rel}"
         return self._done[key]
 
@@ -107,14 +123,15 @@ def _prepare_assets(rep: Report, folder: Path) -> None:
             notes.append(f"ablation {ab['name']}: metrics-vs-cost plot failed ({type(exc).__name__}: {exc})")
             path = None
         ab["cost_plot"] = {"asset": f"{ASSETS}/{path.name}"} if path else None
-    rep.training_plot = None
+    rep.training_plot = rep.training_caption = None
     if rep.training:
         try:
-            path = plots.training_curves(rep.training, folder / "training_curves.png")
+            drawn = plots.training_curves(rep.training, folder / "training_curves.png")
         except Exception as exc:  # noqa: BLE001
             notes.append(f"training curves failed ({type(exc).__name__}: {exc})")
-            path = None
-        rep.training_plot = f"{ASSETS}/{path.name}" if path else None
+            drawn = None
+        if drawn:
+            rep.training_plot, rep.training_caption = f"{ASSETS}/{drawn[0].name}", drawn[1]
     for ex in rep.examples:
         if ex.get("image"):
             ex["image"]["asset"] = assets.thumbnail(ex["image"], f"example_{ex['id']}")
@@ -125,7 +142,8 @@ def _prepare_assets(rep: Report, folder: Path) -> None:
     for k, ex in enumerate(rep.explanations):
         for item in ex["images"]:
             for o in item["overlays"]:
-                o["asset"] = assets.copy(o["src"], f"{item['name']}_{o['word']}", sub=f"attention{k}")
+                o["asset"] = assets.copy(o["src"], f"{item['name']}_{o['word']}", sub=f"attention{k}",
+                                         max_px=OVERLAY_PX)
             if item.get("grid"):
                 item["grid"]["asset"] = assets.copy(item["grid"]["src"], f"{item['name']}_grid", sub=f"attention{k}")
     rep.notes.extend(n for n in notes if n not in rep.notes)
@@ -147,7 +165,7 @@ def build_report(rep: Report, out: str | Path, overwrite: bool = False) -> dict[
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     paths = {
-        "html": atomic_write_text(out / REPORT_HTML, render_html(rep)),
+        "html": atomic_write_text(out / REPORT_HTML, render_html(rep, out)),
         "markdown": atomic_write_text(out / "report.md", render_markdown(rep)),
         "json": atomic_write_json(out / "report.json", rep.to_dict()),
         "assets": out / ASSETS,

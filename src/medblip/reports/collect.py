@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medblip.errors import DataError, MedblipError
-from medblip.evaluation.clinical import Concepts, load_lexicon
-from medblip.evaluation.clinical.extractor import _lower
+from medblip.evaluation.clinical import Concepts, load_lexicon, term_spans
 from medblip.evaluation.per_image import image_scores
 from medblip.evaluation.predictions import PREDICTIONS_FILE, read_predictions_file
 from medblip.evaluation.scoring import metric_group
+from medblip.explain.render import range_text
+from medblip.explain.words import rank_words
 from medblip.io import read_jsonl_lines
 from medblip.results import (
     Ablation,
@@ -97,7 +98,10 @@ class Report:
     created: str
     inputs: list[dict[str, Any]] = field(default_factory=list)
     files_read: list[str] = field(default_factory=list)
+    #: findings about the inputs (left out, unreadable, computed here)
     notes: list[str] = field(default_factory=list)
+    #: the producers' progress lines (resuming, records loaded), apart from the findings
+    log: list[str] = field(default_factory=list)
     datasets: list[dict[str, Any]] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     ablations: list[dict[str, Any]] = field(default_factory=list)
@@ -109,8 +113,9 @@ class Report:
     grounding: list[dict[str, Any]] = field(default_factory=list)
     words: list[str] = field(default_factory=list)
     score_name: str | None = None
-    #: assets/ path of the training-curves figure (set when the report is built)
+    #: assets/ path of the training-curves figure and its caption (set when the report is built)
     training_plot: str | None = None
+    training_caption: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _public(asdict(self))
@@ -137,6 +142,8 @@ class _Reader:
     def __init__(self) -> None:
         self.notes: list[str] = []
         self.read: list[str] = []
+        #: producers' progress lines (resuming, records loaded): kept, but apart from the findings
+        self.log: list[str] = []
 
     def note(self, msg: str) -> None:
         log.warning(msg)
@@ -228,16 +235,27 @@ def metric_groups(metrics: Sequence[str], groups: Mapping[str, str] | None = Non
 
 
 def best_per_metric(systems: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[str, list[str]]:
-    """Metric -> names of the systems with the best value (ties all win)."""
+    """Metric -> names of the systems with the best value (ties all win), among comparable rows only.
+
+    Comparable: scored on the same images (a system's ``image_set``; systems without one share a set)
+    and not collapsed (``diagnostics["collapsed"]``: a model that writes one caption for every image
+    can top a clinical column by chance). A column where every comparable row ties has no best.
+    """
     best: dict[str, list[str]] = {}
     for m in metrics:
-        vals = [(s["name"], s["metrics"][m]["value"]) for s in systems
-                if m in s["metrics"] and s["metrics"][m]["value"] is not None]
-        if len(vals) < 2:
-            best[m] = []
-            continue
-        target = (min if lower_is_better(m) else max)(v for _, v in vals)
-        best[m] = [n for n, v in vals if abs(v - target) <= 1e-12 * max(1.0, abs(target))]
+        by_set: dict[Any, list[tuple[str, float]]] = {}
+        for s in systems:
+            v = (s["metrics"].get(m) or {}).get("value")
+            if v is not None and not (s.get("diagnostics") or {}).get("collapsed"):
+                by_set.setdefault(s.get("image_set"), []).append((s["name"], v))
+        best[m] = []
+        for vals in by_set.values():
+            if len(vals) < 2:
+                continue
+            target = (min if lower_is_better(m) else max)(v for _, v in vals)
+            top = [n for n, v in vals if abs(v - target) <= 1e-12 * max(1.0, abs(target))]
+            if len(top) < len(vals):
+                best[m] += top
     return best
 
 
@@ -245,6 +263,78 @@ def significance_mark(p: float | None, alpha: float) -> str:
     if p is None or p >= alpha:
         return ""
     return "***" if p < 0.001 else "**" if p < 0.01 else "*"
+
+
+#: notes a producer logged about its own progress (not findings about the results)
+_LOG_NOTE = re.compile(r": resuming - \d+ of \d+ image|^\d+ processes: |\d+ records kept \(|"
+                       r"already predicted|image\(s\) to caption", re.I)
+_COLLAPSE_ADVICE = re.compile(r"\s*\(check learning rate[^)]*\)")
+
+
+def is_log_note(note: str) -> bool:
+    """A progress line (resuming, records loaded, processes) rather than a finding about the results."""
+    return bool(_LOG_NOTE.search(note))
+
+
+def fine_tuned(model: str | None) -> bool | None:
+    """Whether ``model`` is a checkpoint of a medblip training run (``RUN/checkpoints/NAME`` beside the
+    run's result.json, status not ``zero_shot``); None when it is not a local folder."""
+    if not model:
+        return None
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return None
+    run = path.parent.parent if path.parent.name == "checkpoints" else path
+    try:
+        return TrainResult.read(run / TrainResult.FILE).status != "zero_shot"
+    except ResultError:
+        return False
+
+
+def system_warnings(warnings: Sequence[str], kind: str | None, model: str | None) -> list[str]:
+    """A system's warnings, each once, with advice that fits the system: the degeneration check's
+    "check learning rate" only for a model medblip fine-tuned; a zero-shot model was never trained on
+    this domain."""
+    trained = fine_tuned(model) if kind in (None, "model", "evaluate") else None
+    out: list[str] = []
+    for w in warnings:
+        if _COLLAPSE_ADVICE.search(w):
+            if trained:
+                advice = " (check the learning rate, the frozen parts and the data)"
+            elif kind == "predictions" or (trained is None and kind != "api"):
+                advice = ""
+            else:
+                advice = ("; a zero-shot model: it was not trained on this domain, so this is expected "
+                          "before fine-tuning")
+            w = _COLLAPSE_ADVICE.sub(advice, w)
+        if w not in out:
+            out.append(w)
+    return out
+
+
+def metric_choice(scores: Scores) -> dict[str, Any]:
+    """What a scoring run was asked to compute and what it used: the metric sets and single metrics
+    chosen (``--metrics``), the model behind each model-based metric (with its revision), and the
+    metrics that could not be computed, with the reason."""
+    from medblip.evaluation.metric_sets import DEFAULT_METRICS
+
+    settings = scores.settings
+    models = [{"metric": name, "model": info.get("model"), "revision": info.get("revision")}
+              for name, info in (scores.model_metrics or {}).items() if info.get("model")]
+    return {"sets": list(settings.get("metrics") or DEFAULT_METRICS), "parts": list(settings.get("metric_parts") or []),
+            "imageclef_preprocessing": bool(settings.get("imageclef")), "models": models,
+            "unavailable": dict(scores.unavailable or {})}
+
+
+def _image_set(scores: Scores | None, per_image: Mapping[str, Any] | None) -> str | None:
+    """What identifies the images a system was scored on: its per-image ids, else data/split/count."""
+    if per_image:
+        import hashlib
+
+        return hashlib.sha256("\n".join(sorted(per_image)).encode()).hexdigest()[:16]
+    if scores is None:
+        return None
+    return f"{scores.data}|{scores.split}|{scores.n_images}"
 
 
 def _metric_dicts(metrics: Mapping[str, Metric]) -> dict[str, dict[str, Any]]:
@@ -258,8 +348,12 @@ def _diagnostics(scores: Any) -> dict[str, Any]:
 
 def _table(name: str, source: str, systems: list[dict[str, Any]], *, reference: str | None, split: str | None,
            n_images: Any, alpha: float, significance: dict[str, Any], notes: list[str],
-           excluded: dict[str, Any], plot: dict[str, Any] | None) -> dict[str, Any]:
-    """A comparison table of the report (a comparison, or evaluations side by side)."""
+           excluded: dict[str, Any], plot: dict[str, Any] | None,
+           metric_choices: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """A comparison table of the report (a comparison, or evaluations side by side).
+
+    ``metric_choices``: per system, :func:`metric_choice` (shown once when every system has the same).
+    """
     metric_names = list(dict.fromkeys(m for s in systems for m in s["metrics"]))
     for s in systems:
         for v in s["metrics"].values():
@@ -274,7 +368,22 @@ def _table(name: str, source: str, systems: list[dict[str, Any]], *, reference: 
             "has_p": any(v.get("p_value") is not None for s in systems for v in s["metrics"].values()),
             "plot": plot, "diagnostics": diag + (["collapsed"] if any("collapsed" in s["diagnostics"]
                                                                       for s in systems) else []),
-            "groups": metric_groups(metric_names, groups)}
+            "groups": metric_groups(metric_names, groups), "metric_choices": _merge_choices(metric_choices)}
+
+
+def _merge_choices(choices: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per distinct choice, naming the systems that made it (all of them: ``systems`` empty)."""
+    merged: list[dict[str, Any]] = []
+    for c in choices:
+        body = {k: v for k, v in c.items() if k != "system"}
+        same = next((m for m in merged if m["choice"] == body), None)
+        if same:
+            same["systems"].append(c.get("system"))
+        else:
+            merged.append({"choice": body, "systems": [c.get("system")]})
+    if len(merged) == 1:
+        merged[0]["systems"] = []
+    return [{**m["choice"], "systems": m["systems"]} for m in merged]
 
 
 # -- discovery -------------------------------------------------------------------------------------
@@ -370,6 +479,7 @@ def parse_dataset(r: _Reader, path: Path, name: str) -> dict[str, Any] | None:
 
     return {
         "name": name, "source": str(path), "path": d.get("path"), "format": d.get("format"),
+        "path_exists": bool(d.get("path")) and Path(str(d.get("path"))).exists(),
         "records": d.get("records"),
         "splits": [{"split": str(split), "records": info.get("records"), **words(info)}
                    for split, info in d["splits"].items()],
@@ -407,11 +517,18 @@ def parse_comparison(r: _Reader, d: Path, name: str) -> tuple[dict[str, Any] | N
     systems = [{"name": s.name, "kind": s.kind, "family": s.family, "source": s.source, "folder": s.folder,
                 "n_predictions": s.n_predictions, "seconds_per_image": s.seconds_per_image,
                 "metrics": _metric_dicts(s.metrics), "diagnostics": _diagnostics(s.diagnostics),
-                "warnings": list(s.warnings)} for s in comp.systems]
+                "warnings": system_warnings(s.warnings, s.kind, s.source)} for s in comp.systems]
     png = d / "comparison.png"
+    for n in comp.notes:
+        if is_log_note(n):
+            r.log.append(n)
+    notes = [n for n in comp.notes if not is_log_note(n)]
+    choices = [{"system": s.name, **metric_choice(sc)} for s in comp.systems
+               if (sc := r.result(Scores, Path(s.folder), quiet_missing=True)) is not None]
     table = _table(name, str(d), systems, reference=comp.reference, split=comp.split, n_images=comp.n_images,
-                   alpha=comp.significance.alpha, significance=comp.significance.model_dump(), notes=list(comp.notes),
-                   excluded=comp.excluded.model_dump(), plot={"src": str(png)} if png.is_file() else None)
+                   alpha=comp.significance.alpha, significance=comp.significance.model_dump(), notes=notes,
+                   excluded=comp.excluded.model_dump(), plot={"src": str(png)} if png.is_file() else None,
+                   metric_choices=choices)
     table["metrics"] = list(comp.metrics) or table["metrics"]
     preds = [p for s in comp.systems
              if (p := _predictions(r, s.name, s.predictions_file, Path(s.folder), comp.data, comp.split, comp.format))]
@@ -424,12 +541,15 @@ def parse_evaluate(r: _Reader, d: Path, name: str) -> dict[str, Any]:
     rows = r.predictions(d / PREDICTIONS_FILE) if (d / PREDICTIONS_FILE).is_file() else []
     model = scores.model if scores else next((row.get("model") for row in rows if row.get("model")), None)
     timing = scores.generation_time if scores else None
+    per_image = r.per_image(d)
     return {"name": name, "source": str(d), "model": model, "split": scores.split if scores else None,
             "n_images": scores.n_images if scores else None,
             "metrics": _metric_dicts(scores.metrics) if scores else {},
             "diagnostics": _diagnostics(scores.degeneration) if scores else {},
             "seconds_per_image": timing.seconds_per_image if timing else None, "n_predictions": len(rows),
-            "_rows": rows, "_scores": r.per_image(d), "_data": scores.data if scores else None,
+            "warnings": system_warnings(scores.warnings, "evaluate", model) if scores else [],
+            "image_set": _image_set(scores, per_image), "metric_choice": metric_choice(scores) if scores else None,
+            "_rows": rows, "_scores": per_image, "_data": scores.data if scores else None,
             "_split": scores.split if scores else None, "_format": scores.format if scores else None}
 
 
@@ -451,9 +571,11 @@ def parse_ablation(r: _Reader, d: Path, name: str) -> dict[str, Any] | None:
                 "total_time": s.total_time, "images_per_second": s.images_per_second,
                 "peak_memory": s.peak_memory_bytes, "relative_time": s.relative_time}
         rows.append({"strategy": s.strategy, "metrics": _metric_dicts(s.metrics),
-                     "cost": {k: v for k, v in cost.items() if v is not None}})
+                     "cost": {k: v for k, v in cost.items() if v is not None},
+                     "collapsed": bool(s.degeneration and s.degeneration.collapsed)})
     metric_names = list(ab.metrics) or list(dict.fromkeys(m for x in rows for m in x["metrics"]))
-    as_systems = [{"name": x["strategy"], "metrics": x["metrics"]} for x in rows]
+    as_systems = [{"name": x["strategy"], "metrics": x["metrics"], "diagnostics": {"collapsed": x["collapsed"]}}
+                  for x in rows]
     groups = {m: v["group"] for x in rows for m, v in x["metrics"].items() if v.get("group")}
     return {"name": name, "source": str(d),
             "meta": {k: v for k, v in ab.model_dump().items() if not isinstance(v, list | dict)},
@@ -463,7 +585,9 @@ def parse_ablation(r: _Reader, d: Path, name: str) -> dict[str, Any] | None:
             "best": best_per_metric(as_systems, metric_names),
             "has_ci": any(v.get("ci_low") is not None for x in rows for v in x["metrics"].values()),
             "headline": ab.headline or headline_metric(metric_names),
-            "plots": [{"src": str(p)} for p in sorted(d.glob("*.png"))], "cost_plot": None,
+            # the report draws the metric-vs-cost figure itself (build.py): the ablation's own copy is left out
+            "plots": [{"src": str(p)} for p in sorted(d.glob("*.png")) if p.name != Ablation.COST_PLOT], "cost_plot": None,
+            "scoring": {k: v for k, v in ab.scoring.items() if k in ("metrics", "models", "imageclef")},
             "groups": metric_groups(metric_names, groups)}
 
 
@@ -505,6 +629,10 @@ def _word_key(w: str) -> str:
     return re.sub(r"[^\w]+", "", str(w).lower())
 
 
+#: attention overlays shown per image when no --words are given
+MAX_OVERLAYS = 8
+
+
 def parse_explain(r: _Reader, d: Path, name: str, words: Sequence[str], max_items: int) -> dict[str, Any] | None:
     summary = r.result(ExplainSummary, d, quiet_missing=True)
     if summary is not None:
@@ -520,17 +648,25 @@ def parse_explain(r: _Reader, d: Path, name: str, words: Sequence[str], max_item
         if doc is None:
             continue
         overlays = []
-        for word, rel in zip(doc.panels, doc.files.overlays, strict=False):
+        for k, (word, rel) in enumerate(zip(doc.panels, doc.files.overlays, strict=False)):
             path = folder / rel
             if not path.is_file():
                 r.note(f"{path}: overlay listed in explanation.json is missing")
                 continue
-            overlays.append({"word": word, "src": str(path)})
-        chosen = [o for o in overlays if _word_key(o["word"]) in wanted] if wanted else overlays[:8]
+            low, high = doc.panel_ranges[k] if k < len(doc.panel_ranges) else (None, None)
+            overlays.append({"word": word, "src": str(path), "low": low, "high": high,
+                             "range": range_text(low, high) if low is not None else None,
+                             "flat": doc.flat_panels[k] if k < len(doc.flat_panels) else None})
+        if wanted:
+            chosen = [o for o in overlays if _word_key(o["word"]) in wanted]
+        else:  # the clinical words first, no punctuation or function words, each word once
+            firsts = list({_word_key(o["word"]): o for o in reversed(overlays)}.values())[::-1]
+            chosen = [firsts[i] for i in rank_words([o["word"] for o in firsts], limit=MAX_OVERLAYS)]
         grid = folder / doc.files.grid
         shown = {_word_key(o["word"]) for o in overlays}
         items.append({
             "name": item_name, "caption": doc.caption, "caption_source": doc.caption_source, "model": doc.model,
+            "cmap": doc.cmap,
             "method": doc.settings.get("method"), "overlays": chosen, "n_overlays": len(overlays),
             "missing_words": sorted(w for w in words if _word_key(w) and _word_key(w) not in shown) if wanted else [],
             "grid": {"src": str(grid)} if grid.is_file() and not chosen else None,
@@ -585,23 +721,7 @@ class Clinical:
 
     def spans(self, text: str) -> list[tuple[int, int, str, tuple[str, ...]]]:
         """(start, end, category, labels) of every lexicon term, non-overlapping, in text order."""
-        if not text:
-            return []
-        low = _lower(text)
-        if len(low) != len(text):
-            return []
-        lex = self.lexicon
-        found = []
-        for cat, matcher in (("modality", lex.modality_matcher), ("side", lex.laterality_matcher),
-                             ("finding", lex.finding_matcher), ("region", lex.region_matcher)):
-            found += [(m.start, m.end, cat, tuple(m.labels)) for m in matcher.find(low, text) if m.labels]
-        found.sort(key=lambda t: (t[0], -(t[1] - t[0])))
-        out, end = [], -1
-        for t in found:
-            if t[0] >= end:
-                out.append(t)
-                end = t[1]
-        return out
+        return term_spans(text, self.lexicon)
 
     def judge(self, cat: str, labels: tuple[str, ...], pred: Concepts | None, ref: Concepts | None) -> tuple[str, str]:
         """('agree'|'disagree'|'term', explanation) for one term of a prediction."""
@@ -776,7 +896,9 @@ def collect(run_dirs: Sequence[str | Path], *, title: str | None = None, words: 
             "`medblip data validate`")
     rep = Report(title=title or "medblip report", created=datetime.now(UTC).isoformat(timespec="seconds"),
                  words=[w for w in words if w.strip()])
-    rep.inputs = [{"kind": f.kind.split(":")[0], "name": f.name, "path": str(f.path)} for f in found]
+    # absolute paths: a relative one ("demo_output/dataset") names nothing from where the report is opened
+    rep.inputs = [{"kind": f.kind.split(":")[0], "name": f.name, "path": str(f.path.resolve())} for f in found
+                  if f.path.is_dir()]
     preds: list[dict[str, Any]] = []
     evaluated: list[dict[str, Any]] = []
     names: set[str] = set()
@@ -814,25 +936,44 @@ def collect(run_dirs: Sequence[str | Path], *, title: str | None = None, words: 
     with_metrics = [e for e in evaluated if e["metrics"]]
     if with_metrics:
         rep.comparisons.append(_table_from_evaluations(with_metrics))
+    _warn_once(rep.comparisons)
     _build_examples(rep, r, preds, examples, Path(data).expanduser() if data else None)
     if not rep.datasets:
         r.note("no dataset summary (a `medblip data validate` JSON) among the inputs; that section is left out")
     rep.notes = list(dict.fromkeys(r.notes))
+    rep.log = list(dict.fromkeys(r.log))
     rep.files_read = list(dict.fromkeys(r.read))
     return rep
+
+
+def _warn_once(tables: Sequence[Mapping[str, Any]]) -> None:
+    """A system that appears in several tables (a comparison and its own evaluation) is warned about once."""
+    seen: set[tuple[str, str]] = set()
+    for table in tables:
+        for s in table["systems"]:
+            s["warnings"] = [w for w in s["warnings"] if (s["name"], w) not in seen]
+            seen.update((s["name"], w) for w in s["warnings"])
 
 
 def _table_from_evaluations(evaluated: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     systems = [{"name": e["name"], "kind": "evaluate", "family": None, "source": e["source"], "folder": e["source"],
                 "n_predictions": e["n_predictions"], "seconds_per_image": e["seconds_per_image"],
                 "metrics": {m: dict(v) for m, v in e["metrics"].items()}, "diagnostics": e["diagnostics"],
-                "warnings": []} for e in evaluated]
+                "warnings": e["warnings"], "image_set": e["image_set"]} for e in evaluated]
     splits = {e.get("split") for e in evaluated} - {None}
     sizes = {e.get("n_images") for e in evaluated} - {None}
+    notes = ["evaluate folders scored separately: no paired test (use `medblip compare`)"]
+    sets = list(dict.fromkeys(s["image_set"] for s in systems))
+    if len(sets) > 1:  # label the sets so the reader sees which rows compare
+        for s in systems:
+            s["image_set_label"] = f"set {chr(ord('A') + sets.index(s['image_set']) % 26)}"
+        notes.append(f"the evaluations were scored on {len(sets)} different image sets (column 'images'): "
+                     "bold marks the best only among rows scored on the same images")
     return _table("evaluations", ", ".join(e["source"] for e in evaluated), systems, reference=None,
                   split=splits.pop() if len(splits) == 1 else None, n_images=sizes.pop() if len(sizes) == 1 else None,
-                  alpha=0.05, significance={}, excluded={}, plot=None,
-                  notes=["evaluate folders scored separately: no paired test (use `medblip compare`)"])
+                  alpha=0.05, significance={}, excluded={}, plot=None, notes=notes,
+                  metric_choices=[{"system": e["name"], **e["metric_choice"]} for e in evaluated
+                                  if e.get("metric_choice")])
 
 
 def _spread(items: Sequence[str], n: int) -> list[str]:

@@ -29,6 +29,19 @@ def _metric_cell(v: dict[str, Any] | None, best: bool) -> str:
     return f"{text} {ci}" if ci else text
 
 
+def _metric_choice(mc: dict) -> list[str]:
+    """The metric sets chosen, the metric models (with revisions) and what could not be computed."""
+    who = f" ({', '.join(mc['systems'])})" if mc.get("systems") else ""
+    lines = [f"Metrics chosen{who}: {', '.join(f'`{n}`' for n in mc['sets'])}"
+             + (" with the ImageCLEF text preprocessing" if mc.get("imageclef_preprocessing") else "") + "."]
+    if mc.get("models"):
+        lines.append("Metric models: " + "; ".join(
+            f"{m['metric']}: `{m['model']}`" + (f" (revision {m['revision'][:12]})" if m.get("revision") else "")
+            for m in mc["models"]) + ".")
+    lines += [f"Not computed: {name}: {why}" for name, why in (mc.get("unavailable") or {}).items()]
+    return [line for x in lines for line in (x, "")]
+
+
 def render_markdown(rep: Report) -> str:
     out = [f"# {rep.title}", "", f"Generated {rep.created} by `medblip report`; the full report with examples, "
            "attention overlays and failure cases is [report.html](report.html).", ""]
@@ -49,11 +62,13 @@ def render_markdown(rep: Report) -> str:
     for c in rep.comparisons:
         where = ", ".join(x for x in (c.get("split"), f"{fmt_int(c['n_images'])} images" if c.get("n_images") else None) if x)
         out += [f"### {c['name']}" + (f" ({where})" if where else ""), ""]
-        legend = "Value [95% CI]; **bold** = best per column (↓ lower is better)."
+        legend = ("Value [95% CI]; **bold** = best per column among comparable rows (same images, output "
+                  "not collapsed; ↓ lower is better).")
         if c.get("has_p") and c.get("reference"):
             legend += (f" * p<{c['alpha']:g}, ** p<0.01, *** p<0.001, paired test against the reference "
                        f"`{c['reference']}`.")
         out += [legend, ""]
+        out += [line for mc in c.get("metric_choices") or [] for line in _metric_choice(mc)]
         for k, g in enumerate(c.get("groups") or [{"title": "", "metrics": c["metrics"]}]):
             header = ["system", *(m + (" ↓" if lower_is_better(m) else "") for m in g["metrics"])]
             rows = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,15 @@ def _short(name: str, limit: int = 40) -> str:
     return name if len(name) <= limit else "…" + name[-(limit - 1):]
 
 
+#: numbers a validation row may carry that are bookkeeping, not a caption metric
+_NOT_A_METRIC = re.compile(r"loss|time|seconds|images|step|epoch|lr$", re.I)
+
+
 def val_metric_for(runs: Sequence[Mapping[str, Any]]) -> str | None:
-    """The caption metric drawn per epoch: the runs' early-stopping metric if it is a caption metric,
-    else a preferred caption metric every run reports, else the first one."""
+    """The caption metric drawn: the runs' early-stopping metric if it is a caption metric, else a
+    preferred caption metric some run reports, else the first one; None when no run logs one."""
     names = [m for run in runs for m in run.get("val_metrics", [])]
-    caption = [m for m in dict.fromkeys(names) if "loss" not in m.lower()]
+    caption = [m for m in dict.fromkeys(names) if not _NOT_A_METRIC.search(m)]
     for run in runs:
         best = run.get("best_metric_name")
         if best and best in caption:
@@ -48,65 +53,71 @@ def val_metric_for(runs: Sequence[Mapping[str, Any]]) -> str | None:
     return headline_metric(caption)
 
 
-def training_curves(runs: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
-    """Panels: training loss vs. step; validation loss vs. epoch; a validation caption metric vs. epoch.
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
 
-    Epochs are drawn 1-based (the trainer logs 0-based epochs); several validations within an epoch
-    keep the last. Returns ``None`` when no run has anything to draw.
+
+def training_curves(runs: Sequence[Mapping[str, Any]], path: str | Path) -> tuple[Path, str] | None:
+    """Panels against the optimizer step: training loss; validation loss; a validation caption metric.
+    A panel is drawn only when some run logged its values. Returns the figure and a caption that says
+    exactly what it shows (``None`` when no run has anything to draw).
+
+    Several validations at one step keep the last; a validation at step 0 is the model before training.
     """
     runs = [r for r in runs if r.get("train_loss") or r.get("val")]
     if not runs:
         return None
+
+    def val_points(run: Mapping[str, Any], key: str) -> list[tuple[int, float]]:
+        by_step = {int(v["step"]): v["metrics"][key] for v in run.get("val") or []
+                   if _finite(v["metrics"].get(key)) and v.get("step") is not None}
+        return sorted(by_step.items())
+
+    from matplotlib.ticker import MaxNLocator
+
     metric = val_metric_for(runs)
-    has_val_loss = any("val_loss" in v["metrics"] for r in runs for v in r.get("val", []))
-    panels = ["train"] + (["val_loss"] if has_val_loss else []) + ([metric] if metric else [])
+    panels = ["train"] if any(r.get("train_loss") for r in runs) else []
+    panels += [key for key in ("val_loss", metric) if key and any(val_points(r, key) for r in runs)]
+    if not panels:
+        return None
     fig, axes = _figure(4.3 * len(panels), 3.4, len(panels))
     colors = [f"C{k % 10}" for k in range(len(runs))]
+    before_training = False
     for ax, panel in zip(axes, panels, strict=True):
-        drawn = False
         for run, color in zip(runs, colors, strict=True):
             label = _short(str(run.get("name", "run")))
             if panel == "train":
                 pts = sorted(run.get("train_loss") or [])
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1.4, label=label)
-                    drawn = True
                 continue
-            by_epoch: dict[float, float] = {}
-            for v in run.get("val") or []:
-                val = v["metrics"].get(panel)
-                if val is None or (isinstance(val, float) and not math.isfinite(val)):
-                    continue
-                epoch = v.get("epoch")
-                x = (epoch + 1) if epoch is not None else len(by_epoch) + 1
-                if v.get("step") == 0 and epoch in (0, None):
-                    x = 0  # zero-shot / before training
-                by_epoch[x] = val
-            if by_epoch:
-                xs = sorted(by_epoch)
-                ax.plot(xs, [by_epoch[x] for x in xs], color=color, lw=1.4, marker="o", ms=4, label=label)
-                drawn = True
-        if panel == "train":
-            ax.set_title("training loss", fontsize=10)
-            ax.set_xlabel("optimizer step")
-            ax.set_ylabel("loss")
-        else:
-            ax.set_title(f"validation {panel.removeprefix('val_') if panel == 'val_loss' else panel}", fontsize=10)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(panel)
-            ax.xaxis.get_major_locator().set_params(integer=True)
+            pts = val_points(run, panel)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1.4, marker="o", ms=4, label=label)
+                before_training |= pts[0][0] == 0
+        ax.set_title("training loss" if panel == "train" else f"validation {panel.removeprefix('val_')}",
+                     fontsize=10)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss" if panel in ("train", "val_loss") else panel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if not drawn:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
-    handles, labels = axes[0].get_legend_handles_labels()
-    if not handles:
-        for ax in axes[1:]:
-            handles, labels = ax.get_legend_handles_labels()
-            if handles:
-                break
-    if handles:
-        axes[0].legend(handles, labels, fontsize=8, loc="upper right")
-    return _save(fig, Path(path))
+    last = max([p[0] for r in runs for p in r.get("train_loss") or []] + [v["step"] for r in runs for v in r.get("val") or []
+                                                                       if v.get("step") is not None] + [1])
+    for ax in axes:  # one step axis for every panel, from before training to the last step
+        ax.set_xlim(-0.03 * last, 1.03 * last)
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            axes[0].legend(handles, labels, fontsize=8, loc="best")
+            break
+    what = {"train": "training loss", "val_loss": "validation loss"}
+    shown = [what.get(p, f"validation {p}") for p in panels]
+    caption = ", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]
+    caption = caption[0].upper() + caption[1:]
+    caption += " against the optimizer step"
+    if before_training:
+        caption += "; step 0: before training"
+    return _save(fig, Path(path)), caption + "."
 
 
 def metrics_vs_cost(ablation: Mapping[str, Any], path: str | Path, metric: str | None = None) -> Path | None:
@@ -138,7 +149,10 @@ def metrics_vs_cost(ablation: Mapping[str, Any], path: str | Path, metric: str |
                         color=f"C{k % 10}", label=r["strategy"])
             ax.annotate(r["strategy"], (x, v["value"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
         if key == "trainable_params" and all(r["cost"].get(key, 0) > 0 for r in rows if key in r["cost"]):
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on a short range
         ax.set_xlabel(label)
         ax.set_ylabel(f"{metric} (95% CI)")
         ax.grid(alpha=0.3)

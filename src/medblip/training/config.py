@@ -46,9 +46,10 @@ class ModelConfig(_Section):
         None, description="place the weights with accelerate's device map (e.g. auto: a 7B model over the visible "
                           "GPUs and the CPU) instead of on the training device; for evaluation-only (strategy none) "
                           "and LoRA runs of models that do not fit one GPU")
-    load_in_8bit: bool = Field(False, description="8-bit weights (bitsandbytes, CUDA; pip install 'medblip[quantization]'); "
+    load_in_8bit: bool = Field(False, description="8-bit weights (bitsandbytes; pip install 'medblip[quantization]'); "
                                                   "only strategy none or lora can use them")
-    load_in_4bit: bool = Field(False, description="4-bit NF4 weights (bitsandbytes, CUDA), as load_in_8bit (QLoRA with lora)")
+    load_in_4bit: bool = Field(False, description="4-bit NF4 weights with double quantization (bitsandbytes), as "
+                                                  "load_in_8bit (QLoRA with lora)")
 
     @field_validator("family")
     @classmethod

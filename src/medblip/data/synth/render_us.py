@@ -67,15 +67,24 @@ def _neck(scene: Scene, frame: Frame, echo: np.ndarray, gain: np.ndarray, rng: n
     cx, cy, rx, ry = lobes[int(scene.side_sign)]
     r = lesion_radius(scene)
     lx, ly = cx + rng.uniform(-0.4, 0.4) * max(0.0, rx - r), cy + rng.uniform(-0.3, 0.3) * max(0.0, ry - r)
-    shape = ellipse(frame, lx, ly, r, r * rng.uniform(0.75, 1.0), rot=rng.uniform(0, 3),
-                    wobble=lesion_wobble(rng, scene.appearance))
-    if scene.finding == "cyst":
-        paint(echo, shape, 0.02)
-        _enhance_below(gain, frame, lx, ly, r, 1.6)
-    else:
+    shape, cyst = _lesion(scene, frame, echo, gain, rng, lx, ly, r, min_aspect=0.75)
+    if not cyst:
         paint(echo, ellipse(frame, lx, ly, r * 1.12, r * 1.05), 0.12)  # hypoechoic halo
         paint(echo, shape, 0.3 if scene.appearance == "hypoechoic" else 0.62)
     return shape
+
+
+def _lesion(scene: Scene, frame: Frame, echo: np.ndarray, gain: np.ndarray, rng: np.random.Generator,
+            lx: float, ly: float, r: float, *, min_aspect: float) -> tuple[Shape | None, bool]:
+    """The lesion's outline at (lx, ly); a cyst is painted (anechoic, with enhancement behind it) here,
+    a solid lesion by the caller. Returns the outline and whether it was a cyst."""
+    shape = ellipse(frame, lx, ly, r, r * rng.uniform(min_aspect, 1.0), rot=rng.uniform(0, 3),
+                    wobble=lesion_wobble(rng, scene.appearance))
+    if scene.finding != "cyst":
+        return shape, False
+    paint(echo, shape, 0.02)
+    _enhance_below(gain, frame, lx, ly, r, 1.6)
+    return shape, True
 
 
 def _pelvis(scene: Scene, frame: Frame, echo: np.ndarray, gain: np.ndarray, rng: np.random.Generator) -> Shape | None:
@@ -106,12 +115,8 @@ def _pelvis(scene: Scene, frame: Frame, echo: np.ndarray, gain: np.ndarray, rng:
     ox, oy = ovaries[int(scene.side_sign)][:2]
     r = lesion_radius(scene)
     lx, ly = ox, oy + rng.uniform(-0.05, 0.05)
-    shape = ellipse(frame, lx, ly, r, r * rng.uniform(0.8, 1.0), rot=rng.uniform(0, 3),
-                    wobble=lesion_wobble(rng, scene.appearance))
-    if scene.finding == "cyst":
-        paint(echo, shape, 0.02)
-        _enhance_below(gain, frame, lx, ly, r, 1.6)
-    else:
+    shape, cyst = _lesion(scene, frame, echo, gain, rng, lx, ly, r, min_aspect=0.8)
+    if not cyst:
         paint(echo, shape, 0.62 + 0.15 * smooth_noise(rng, frame.n, 30))
         if scene.appearance == "complex":  # cystic spaces and septations
             for _ in range(3):

@@ -139,6 +139,32 @@ def _ordered_labels(matches: list[Match]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(label for m in matches for label in m.labels))
 
 
+#: the term categories of :func:`term_spans`, most telling first
+TERM_CATEGORIES: tuple[str, ...] = ("modality", "region", "finding", "side")
+
+
+def term_spans(text: str, lexicon: Lexicon | None = None) -> list[tuple[int, int, str, tuple[str, ...]]]:
+    """``(start, end, category, labels)`` of every lexicon term in ``text`` (category one of
+    :data:`TERM_CATEGORIES`), non-overlapping (the longer match wins), in text order."""
+    if not text:
+        return []
+    low = _lower(text)
+    if len(low) != len(text):
+        return []
+    lex = lexicon or load_lexicon()
+    found = []
+    for cat, matcher in (("modality", lex.modality_matcher), ("side", lex.laterality_matcher),
+                         ("finding", lex.finding_matcher), ("region", lex.region_matcher)):
+        found += [(m.start, m.end, cat, tuple(m.labels)) for m in matcher.find(low, text) if m.labels]
+    found.sort(key=lambda t: (t[0], -(t[1] - t[0])))
+    out, end = [], -1
+    for t in found:
+        if t[0] >= end:
+            out.append(t)
+            end = t[1]
+    return out
+
+
 def extract_concepts(text: str, lexicon: Lexicon | str | Path | None = None) -> Concepts:
     """Modality, regions, findings (with negation/uncertainty) and laterality of one caption."""
     path = lexicon.path if isinstance(lexicon, Lexicon) else (str(lexicon) if lexicon is not None else None)
