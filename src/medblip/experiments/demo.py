@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from medblip import configfile
-from medblip.errors import ConfigError, MedblipError
+from medblip.configfile import shipped_config
+from medblip.errors import MedblipError
 from medblip.formatting import fmt_num, metric_cell
 from medblip.io import atomic_write_json, atomic_write_text
 from medblip.perf.threads import torch_threads
@@ -147,15 +148,6 @@ class DemoResult:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-def shipped_config(name: str) -> Path:
-    """A file of the repository's ``configs/`` (current directory first, then beside the sources)."""
-    for base in (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs"):
-        if (base / name).is_file():
-            return base / name
-    raise ConfigError(f"configs/{name} not found (looked in ./configs and beside the medblip sources); "
-                      "run the demo from the repository root")
-
-
 def _fingerprint(opts: DemoOptions) -> dict[str, Any]:
     """What decides the outputs; a folder written with another fingerprint is not reused (the stand-ins'
     recipes are part of it: runs fine-tuned from other stand-ins must not be mixed in)."""

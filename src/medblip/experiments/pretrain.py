@@ -81,8 +81,7 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 def load_recipe(family: str, name: str = "full", path: str | Path | None = None) -> PretrainRecipe:
     """The ``name`` recipe (``full`` or ``quick``) of ``family`` from ``path`` (default: the shipped
     ``configs/demo/pretrain_tiny.yaml``)."""
-    from medblip.configfile import read_yaml
-    from medblip.experiments.demo import shipped_config
+    from medblip.configfile import read_yaml, shipped_config
     from medblip.models.registry import get_family
 
     family = get_family(family).family
