@@ -552,7 +552,8 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: TinyRecipe | RealRecipe, st:
 
         criteria = study_shape(out, FINE_TUNED, ZERO_SHOT)
         write_shape(out, criteria)
-        headline += ["", "The study's shape, measured on this run (shape.json):", *shape_lines(criteria)]
+        what = " (--quick: tiny budget, the values mean nothing)" if opts.quick else ""
+        headline += ["", f"The study's shape, measured on this run (shape.json){what}:", *shape_lines(criteria)]
     atomic_write_text(out / "headline.txt", "\n".join(headline) + "\n")
     save()
     return DemoResult(out, Path(paths["html"]), headline, st.record, notes)
