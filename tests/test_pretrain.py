@@ -68,6 +68,25 @@ def test_standins_are_reused_by_key(quick_blip: Path, tmp_path: Path) -> None:
     assert create_model(tmp_path / "vit").family == "vit-gpt2"
 
 
+def test_side_by_side_gives_the_same_weights_and_a_failure_stops_both(quick_blip: Path, tmp_path: Path) -> None:
+    """The demo pretrains its stand-ins in two processes: the weights are the ones one process makes, and
+    a stand-in that fails ends the run with its error (the other worker is terminated, not orphaned)."""
+    import dataclasses
+
+    from medblip.errors import MedblipError
+
+    recipes = {"blip": load_recipe("blip", "quick"), "vit-gpt2": load_recipe("vit-gpt2", "quick")}
+    jobs = {"blip": tmp_path / "blip", "vit-gpt2": tmp_path / "vit"}
+    assert sorted(standins(jobs, recipes, captions=RADIOLOGY, parallel=True)) == ["blip", "vit-gpt2"]
+    assert (tmp_path / "blip" / "model.safetensors").read_bytes() == (quick_blip / "model.safetensors").read_bytes()
+
+    broken = dict(recipes, **{"vit-gpt2": dataclasses.replace(recipes["vit-gpt2"], model={"image_size": -1})})
+    jobs = {"blip": tmp_path / "blip2", "vit-gpt2": tmp_path / "vit2"}
+    with pytest.raises((MedblipError, ValueError)):
+        standins(jobs, broken, captions=RADIOLOGY, parallel=True)
+    assert not (tmp_path / "vit2" / "model.safetensors").exists()
+
+
 def test_cli_pretrain_tiny(medblip_cli: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join(RADIOLOGY) + "\n")

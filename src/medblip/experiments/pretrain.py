@@ -241,16 +241,22 @@ def standins(jobs: Mapping[str, str | Path], recipes: Mapping[str, PretrainRecip
     todo = [f for f, out in jobs.items() if not is_current(out, recipes[f], seed, extra)]
     if parallel and len(todo) > 1 and (os.cpu_count() or 1) > 1:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
         if log:
             log(f"pretraining {' and '.join(todo)} side by side ({len(todo)} processes)")
         # spawn: a fresh interpreter per stand-in (forking a process that holds torch's thread pools is unsafe)
-        with ProcessPoolExecutor(len(todo), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(pretrain_tiny, f, jobs[f], recipe=recipes[f], seed=seed, captions=extra)
-                       for f in todo]
-            for future in futures:
-                future.result()
+        pool = multiprocessing.get_context("spawn").Pool(len(todo))
+        try:
+            results = [pool.apply_async(pretrain_tiny, (f, jobs[f]), {"recipe": recipes[f], "seed": seed,
+                                                                       "captions": extra}) for f in todo]
+            for result in results:
+                result.get()
+            pool.close()
+        except BaseException:
+            pool.terminate()  # Ctrl-C or a failed stand-in: the other worker must not train on, orphaned
+            raise
+        finally:
+            pool.join()
     else:
         for f in todo:
             pretrain_tiny(f, jobs[f], recipe=recipes[f], seed=seed, captions=extra, progress=progress, log=log)
