@@ -4,10 +4,12 @@ Register them once in ``tests/conftest.py`` with ``pytest_plugins = ["_train_fix
 
 - ``tiny_blip_dir``: a tiny random BLIP checkpoint folder (the default ``init_tiny`` sizes).
 - ``small_synth_dir``: a 60-image synthetic benchmark at 64 px (48 train / 6 validation / 6 test).
-- ``trained_tiny_blip``: a tiny BLIP trained from scratch by ``medblip.training.train`` with the full
-  demo's recipe (1440 images, 8 px patches; one to two minutes of CPU). It names the modality of ~0.9 of
-  the test images and its attention points at the lesion beyond chance: the interpretability tests'
-  model, and what ``medblip demo`` shows. See :class:`TrainedTinyBlip`.
+- ``demo_standin``: the full demo's data (1440 synthetic images) and its pretrained tiny BLIP stand-in
+  (``medblip.experiments.pretrain``, the full recipe of configs/demo/pretrain_tiny.yaml; two to three minutes
+  of CPU): the zero-shot system of the demo and the start of its fine-tuning. See :class:`DemoStandin`.
+- ``trained_tiny_blip``: that stand-in fine-tuned by ``medblip.training.train`` with the full demo's
+  recipe (all parameters; about a minute of CPU): the fine-tuned BLIP of ``medblip demo``, the
+  interpretability and demo-shape tests' model. See :class:`TrainedTinyBlip`.
 - ``twin``: ``twin(like)`` -> a tiny twin of a real checkpoint (a hub id medblip ships the published
   config of, or a folder of published config files), built once per session (see medblip.models.twins).
 - ``learned_tiny_blip``: the same with the learning recipe (10,000 images, 16 px patches; about 3
@@ -25,7 +27,7 @@ from typing import Any
 import pytest
 import torch
 
-from medblip.experiments.demo import load_recipe
+from medblip.experiments.demo import load_recipe as load_demo_recipe
 from medblip.perf.threads import torch_threads
 from medblip.training.config import ExperimentConfig, validate_config
 
@@ -43,6 +45,15 @@ LEARN: dict[str, Any] = {
               "schedule": "cosine", "seed": 0, "val_subset": 64, "val_generate": False, "log_every": 20,
               "label_smoothing": 0.0},
 }
+
+
+@dataclass(frozen=True)
+class DemoStandin:
+    """The full demo's synthetic benchmark (``data_dir``, ROCOv2 layout + facts + masks) and its
+    pretrained BLIP stand-in (``model_dir``, with ``pretrain.json``), made as ``medblip demo`` makes them."""
+
+    model_dir: Path
+    data_dir: Path
 
 
 @dataclass(frozen=True)
@@ -65,12 +76,12 @@ def train_captions(data_dir: Path) -> list[str]:
         return [row["Caption"] for row in csv.DictReader(fh)]
 
 
-def experiment(model: Path, data: Path, out: Path, **train: Any) -> ExperimentConfig:
+def experiment(model: Path, data: Path, out: Path, strategy: str = "full", **train: Any) -> ExperimentConfig:
     """A validated config for a quick CPU run (greedy, short captions)."""
     return validate_config({
         "model": {"name_or_path": str(model)},
         "data": {"path": str(data), "image_size": 64, "cache_images": True},
-        "strategy": {"name": "full"},
+        "strategy": {"name": strategy},
         "train": train,
         "generation": {"num_beams": 1, "max_new_tokens": 12},
         "output": {"dir": str(out)},
@@ -122,8 +133,10 @@ def train_one_thread(cfg: ExperimentConfig, **kw: Any) -> Any:
         torch.use_deterministic_algorithms(deterministic)
 
 
-def train_recipe(root: Path, recipe: dict[str, Any]) -> TrainedTinyBlip:
-    """Render the recipe's synthetic benchmark, init its tiny BLIP, train it with ``medblip.training``.
+def train_recipe(root: Path, recipe: dict[str, Any], model: Path | None = None, data: Path | None = None,
+                 strategy: str = "full", **overrides: Any) -> TrainedTinyBlip:
+    """Train ``model`` (default: a tiny random BLIP of ``recipe["blip"]``) on ``data`` (default: the
+    recipe's synthetic benchmark, rendered here) with the recipe's ``train`` section (plus ``overrides``).
 
     The recipes' models are medblip's own tiny BLIPs, not twins of BLIP-base: a twin keeps the published
     384 px input, 16 px patches and 30,524-token vocabulary, which trains an order of magnitude slower on
@@ -132,21 +145,44 @@ def train_recipe(root: Path, recipe: dict[str, Any]) -> TrainedTinyBlip:
     from medblip.models import init_tiny
     from medblip.training.trainer import train
 
-    data = root / "synth"
-    generate(data, **recipe["synth"])
-    # The tokenizer is trained on the benchmark's own captions, so captions are short token sequences.
-    model = init_tiny("blip", root / "init", captions=train_captions(data), **recipe["blip"])
+    if data is None:
+        data = root / "synth"
+        generate(data, **recipe["synth"])
+    if model is None:
+        # The tokenizer is trained on the benchmark's own captions, so captions are short token sequences.
+        model = init_tiny("blip", root / "init", captions=train_captions(data), **recipe["blip"])
     with torch_threads(min(2, os.cpu_count() or 1)):  # the recipes' times are measured with 2 threads
-        result = train(experiment(model, data, root / "run", **recipe["train"]), progress=False)
+        result = train(experiment(model, data, root / "run", strategy, **{**recipe["train"], **overrides}),
+                       progress=False)
     assert result.status == "completed" and result.best_checkpoint
     return TrainedTinyBlip(model_dir=Path(result.best_checkpoint), data_dir=data, run_dir=root / "run",
                            facts=load_facts(data))
 
 
 @pytest.fixture(scope="session")
-def trained_tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> TrainedTinyBlip:
-    # The full demo's recipe (configs/demo/full.yaml), so that the interpretability tests prove what the demo shows.
-    return train_recipe(tmp_path_factory.mktemp("trained-tiny-blip"), load_recipe("full").model_dump(exclude_none=True))
+def demo_standin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DemoStandin:
+    # As the demo's "models" stage makes it: the full pretraining recipe, the benchmark's captions in the
+    # tokenizer. Kept in pytest's cache folder when there is one (a rerun reuses it while its recipe key -
+    # recipe, seed, tokenizer captions, corpus version - is the same), else made in a temporary folder.
+    from medblip.experiments.demo import make_synth
+    from medblip.experiments.demo import train_captions as demo_captions
+    from medblip.experiments.pretrain import load_recipe, standins
+
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("medblip-demo-standin") if cache is not None else tmp_path_factory.mktemp("demo-standin")
+    data, model = root / "synth", root / "tiny-blip"
+    demo = load_demo_recipe("full")
+    make_synth(data, demo.synth, lambda _m: None)
+    standins({"blip": model}, {"blip": load_recipe("blip", demo.pretrain)}, captions=demo_captions(data))
+    return DemoStandin(model_dir=model, data_dir=data)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_blip(tmp_path_factory: pytest.TempPathFactory, demo_standin: DemoStandin) -> TrainedTinyBlip:
+    # The full demo's fine-tuning of its stand-in, so that the interpretability tests prove what the demo shows.
+    return train_recipe(tmp_path_factory.mktemp("trained-tiny-blip"), load_demo_recipe("full").model_dump(),
+                        model=demo_standin.model_dir,
+                        data=demo_standin.data_dir)
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,13 @@ def test_quick_demo_end_to_end_and_rerun(tmp_path: Path) -> None:
         assert name in res.output
     assert "Ablation" in res.output and all(s in res.output for s in ("decoder_only", "encoder_only", "lora"))
     assert (out / "headline.txt").read_text().startswith("Comparison on test")
+    # the study's shape, measured from the run's outputs (issue 21): every criterion measured
+    shape = json.loads((out / "shape.json").read_text())
+    assert [c["name"] for c in shape["criteria"]] == ["fine_tuned_vs_zero_shot", "decoder_only_cider",
+                                                      "decoder_only_time", "pointing", "pointing_vs_uniform",
+                                                      "side_over_majority"]
+    assert all(c["value"] is not None for c in shape["criteria"]), shape
+    assert "The study's shape, measured on this run" in res.output and (out / "shape.md").is_file()
 
     html = (out / "report" / "report.html").read_text()
     assert "<html" in html.lower()
@@ -102,4 +109,6 @@ def test_shipped_synth_ablation_config_is_the_demo_recipe() -> None:
     for key, value in full.train.items():
         assert getattr(cfg.train, key) == value, key
     assert cfg.generation.max_new_tokens == full.generation["max_new_tokens"]
-    assert cfg.data.image_size == full.blip["image_size"]
+    from medblip.experiments.pretrain import load_recipe as load_pretrain_recipe
+
+    assert cfg.data.image_size == load_pretrain_recipe("blip", full.pretrain).image_size

@@ -49,6 +49,7 @@ RUN_HERE: list[str] = [
     "--patch-size 8 --hidden-size 128 --layers 2 --heads 4",
     "medblip score predictions.jsonl --out scores/",
     'echo "Axial CT shows no evidence of a left renal mass." | medblip concepts -',
+    "medblip model pretrain-tiny --family vit-gpt2 --out standins/vit-gpt2 --recipe quick",
 ]
 
 #: what each command of RUN_HERE leaves behind (beyond exit status 0), relative to the scratch folder
@@ -65,6 +66,7 @@ LEAVES: dict[str, str] = {
     RUN_HERE[9]: "demo/models/tiny-blip-128/config.json",
     RUN_HERE[10]: "demo/models/tiny-vit-gpt2-128/config.json",
     RUN_HERE[11]: "scores/per_image.jsonl",
+    RUN_HERE[13]: "standins/vit-gpt2/pretrain.json",
 }
 
 #: run as written by another test ("tests/FILE.py::TEST")
@@ -101,6 +103,9 @@ SERVED = ["medblip serve --model runs/roco-blip-full",
 RUN_ELSEWHERE.update({line: _SERVE_TEST for line in [*SERVED, SERVE_KEY]})
 
 NOT_RUN: dict[str, str] = {
+    "medblip model pretrain-tiny --family blip --out standins/blip":
+        "the full recipe: ~2.5 min of CPU; tests/_train_fixtures.py's demo_standin makes the same stand-in "
+        "through the library, and the same command runs here with --recipe quick",
     "make demo": "creates .venv with pip (network or the wheel on disk; minutes), then the ~5 minute demo; "
                  "tests/test_demo.py runs `medblip demo --quick`",
     "make test": "the test suite itself (after creating .venv)",

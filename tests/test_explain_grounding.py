@@ -1,4 +1,5 @@
-"""Grounding on a tiny BLIP that has *learned* the synthetic benchmark (the full demo's recipe).
+"""Grounding on a tiny BLIP that has *learned* the synthetic benchmark (the full demo's pretrained stand-in,
+fine-tuned with the demo's recipe).
 
 The finding words' maps must point inside the true lesion masks clearly more often than a uniform map
 (the mask's area fraction) and a centre-bias map do; a random model must not (the score measures the
@@ -23,23 +24,25 @@ def _grounding(model_dir: Any, data_dir: Any, method: str) -> dict[str, Any]:
     return evaluate_grounding(adapter, data_dir, split="test", settings=ExplainSettings(method=method))
 
 
-#: What the demo's recipe reliably achieves, measured on 2026-11-27 (2-core CPU machine, transformers
-#: 5.24) with training seeds 0, 1 and 2 (model init and data order; the benchmark's data seed 0, 115
-#: findings on the test split). Attention maps of the finding words:
+#: What the demo's recipe reliably achieves: its pretrained BLIP stand-in fine-tuned (``medblip demo --seed
+#: 0|1|2``, 2026-11-27, 2-core CPU machine, transformers 5.24; seeds change the stand-in's initialisation
+#: and the fine-tuning's data order; the benchmark's data seed 0, 115 findings on the test split).
+#: Attention maps of the finding words:
 #:
 #:   seed  hit (strict)  hit within one patch  energy in the lesion
-#:   0     0.026         0.087                 0.0202
-#:   1     0.026         0.078                 0.0235
-#:   2     0.061         0.087                 0.0243
+#:   0     0.043         0.087                 0.0181
+#:   1     0.052         0.113                 0.0230
+#:   2     0.026         0.052                 0.0176
 #:   uniform map 0.014 / 0.0385 / 0.0140;  centre-bias map 0.000 / 0.0348 / 0.0227
-#:   the same architecture untrained (seeds 0-2): hit within one patch 0.009-0.026, energy 0.010-0.014
+#:   the same architecture untrained (seeds 0-2, before the stand-ins): hit within one patch 0.009-0.026
 #:
-#: Grad-CAM energy: 0.0169, 0.0188, 0.0242 (uniform 0.0140). The strict pointing game (3 to 7 hits of
-#: 115 against 1.6 expected) sits at this small model's noise floor and is not asserted here; a model
-#: that grounds strongly is the pretrained stand-in's business (the demo's shape tests).
-TOLERANT_HIT_FACTOR = 1.6  # lowest seed: 2.0x the better baseline
-ENERGY_FACTOR = 1.2  # lowest seed: 1.44x the uniform map's
-GRADCAM_ENERGY_FACTOR = 1.1  # lowest seed: 1.21x
+#: Grad-CAM energy: 0.0171, 0.0319, 0.0180 (uniform 0.0140). The strict pointing game (3 to 6 hits of
+#: 115 against 1.6 expected) stays far below the 0.15 issue 21 asks for and is not asserted here (README,
+#: "What the demo does"). The fixture trains with two threads, the demo with one: same recipe and seed,
+#: not bit-identical weights.
+TOLERANT_HIT_FACTOR = 1.2  # lowest seed: 1.37x the better baseline
+ENERGY_FACTOR = 1.15  # lowest seed: 1.26x the uniform map's
+GRADCAM_ENERGY_FACTOR = 1.1  # lowest seed: 1.22x
 
 
 def test_trained_model_points_at_the_lesion(trained_tiny_blip: Any) -> None:
@@ -62,9 +65,15 @@ def test_gradcam_maps_of_the_trained_model_beat_the_uniform_map(trained_tiny_bli
     assert sc["model"]["energy"] >= GRADCAM_ENERGY_FACTOR * sc["uniform"]["energy"], sc
 
 
-def test_untrained_model_is_not_grounded(trained_tiny_blip: Any) -> None:
-    """Same architecture and tokenizer, random weights: nothing beyond the baselines."""
-    init = trained_tiny_blip.run_dir.parent / "init"
+def test_untrained_model_is_not_grounded(trained_tiny_blip: Any, tmp_path: Any) -> None:
+    """Same architecture (the stand-in's), random weights: nothing beyond the baselines."""
+    from _train_fixtures import train_captions
+    from medblip.experiments.demo import load_recipe as load_demo_recipe
+    from medblip.experiments.pretrain import load_recipe
+    from medblip.models import init_tiny
+
+    recipe = load_recipe("blip", load_demo_recipe("full").pretrain)
+    init = init_tiny("blip", tmp_path / "init", captions=train_captions(trained_tiny_blip.data_dir), **recipe.model)
     result = _grounding(init, trained_tiny_blip.data_dir, "attention")
     assert result["p_value"]["vs_uniform"] > 0.05, (result["hits"], result["summary"]["scores"])
     sc = result["summary"]["scores"]

@@ -22,6 +22,15 @@ from medblip.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
+def shipped_config(name: str) -> Path:
+    """A file of the repository's ``configs/`` (current directory first, then beside the sources)."""
+    for base in (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs"):
+        if (base / name).is_file():
+            return base / name
+    raise ConfigError(f"configs/{name} not found (looked in ./configs and beside the medblip sources); "
+                      "run the demo from the repository root")
+
+
 class _Yaml12Loader(yaml.SafeLoader):
     """YAML with YAML 1.2's booleans: only true / false.
 

@@ -113,6 +113,8 @@ def demo_command(
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda when available)"),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     max_pixels: int | None = typer.Option(None, "--max-pixels", min=0, help=MAX_PIXELS_HELP),
+    seed: int = typer.Option(0, "--seed", help="seed of the tiny stand-ins and of every fine-tuning (the "
+                                               "synthetic benchmark stays the same)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ) -> None:
     """The whole study in one command, offline: synthetic data, tiny models, zero-shot vs fine-tuned
@@ -128,7 +130,7 @@ def demo_command(
     t0 = time.perf_counter()
     with _quiet_transformers():
         result = run_demo(DemoOptions(out=out, quick=quick, model=model, data=data, device=device,
-                                      progress=progress, overwrite=overwrite), log=_log)
+                                      progress=progress, overwrite=overwrite, seed=seed), log=_log)
     if result.interrupted is not None:
         run = result.interrupted
         print(f"medblip: stopped by {run.signal} at step {run.global_step}; run the same command again to resume",

@@ -4,7 +4,9 @@ Stages (each skipped when its outputs already exist, so a rerun resumes where th
 
     1 data       synthetic benchmark (ROCOv2 layout + facts + lesion masks)   DIR/data/synth/
     2 validate   dataset summary (``medblip data validate``'s JSON)           DIR/dataset/
-    3 models     tiny random BLIP and ViT-GPT2 (real transformers classes)    DIR/models/
+    3 models     tiny BLIP and ViT-GPT2 (real transformers classes) pretrained  DIR/models/
+                 on the lay shapes corpus: the "zero-shot" systems and the
+                 start of every fine-tuning (configs/demo/pretrain_tiny.yaml)
     4 ablation   BLIP fine-tuned with full / decoder_only / encoder_only /     DIR/ablation/
                  lora on one budget, each evaluated on the test split          (its ``full`` run is the
                                                                                fine-tuned BLIP below)
@@ -14,10 +16,14 @@ Stages (each skipped when its outputs already exist, so a rerun resumes where th
     8 grounding  pointing game / energy of the maps inside the lesion masks   DIR/grounding/
     9 report     HTML + Markdown report of all of the above                   DIR/report/report.html
 
-``DIR/demo.json`` records the settings, seeds, versions, git commit and stage timings. The tiny
-BLIP (128 wide, 2 layers, 64 px, trained from scratch for 8 epochs on 1152 images) names the modality
-of about 90% of the test images, so the fine-tuned model clearly beats the zero-shot one. ``quick`` shrinks
-everything (60 images, 1 epoch) for CI. The recipes are ``configs/demo/full.yaml`` and ``demo/quick.yaml``.
+``DIR/demo.json`` records the settings, seeds, versions, git commit and stage timings. The tiny models
+are *pretrained stand-ins* (:mod:`medblip.experiments.pretrain`): before fine-tuning they look at
+pictures and write plain-language captions ("A dark oval with a small bright spot on its left side."),
+as a general-domain BLIP does, so the zero-shot system is a captioner meeting radiology and the
+strategies freeze pretrained parts, as in the study. They are made once per output folder (a rerun
+finds them by their recipe's key). ``quick`` shrinks everything (60 images, 1 epoch) for CI. The
+recipes are ``configs/demo/full.yaml`` and ``demo/quick.yaml`` (and ``configs/demo/pretrain_tiny.yaml``
+for the stand-ins).
 
 With ``model`` (e.g. ``Salesforce/blip-image-captioning-base``) and ``data`` (e.g. ROCOv2) the same
 pipeline runs the real study (``configs/demo/real.yaml``): the shipped configs' hyper-parameters
@@ -41,7 +47,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from medblip import configfile
-from medblip.errors import ConfigError, MedblipError
+from medblip.configfile import shipped_config
+from medblip.errors import MedblipError
 from medblip.formatting import fmt_num, metric_cell
 from medblip.io import atomic_write_json, atomic_write_text
 from medblip.perf.threads import torch_threads
@@ -71,12 +78,11 @@ class SynthRecipe(_Recipe):
 
 
 class TinyRecipe(_Recipe):
-    """``configs/demo/full.yaml`` / ``demo/quick.yaml``: tiny models trained from scratch on synthetic data."""
+    """``configs/demo/full.yaml`` / ``demo/quick.yaml``: tiny pretrained stand-ins fine-tuned on synthetic data."""
 
     synth: SynthRecipe
-    #: :func:`medblip.models.init_tiny` options of each family
-    blip: dict[str, Any]
-    vit_gpt2: dict[str, Any]
+    #: the recipe of ``configs/demo/pretrain_tiny.yaml`` that makes the stand-ins (``full`` or ``quick``)
+    pretrain: str
     #: the experiment config's ``train:`` and ``generation:`` sections
     train: dict[str, Any]
     generation: dict[str, Any]
@@ -112,6 +118,7 @@ def load_real_recipe() -> RealRecipe:
 
 
 STRATEGIES = ("full", "decoder_only", "encoder_only", "lora")
+STANDIN_FAMILIES = ("blip", "vit-gpt2")
 
 
 @dataclass
@@ -123,6 +130,7 @@ class DemoOptions:
     device: str | None = None
     progress: bool = True
     overwrite: bool = False  # write into a non-empty folder that holds no demo run
+    seed: int = 0  # the tiny stand-ins' initialisation and every fine-tuning's seed (data order, LoRA init)
 
     @property
     def real(self) -> bool:
@@ -140,20 +148,22 @@ class DemoResult:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-def shipped_config(name: str) -> Path:
-    """A file of the repository's ``configs/`` (current directory first, then beside the sources)."""
-    for base in (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs"):
-        if (base / name).is_file():
-            return base / name
-    raise ConfigError(f"configs/{name} not found (looked in ./configs and beside the medblip sources); "
-                      "run the demo from the repository root")
-
-
 def _fingerprint(opts: DemoOptions) -> dict[str, Any]:
-    """What decides the outputs; a folder written with another fingerprint is not reused."""
-    return {"quick": opts.quick, "model": opts.model,
-            "data": str(opts.data.expanduser().resolve()) if opts.data else None,
-            "recipe": "real" if opts.real else ("quick" if opts.quick else "full")}
+    """What decides the outputs; a folder written with another fingerprint is not reused (the stand-ins'
+    recipes are part of it: runs fine-tuned from other stand-ins must not be mixed in)."""
+    fingerprint = {"quick": opts.quick, "model": opts.model,
+                   "data": str(opts.data.expanduser().resolve()) if opts.data else None,
+                   "recipe": "real" if opts.real else ("quick" if opts.quick else "full"), "seed": opts.seed,
+                   "pretrain": None if opts.real else {f: r.as_dict() for f, r in standin_recipes(opts).items()}}
+    return json.loads(json.dumps(fingerprint))  # as demo.json holds it (tuples are lists there)
+
+
+def standin_recipes(opts: DemoOptions) -> dict[str, Any]:
+    """The pretraining recipes of the tiny stand-ins (configs/demo/pretrain_tiny.yaml) by family."""
+    from medblip.experiments.pretrain import load_recipe as load_pretrain_recipe
+
+    name = load_recipe("quick" if opts.quick else "full").pretrain
+    return {family: load_pretrain_recipe(family, name) for family in STANDIN_FAMILIES}
 
 
 @contextlib.contextmanager
@@ -235,15 +245,16 @@ def train_captions(data: Path) -> list[str]:
     return [r.caption for r in load_dataset(data, splits=["train"]).records]
 
 
-def tiny_config(model: Path, data: Path, out: Path, recipe: TinyRecipe, name: str) -> ExperimentConfig:
+def tiny_config(model: Path, data: Path, out: Path, recipe: TinyRecipe, name: str,
+                image_size: int, seed: int = 0) -> ExperimentConfig:
     from medblip.training.config import validate_config
 
     return validate_config({
         "name": name,
         "model": {"name_or_path": str(model)},
-        "data": {"path": str(data), "image_size": recipe.blip["image_size"], "cache_images": True},
+        "data": {"path": str(data), "image_size": image_size, "cache_images": True},
         "strategy": {"name": "full"},
-        "train": dict(recipe.train),
+        "train": {**recipe.train, "seed": seed},
         "generation": dict(recipe.generation),
         "output": {"dir": str(out)},
     }, f"demo {name}")
@@ -276,7 +287,9 @@ def compare_config(opts: DemoOptions, data: Path, out: Path, zero_shot: str, fin
 
     gen = asdict(blip_cfg.generation_settings())
     systems: list[dict[str, Any]] = [
-        {"name": ZERO_SHOT, "model": zero_shot, "description": "BLIP before fine-tuning",
+        {"name": ZERO_SHOT, "model": zero_shot,
+         "description": "BLIP before fine-tuning" if opts.real else
+         "the tiny BLIP stand-in before fine-tuning (pretrained on plain-language captions of shapes)",
          **({"family": "blip", "generation": {"prompt": load_real_recipe().zero_shot_prompt}} if opts.real else {})},
         {"name": FINE_TUNED, "model": str(fine_tuned), "description": "BLIP, all parameters fine-tuned"},
     ]
@@ -357,7 +370,7 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
                                f"{old.get('model') or 'tiny'}, data {old.get('data') or 'synthetic'}); "
                                "use another --out or delete it")
     recipe: TinyRecipe | RealRecipe = load_real_recipe() if opts.real else load_recipe("quick" if opts.quick else "full")
-    seed = 0
+    seed = opts.seed
     set_seed(seed)
     stages: dict[str, dict[str, Any]] = dict(state.get("stages") or {})
     notes: list[str] = []
@@ -368,6 +381,7 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
             "fingerprint": fingerprint, "options": {**asdict(opts), "out": str(opts.out),
                                                     "data": str(opts.data) if opts.data else None},
             "recipe": recipe.model_dump(mode="json"),
+            "pretrain_recipes": fingerprint["pretrain"],
             "resolved_configs": resolved, "stages": stages, "notes": notes,
             **run_metadata(seed=seed, command="demo")})
 
@@ -399,7 +413,7 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: TinyRecipe | RealRecipe, st:
     has_masks = (data / "facts.jsonl").is_file()
 
     # 3. models and configs
-    with st.stage("models", "tiny models" if not opts.real else f"model {opts.model}") as info:
+    with st.stage("models", "tiny pretrained stand-ins" if not opts.real else f"model {opts.model}") as info:
         if isinstance(recipe, RealRecipe):
             common = [f"data.path={data}", *(recipe.quick_overrides if opts.quick else []),
                       *(["train.mixed_precision=no"] if opts.device == "cpu" else [])]
@@ -409,21 +423,20 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: TinyRecipe | RealRecipe, st:
             zero_shot = opts.model
             info["status"] = "skipped (real model)"
         else:
-            from medblip.models import init_tiny
+            from medblip.experiments.pretrain import standins
 
             models = out / "models"
             blip_dir, vit_dir = models / "tiny-blip", models / "tiny-vit-gpt2"
-            made = []
-            captions: list[str] | None = None
-            for family, folder, key in (("blip", blip_dir, "blip"), ("vit-gpt2", vit_dir, "vit_gpt2")):
-                if (folder / "config.json").is_file():
-                    continue
-                captions = captions if captions is not None else train_captions(data)
-                init_tiny(family, folder, captions=captions, **getattr(recipe, key))
-                made.append(family)
-            info["status"] = f"created {', '.join(made)}" if made else "skipped (present)"
-            blip_cfg = tiny_config(blip_dir, data, out / "ablation", recipe, "demo-blip")
-            vit_cfg = tiny_config(vit_dir, data, out / "runs" / "vit-gpt2", recipe, "demo-vit-gpt2")
+            recipes = standin_recipes(opts)
+            # The tokenizers also learn the benchmark's captions, so fine-tuning never changes the vocabulary.
+            # Side by side in two processes for the full recipe (the quick one is done before they start).
+            made = standins({"blip": blip_dir, "vit-gpt2": vit_dir}, recipes, seed=opts.seed, captions=train_captions(data),
+                            parallel=not opts.quick, progress=opts.progress, log=lambda m: log("      " + m))
+            info["status"] = f"pretrained {', '.join(made)}" if made else "skipped (present)"
+            blip_cfg = tiny_config(blip_dir, data, out / "ablation", recipe, "demo-blip", recipes["blip"].image_size,
+                                   opts.seed)
+            vit_cfg = tiny_config(vit_dir, data, out / "runs" / "vit-gpt2", recipe, "demo-vit-gpt2",
+                                  recipes["vit-gpt2"].image_size, opts.seed)
             zero_shot = str(blip_dir)
         resolved["blip"] = blip_cfg.model_dump(mode="json")
         resolved["vit_gpt2"] = vit_cfg.model_dump(mode="json")
@@ -534,6 +547,13 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: TinyRecipe | RealRecipe, st:
         rep = collect(roots, title=title, examples=6, exclude=exclude)
         paths = build_report(rep, report_dir)
     headline = headline_table(comparison, abl, grounding)
+    if not opts.real:
+        from medblip.experiments.shape import shape_lines, study_shape, write_shape
+
+        criteria = study_shape(out, FINE_TUNED, ZERO_SHOT)
+        write_shape(out, criteria)
+        what = " (--quick: tiny budget, the values mean nothing)" if opts.quick else ""
+        headline += ["", f"The study's shape, measured on this run (shape.json){what}:", *shape_lines(criteria)]
     atomic_write_text(out / "headline.txt", "\n".join(headline) + "\n")
     save()
     return DemoResult(out, Path(paths["html"]), headline, st.record, notes)
