@@ -143,13 +143,20 @@ def train(config: ExperimentConfig, *, resume: bool = False, source: str = "<con
 
     # train.tf32 switches a process-wide flag; a caller's setting comes back after. transformers' checkpoint
     # loading / saving bars would interleave with the training bar: off for the run, restored after.
-    with (open_run(config, resume=resume, overwrite=overwrite, allow_changes=resume_with_changes, source=source),
-          tf32_restored(), library_progress(False)):
-        return _train(config, resume=resume, source=source, progress=progress, should_stop=should_stop)
+    # SIGINT/SIGTERM are caught from the start: one during setup (loading a large model takes minutes)
+    # stops the run after its first step, with checkpoints/last written and the folder's lock released.
+    stop = runfiles.StopFlag(should_stop)
+    stop.install()
+    try:
+        with (open_run(config, resume=resume, overwrite=overwrite, allow_changes=resume_with_changes,
+                       source=source), tf32_restored(), library_progress(False)):
+            return _train(config, resume=resume, source=source, progress=progress, stop=stop)
+    finally:
+        stop.uninstall()
 
 
 def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: bool,
-           should_stop: Callable[[int], bool] | None) -> TrainResult:
+           stop: runfiles.StopFlag) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
     from tqdm.auto import tqdm
@@ -278,8 +285,6 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
 
     # -- logging and signals ---------------------------------------------------------------------------
     log.open(config, loop.global_step, fresh=state is None, strategy=strategy_info)
-    stop = runfiles.StopFlag(should_stop)
-    stop.install()
     bar = tqdm(total=total_steps, initial=loop.global_step, disable=not (progress and is_main), unit="step",
                dynamic_ncols=True)
 
@@ -395,7 +400,6 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
                 break
     finally:
         bar.close()
-        stop.uninstall()
 
     # -- wrap up ---------------------------------------------------------------------------------------
     if loop.status != "interrupted" and val_ds.records and loop.last_eval_step != loop.global_step:
