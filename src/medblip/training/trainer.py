@@ -22,7 +22,7 @@ Kept elsewhere so that this file is the loop: the feature cache (:mod:`~medblip.
 validation (:mod:`~medblip.training.validation`), the run's files and stop flag (:mod:`~medblip.training.runfiles`),
 checkpoints (:mod:`~medblip.training.checkpoint`), kernels and fused AdamW (:mod:`medblip.perf.fast_train`),
 batches (:mod:`~medblip.training.data`: uint8 images through a lookup table, captions tokenized once,
-length buckets). The loop's position and early-stopping bookkeeping is one :class:`LoopState`.
+length buckets), the loop's position and early-stopping bookkeeping (:class:`~medblip.training.loop_state.LoopState`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,58 +57,19 @@ from medblip.training.data import (
     validation_subset,
 )
 from medblip.training.feature_cache import build_feature_cache, plan_feature_cache
+from medblip.training.loop_state import LoopState
 from medblip.training.run_guard import open_run
 from medblip.training.validation import SCORER_NAME, check_metric_name, validate, zero_shot
 
 if TYPE_CHECKING:
     from medblip.models.base import CaptionModel
-    from medblip.training.config import EarlyStoppingConfig, ExperimentConfig
+    from medblip.training.config import ExperimentConfig
 
 _SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 class TrainingDiverged(MedblipError):
     """The loss (or gradient norm) became NaN/Inf; the message names the step and the checkpoint kept."""
-
-
-@dataclass
-class LoopState:
-    """Where the loop is. The first seven fields go into ``trainer_state.pt`` and come back on ``--resume``."""
-
-    epoch: int = 0  # position of the latest optimizer step: its epoch ...
-    batch_in_epoch: int = 0  # ... and the batches of that epoch done
-    global_step: int = 0
-    best_metric: float | None = None
-    best_step: int | None = None
-    bad_evals: int = 0
-    feature_cache_seconds: float = 0.0  # building the feature cache, over every segment of the run
-    status: str = "completed"
-    last_eval: dict[str, Any] = field(default_factory=dict)
-    last_eval_step: int = -1
-
-    SAVED = ("epoch", "batch_in_epoch", "global_step", "best_metric", "best_step", "bad_evals",
-             "feature_cache_seconds")
-
-    @classmethod
-    def restored(cls, state: dict[str, Any]) -> LoopState:
-        return cls(**{k: state[k] for k in cls.SAVED if k in state})
-
-    def saved(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.SAVED}
-
-    def record_eval(self, value: float, es: EarlyStoppingConfig) -> bool:
-        """Early-stopping bookkeeping for one validation score; True when it is a new best."""
-        best = self.best_metric
-        improved = best is None or (value < best - es.min_delta if es.resolved_mode() == "min"
-                                    else value > best + es.min_delta)
-        if improved:
-            self.best_metric, self.best_step, self.bad_evals = value, self.global_step, 0
-        else:
-            self.bad_evals += 1
-        return improved
-
-    def patience_spent(self, patience: int | None) -> bool:
-        return patience is not None and self.bad_evals >= patience
 
 
 @dataclass
