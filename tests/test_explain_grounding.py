@@ -1,5 +1,5 @@
-"""Grounding on a tiny BLIP that has *learned* the synthetic benchmark (the full demo's pretrained stand-in,
-fine-tuned with the demo's recipe).
+"""Grounding on a tiny BLIP that has *learned* the synthetic benchmark (``grounded_tiny_blip``: the
+GROUNDING recipe of tests/_train_fixtures.py, trained from random weights on the full demo's benchmark).
 
 The finding words' maps must point inside the true lesion masks clearly more often than a uniform map
 (the mask's area fraction) and a centre-bias map do; a random model must not (the score measures the
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.slow  # trained_tiny_blip: tests/_train_fixtures.py, registered in conftest
+pytestmark = pytest.mark.slow  # grounded_tiny_blip: tests/_train_fixtures.py, registered in conftest
 
 
 def _grounding(model_dir: Any, data_dir: Any, method: str) -> dict[str, Any]:
@@ -24,32 +24,31 @@ def _grounding(model_dir: Any, data_dir: Any, method: str) -> dict[str, Any]:
     return evaluate_grounding(adapter, data_dir, split="test", settings=ExplainSettings(method=method))
 
 
-#: What the demo's recipe reliably achieves: its pretrained BLIP stand-in fine-tuned (``medblip demo --seed
-#: 0|1|2``, 2026-11-27, 2-core CPU machine, transformers 5.24; seeds change the stand-in's initialisation
-#: and the fine-tuning's data order; the benchmark's data seed 0, 115 findings on the test split).
-#: Attention maps of the finding words:
+#: What the GROUNDING recipe reliably achieves (model and training seeds 0, 1, 2; 2026-11-27, the 2-core
+#: CPU machine, 2 threads, transformers 5.24, the trainer's defaults: SDPA and fused AdamW on CPU; the
+#: benchmark's data seed 0, 115 findings on the test split). Attention maps of the finding words:
 #:
-#:   seed  hit (strict)  hit within one patch  energy in the lesion
-#:   0     0.043         0.087                 0.0181
-#:   1     0.052         0.113                 0.0230
-#:   2     0.026         0.052                 0.0176
+#:   seed  hit (strict)  hit within one patch  energy in the lesion   Grad-CAM energy
+#:   0     0.052         0.104                 0.0172                 0.0203
+#:   1     0.052         0.113                 0.0224                 0.0183
+#:   2     0.035         0.078                 0.0272                 0.0206
 #:   uniform map 0.014 / 0.0385 / 0.0140;  centre-bias map 0.000 / 0.0348 / 0.0227
-#:   the same architecture untrained (seeds 0-2, before the stand-ins): hit within one patch 0.009-0.026
 #:
-#: Grad-CAM energy: 0.0171, 0.0319, 0.0180 (uniform 0.0140). The strict pointing game (3 to 6 hits of
-#: 115 against 1.6 expected) stays far below the 0.15 issue 21 asks for and is not asserted here (README,
-#: "What the demo does"). The fixture trains with two threads, the demo with one: same recipe and seed,
-#: not bit-identical weights.
-TOLERANT_HIT_FACTOR = 1.2  # lowest seed: 1.37x the better baseline
-ENERGY_FACTOR = 1.15  # lowest seed: 1.26x the uniform map's
-GRADCAM_ENERGY_FACTOR = 1.1  # lowest seed: 1.22x
+#: The demo's fine-tuned stand-in (``trained_tiny_blip``) grounds less and not reliably: fine-tuning seeds
+#: 0-2 of the same stand-in gave hit within one patch 0.061 / 0.087 / 0.104 but lesion energy 0.0151 /
+#: 0.0133 / 0.0145 (uniform 0.0140) and Grad-CAM energy 0.0121 / 0.0161 / 0.0151; with ``train.sdpa: off``
+#: hit within one patch fell to 0.035 on seed 0. It is not asserted here; issue 21's pointing-game target
+#: (0.15) is not met by either model (README, "What the demo does").
+TOLERANT_HIT_FACTOR = 1.6  # lowest seed: 2.03x the better baseline
+ENERGY_FACTOR = 1.15  # lowest seed: 1.23x the uniform map's
+GRADCAM_ENERGY_FACTOR = 1.15  # lowest seed: 1.31x
 
 
-def test_trained_model_points_at_the_lesion(trained_tiny_blip: Any) -> None:
+def test_trained_model_points_at_the_lesion(grounded_tiny_blip: Any) -> None:
     """Cross-attention of the finding words: within one patch of the lesion clearly more often than a
     uniform or centre-bias map, and more of the map's mass inside the lesion than a uniform map has
     (margins below the lowest of three training seeds, see the table above)."""
-    result = _grounding(trained_tiny_blip.model_dir, trained_tiny_blip.data_dir, "attention")
+    result = _grounding(grounded_tiny_blip.model_dir, grounded_tiny_blip.data_dir, "attention")
     s = result["summary"]
     sc = s["scores"]
     assert s["n"] >= 80, s  # the test split's images with a finding named in the reference
@@ -58,23 +57,21 @@ def test_trained_model_points_at_the_lesion(trained_tiny_blip: Any) -> None:
     assert sc["model"]["energy"] >= ENERGY_FACTOR * sc["uniform"]["energy"], sc
 
 
-def test_gradcam_maps_of_the_trained_model_beat_the_uniform_map(trained_tiny_blip: Any) -> None:
+def test_gradcam_maps_of_the_trained_model_beat_the_uniform_map(grounded_tiny_blip: Any) -> None:
     """Grad-CAM of the finding words puts more of its mass in the lesion than a uniform map does."""
-    result = _grounding(trained_tiny_blip.model_dir, trained_tiny_blip.data_dir, "gradcam")
+    result = _grounding(grounded_tiny_blip.model_dir, grounded_tiny_blip.data_dir, "gradcam")
     sc = result["summary"]["scores"]
     assert sc["model"]["energy"] >= GRADCAM_ENERGY_FACTOR * sc["uniform"]["energy"], sc
 
 
-def test_untrained_model_is_not_grounded(trained_tiny_blip: Any, tmp_path: Any) -> None:
-    """Same architecture (the stand-in's), random weights: nothing beyond the baselines."""
-    from _train_fixtures import train_captions
-    from medblip.experiments.demo import load_recipe as load_demo_recipe
-    from medblip.experiments.pretrain import load_recipe
+def test_untrained_model_is_not_grounded(grounded_tiny_blip: Any, tmp_path: Any) -> None:
+    """Same architecture (the GROUNDING recipe's), random weights: nothing beyond the baselines."""
+    from _train_fixtures import GROUNDING, train_captions
     from medblip.models import init_tiny
 
-    recipe = load_recipe("blip", load_demo_recipe("full").pretrain)
-    init = init_tiny("blip", tmp_path / "init", captions=train_captions(trained_tiny_blip.data_dir), **recipe.model)
-    result = _grounding(init, trained_tiny_blip.data_dir, "attention")
+    init = init_tiny("blip", tmp_path / "init", captions=train_captions(grounded_tiny_blip.data_dir),
+                     **GROUNDING["blip"])
+    result = _grounding(init, grounded_tiny_blip.data_dir, "attention")
     assert result["p_value"]["vs_uniform"] > 0.05, (result["hits"], result["summary"]["scores"])
     sc = result["summary"]["scores"]
     # what the trained model is asked for above is not what an untrained one gets
