@@ -92,6 +92,16 @@ def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
         fh.flush()
 
 
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when the file is absent, unreadable, not JSON or not an object
+    (bookkeeping files - markers, locks, caches - that are rewritten when they cannot be read)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield JSON objects; a malformed line raises ``DataError`` naming file and line."""
     for _, obj in read_jsonl_lines(path):

@@ -46,11 +46,9 @@ def pid_alive(pid: int) -> bool:
 
 
 def _read_holder(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    from medblip.io import read_json_object
+
+    return read_json_object(path) or {}
 
 
 def _describe(holder: dict[str, Any]) -> str:

@@ -23,7 +23,6 @@ Usage, e.g. in a new command::
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -42,11 +41,10 @@ class OutputError(MedblipError):
 
 def read_marker(folder: str | Path) -> dict[str, Any] | None:
     """``folder``'s marker (``{"command", "entries", "medblip"}``); ``None`` when absent or unreadable."""
-    try:
-        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("command"), str) else None
+    from medblip.io import read_json_object
+
+    data = read_json_object(Path(folder) / MARKER)
+    return data if data is not None and isinstance(data.get("command"), str) else None
 
 
 def write_marker(folder: str | Path, command: str, entries: list[str] | None = None) -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from medblip.errors import ConfigError, MedblipError
-from medblip.io import atomic_write_json
+from medblip.io import atomic_write_json, read_json_object
 from medblip.outputs import check_output_dir, ensure_writable_dir, install_output_dir
 
 RECIPE_FILE = "demo/pretrain_tiny.yaml"
@@ -123,11 +123,7 @@ def recipe_key(recipe: PretrainRecipe, seed: int, captions: Iterable[str]) -> st
 
 
 def read_pretrain_json(folder: str | Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads((Path(folder) / PRETRAIN_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    return read_json_object(Path(folder) / PRETRAIN_JSON)
 
 
 def _experiment(model: Path, corpus: Path, out: Path, recipe: PretrainRecipe, stage: Stage, seed: int) -> Any:

@@ -31,7 +31,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from medblip.errors import ConfigError, MedblipError
-from medblip.io import atomic_write_json, atomic_write_text
+from medblip.io import atomic_write_json, atomic_write_text, read_json_object
 
 #: written into every export: where it came from, the generation settings, the evaluations in the card
 EXPORT_INFO = "medblip_export.json"
@@ -294,11 +294,7 @@ def _evaluation_section(metrics_path: Path) -> list[str]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json_object(path) or {}
 
 
 def _num(value: Any) -> str:

@@ -32,7 +32,7 @@ from medblip.data.shapes.captions import write_caption
 from medblip.data.shapes.scene import render, sample_scene
 from medblip.data.synth.generate import SPLITS, split_counts
 from medblip.errors import DataError, MedblipError
-from medblip.io import atomic_replace_dir, atomic_write_json, dumps
+from medblip.io import atomic_replace_dir, atomic_write_json, dumps, read_json_object
 
 SHAPES_VERSION = "1.0"
 META = "shapes.json"
@@ -76,13 +76,7 @@ def render_picture(seed: int, index: int, size: int, simple_rate: float = vocab.
 
 def read_meta(out: str | Path) -> dict[str, Any] | None:
     """``shapes.json`` of a corpus folder, or None when there is none (or it is unreadable)."""
-    import json
-
-    try:
-        meta = json.loads((Path(out) / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
+    return read_json_object(Path(out) / META)
 
 
 def generate_shapes(out: str | Path, n: int, seed: int = 0, size: int = 64,
