@@ -15,9 +15,13 @@ CEUR-WS Vol-3740):
   the caption is prefixed with "A photo depicts", CLIP-S = 2.5 * max(cos(image, caption), 0),
   RefCLIP-S = harmonic mean of CLIP-S and max(max over references of cos(caption, reference), 0);
   ``openai/clip-vit-base-patch32`` (ViT-B/32, the model of the paper) by default.
-* **BLEURT** -- BLEURT-20 has no PyTorch implementation that installs with the transformers releases
-  medblip supports (``bleurt-pytorch`` 0.0.1, the only one on PyPI, imports APIs that transformers 5
-  removed), so it is reported as not available, with that reason, and the rest is computed.
+* **BLEURT** -- as the ImageCLEFmedical 2025 Caption evaluator computes it (its ``CaptionEvaluator.
+  compute_bleurt``: the PyTorch BLEURT checkpoint ``lucadiliello/BLEURT-20-D12``, the preprocessed
+  reference and caption as one pair, ``truncation=True, max_length=512``, the model's raw output, mean
+  over images; no rule for empty captions), with transformers' BERT/RemBERT classes
+  (:mod:`medblip.evaluation.bleurt`, since the ``bleurt-pytorch`` package does not import with
+  transformers 5). The evaluator has one reference per image; with several, an image scores its best
+  reference, as BERTScore and ROUGE-1 do here.
 
 Models load through ``from_pretrained`` (a hub id, downloaded once into the Hugging Face cache, or a
 local folder), once per process, on the GPU when there is one. A model that cannot be loaded (e.g.
@@ -46,9 +50,6 @@ from medblip.runinfo import versions_of
 #: Hessel et al.'s weight and text prompt (clipscore.py: ``w=2.5``, ``prefix='A photo depicts'``)
 CLIP_W = 2.5
 CLIP_PREFIX = "A photo depicts "
-BLEURT_UNAVAILABLE = (
-    "BLEURT not available: no PyTorch BLEURT-20 installs with transformers 5 (bleurt-pytorch 0.0.1, the only "
-    "one on PyPI, fails to import there); compute it with Google's bleurt package (TensorFlow) outside medblip")
 _TEXT_BATCH, _IMAGE_BATCH = 64, 32
 
 ImageSource = str | Path | bytes | None
@@ -195,6 +196,34 @@ def rouge1_f(references: Sequence[Sequence[str]], predictions: Sequence[str]) ->
     return np.asarray(values, dtype=np.float64), {"use_stemmer": False, "versions": versions_of("rouge-score")}
 
 
+# -- BLEURT ------------------------------------------------------------------------------------------------------
+def bleurt_scores(references: Sequence[Sequence[str]], predictions: Sequence[str], model: str,
+                  device: str | None = None, key: str = "bleurt") -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-image BLEURT (the best over an image's references) and what produced it."""
+    from medblip.evaluation.bleurt import load_bleurt, score_pairs
+
+    device = resolve_device(device)
+    try:
+        bleurt = load_bleurt(model, device)
+    except ImportError as exc:
+        raise MetricUnavailable(f"BLEURT not computed: {exc}") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise _unavailable_model("BLEURT", model, key, exc) from None
+    owner = np.array([i for i, refs in enumerate(references) for _ in refs], dtype=np.int64)
+
+    def compute() -> np.ndarray:
+        pairs = score_pairs(bleurt, [r for refs in references for r in refs], [predictions[i] for i in owner])
+        values = np.full(len(predictions), -np.inf)
+        np.maximum.at(values, owner, pairs)
+        return values
+
+    values = _cached(["bleurt", model, bleurt.revision, device, list(references), list(predictions)], compute)
+    info = {"model": model, "revision": bleurt.revision, "architecture": type(bleurt.model).__name__,
+            "tokenizer": bleurt.tokenizer, "max_length": bleurt.max_length, "device": device,
+            "versions": versions_of("transformers", "torch", "sentencepiece")}
+    return values, info
+
+
 # -- CLIPScore / RefCLIPScore ---------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=2)
 def _clip(model: str, device: str) -> tuple[Any, Any, Any]:
@@ -320,7 +349,8 @@ def model_metrics(selection: MetricSelection, references: Sequence[Sequence[str]
         _run(out, "bertscore", lambda: bertscore_f1(texts_references, texts_predictions,
                                                     selection.model_for("bertscore"), device))
     if "bleurt" in wanted:
-        out.unavailable[METRIC_NAMES["bleurt"]] = BLEURT_UNAVAILABLE
+        _run(out, "bleurt", lambda: bleurt_scores(texts_references, texts_predictions, selection.model_for("bleurt"),
+                                                  device))
     clip_wanted = [m for m in ("clipscore", "refclipscore") if m in wanted]
     if clip_wanted:
         names = [METRIC_NAMES[m] for m in clip_wanted]
@@ -357,5 +387,4 @@ def _run(out: ModelMetricResult, metric: str, compute: Callable[[], tuple[np.nda
     out.info[name] = info
 
 
-__all__ = ["BLEURT_UNAVAILABLE", "CLIP_PREFIX", "CLIP_W", "MetricUnavailable", "ModelMetricResult",
-           "bertscore_f1", "clip_scores", "model_metrics", "rouge1_f"]
+__all__ = ["CLIP_PREFIX", "CLIP_W", "MetricUnavailable", "ModelMetricResult", "bertscore_f1", "bleurt_scores", "clip_scores", "model_metrics", "rouge1_f"]
