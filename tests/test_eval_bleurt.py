@@ -121,3 +121,33 @@ def test_a_missing_or_wrong_checkpoint_is_one_line_and_the_rest_is_computed(tmp_
     result = score_predictions(rows, bootstrap=0, java=False, metrics="coco,bleurt", models={"bleurt": str(tmp_path)})
     assert "model_type 'bert', not 'bleurt'" in result["unavailable"]["BLEURT"]
     assert "--metric-model bleurt=DIR" in result["unavailable"]["BLEURT"] and "BLEU-1" in result["metrics"]
+
+
+@pytest.mark.slow
+def test_the_default_model_from_the_hub_cache_offline_with_its_revision(tmp_path: Path) -> None:
+    """``medblip score --metrics bleurt`` with no model named reads ``lucadiliello/BLEURT-20-D12`` from the
+    Hugging Face cache (here a cache holding the tiny checkpoint under that id), offline, and records the
+    snapshot's commit in metrics.json."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--lucadiliello--BLEURT-20-D12"
+    shutil.copytree(DATA / "tiny-bleurt-wordpiece", repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    expected = EXPECTED["tiny-bleurt-wordpiece"]
+    pred = tmp_path / "predictions.jsonl"
+    pred.write_text("".join(json.dumps(r) + "\n" for r in _rows(expected["references"], expected["candidates"])))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "-m", "medblip", "score", str(pred), "--metrics", "bleurt", "--bootstrap",
+                           "20", "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    info = data["model_metrics"]["BLEURT"]
+    assert info["model"] == "lucadiliello/BLEURT-20-D12" and info["revision"] == commit
+    assert data["per_image"]["BLEURT"] == pytest.approx(expected["scores"], abs=1e-6)

@@ -58,7 +58,6 @@ class Bleurt:
     sep_id: int
     max_length: int
     tokenizer: str
-    revision: str | None
 
 
 def model_config(raw: dict[str, Any]) -> Any:
@@ -77,14 +76,14 @@ def model_config(raw: dict[str, Any]) -> Any:
     return BertConfig(**fields)
 
 
-def _file(model: str, name: str, revision: str | None) -> str | None:
+def _file(model: str, name: str) -> str | None:
     from transformers.utils import cached_file
 
-    return cached_file(model, name, revision=revision, _raise_exceptions_for_missing_entries=False)
+    return cached_file(model, name, _raise_exceptions_for_missing_entries=False)
 
 
-def _tokenizer(model: str, revision: str | None) -> tuple[Callable[[str], list[int]], int, int, str, dict[str, Any]]:
-    spm_path = _file(model, SPM_FILE, revision)
+def _tokenizer(model: str) -> tuple[Callable[[str], list[int]], int, int, str, dict[str, Any]]:
+    spm_path = _file(model, SPM_FILE)
     if spm_path:
         try:
             import sentencepiece
@@ -98,12 +97,12 @@ def _tokenizer(model: str, revision: str | None) -> tuple[Callable[[str], list[i
         def tokenize(text: str) -> list[int]:
             return [sp.piece_to_id(p) for p in sp.encode(text, out_type=str)]
 
-        config_path = _file(model, "tokenizer_config.json", revision)
+        config_path = _file(model, "tokenizer_config.json")
         settings = json.loads(Path(config_path).read_text(encoding="utf-8")) if config_path else {}
         return tokenize, cls_id, sep_id, "sentencepiece", settings
     from transformers import BertTokenizer
 
-    tok = BertTokenizer.from_pretrained(model, revision=revision)
+    tok = BertTokenizer.from_pretrained(model)
 
     def tokenize(text: str) -> list[int]:
         return tok(text, add_special_tokens=False)["input_ids"]
@@ -112,25 +111,25 @@ def _tokenizer(model: str, revision: str | None) -> tuple[Callable[[str], list[i
 
 
 @functools.lru_cache(maxsize=2)
-def load_bleurt(model: str, device: str, revision: str | None = None) -> Bleurt:
+def load_bleurt(model: str, device: str) -> Bleurt:
     """Load a PyTorch BLEURT checkpoint (hub id or folder) onto ``device``, in eval mode."""
     from transformers import BertForSequenceClassification, PretrainedConfig, RemBertForSequenceClassification
 
-    raw, _ = PretrainedConfig.get_config_dict(model, revision=revision)
+    raw, _ = PretrainedConfig.get_config_dict(model)
     config = model_config(raw)
     rembert = config.model_type == "rembert"
     cls = RemBertForSequenceClassification if rembert else BertForSequenceClassification
-    net, loading = cls.from_pretrained(model, config=config, revision=revision, output_loading_info=True,
+    net, loading = cls.from_pretrained(model, config=config, output_loading_info=True,
                                        key_mapping=KEY_MAPPING_REMBERT if rembert else KEY_MAPPING_BERT)
     if loading["missing_keys"]:  # left random, the scores would mean nothing
         missing = sorted(loading["missing_keys"])
         raise BleurtCheckpointError(f"the weights lack {len(missing)} tensor(s) of {cls.__name__} "
                                     f"(e.g. {missing[0]}); is it a PyTorch BLEURT checkpoint?")
-    tokenize, cls_id, sep_id, kind, settings = _tokenizer(model, revision)
+    tokenize, cls_id, sep_id, kind, settings = _tokenizer(model)
     limit = settings.get("model_max_length")
     max_length = min(MAX_LENGTH, config.max_position_embeddings,
                      int(limit) if isinstance(limit, int | float) and limit > 0 else MAX_LENGTH)
-    return Bleurt(net.to(device).eval(), tokenize, cls_id, sep_id, max_length, kind, raw.get("_commit_hash"))
+    return Bleurt(net.to(device).eval(), tokenize, cls_id, sep_id, max_length, kind)
 
 
 def truncate_pair(reference: list[int], candidate: list[int], budget: int) -> tuple[list[int], list[int]]:

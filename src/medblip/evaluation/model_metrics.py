@@ -89,8 +89,19 @@ def _unavailable_model(metric: str, model: str, key: str, exc: BaseException) ->
     return MetricUnavailable(f"{metric} not computed: cannot load model {model!r} ({reason[:160]}); {how}")
 
 
-def _revision(config: Any) -> str | None:
-    return getattr(config, "_commit_hash", None) or None
+def _revision(model: str) -> str | None:
+    """The commit of the hub snapshot ``model`` was loaded from (None for a local folder). transformers 5
+    configs no longer carry ``_commit_hash``, so it is read off the cached config.json's snapshot path."""
+    from transformers.utils import cached_file
+    from transformers.utils.hub import extract_commit_hash
+
+    if Path(model).expanduser().is_dir():
+        return None
+    try:
+        path = cached_file(model, "config.json", _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return None
+    return extract_commit_hash(path, None)
 
 
 # -- result cache: compare scores the same system again for its paired tests -------------------------
@@ -172,7 +183,7 @@ def bertscore_f1(references: Sequence[Sequence[str]], predictions: Sequence[str]
         return values
 
     values = _cached(["bertscore", model, layers, device, list(references), list(predictions)], compute)
-    info = {"model": model, "revision": _revision(getattr(scorer._model, "config", None)), "num_layers": layers,
+    info = {"model": model, "revision": _revision(model), "num_layers": layers,
             "idf": False, "rescale_with_baseline": False, "hash": scorer.hash, "device": device,
             "versions": versions_of("bert-score", "transformers", "torch")}
     return values, info
@@ -217,8 +228,8 @@ def bleurt_scores(references: Sequence[Sequence[str]], predictions: Sequence[str
         np.maximum.at(values, owner, pairs)
         return values
 
-    values = _cached(["bleurt", model, bleurt.revision, device, list(references), list(predictions)], compute)
-    info = {"model": model, "revision": bleurt.revision, "architecture": type(bleurt.model).__name__,
+    values = _cached(["bleurt", model, device, list(references), list(predictions)], compute)
+    info = {"model": model, "revision": _revision(model), "architecture": type(bleurt.model).__name__,
             "tokenizer": bleurt.tokenizer, "max_length": bleurt.max_length, "device": device,
             "versions": versions_of("transformers", "torch", "sentencepiece")}
     return values, info
@@ -325,7 +336,7 @@ def clip_scores(references: Sequence[Sequence[str]], predictions: Sequence[str],
     if problems:
         notes.append(f"{len(problems)} of {len(predictions)} image(s) could not be used "
                      f"(e.g. {problems[0]}); scored on the other {int(mask.sum())}")
-    info = {"model": model, "revision": _revision(clip.config), "w": CLIP_W, "prefix": CLIP_PREFIX.strip(),
+    info = {"model": model, "revision": _revision(model), "w": CLIP_W, "prefix": CLIP_PREFIX.strip(),
             "device": device, "images_scored": int(mask.sum()), "versions": versions_of("transformers", "torch")}
     return clip_s, ref_clip_s, mask, info, notes
 

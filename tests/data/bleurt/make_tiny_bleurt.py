@@ -13,7 +13,7 @@ padding="longest", truncation=True, max_length=...)``, then the logits; in float
 comparison free of rounding), plus the token ids it fed the model. It needs the port, which only imports with transformers 4.x::
 
     python3 -m venv /tmp/bleurtref
-    /tmp/bleurtref/bin/pip install torch 'transformers<4.46' sentencepiece bleurt-pytorch==0.0.1
+    /tmp/bleurtref/bin/pip install torch 'transformers<4.46' sentencepiece protobuf bleurt-pytorch==0.0.1
     /tmp/bleurtref/bin/python tests/data/bleurt/make_tiny_bleurt.py
 """
 
