@@ -84,8 +84,8 @@ def test_truncation_is_transformers_longest_first() -> None:
 def test_several_references_score_the_best_and_imageclef_preprocesses() -> None:
     model = _checkpoint("tiny-bleurt-wordpiece")
     refs = [["Chest radiograph: 2 nodules.", "axial ct of the chest shows a small nodule"],
-            ["T2-weighted MRI of the brain."]]
-    preds = ["CT of the chest, 1 nodule", "brain mri"]
+            ["T2-weighted MRI of the brain."], ["..."]]
+    preds = ["CT of the chest, 1 nodule", "brain mri", "!"]  # the last: both empty once preprocessed
     result = score_predictions(_rows(refs, preds), bootstrap=0, java=False, metrics="bleurt",
                                models={"bleurt": model}, imageclef=True)
     bleurt = load_bleurt(model, "cpu")
@@ -93,7 +93,9 @@ def test_several_references_score_the_best_and_imageclef_preprocesses() -> None:
     first = score_pairs(bleurt, [imageclef_preprocess(r) for r in refs[0]], [clean[0]] * 2)
     second = score_pairs(bleurt, [imageclef_preprocess(refs[1][0])], [clean[1]])
     assert first[0] != pytest.approx(first[1], abs=1e-3)  # the max picks one of two different scores
-    assert result["per_image"]["BLEURT"] == pytest.approx([first.max(), second[0]], abs=1e-6)  # float32, other batches
+    # both empty: the evaluator has no rule for BLEURT (unlike BERTScore's 1), the model scores the pair
+    empty = score_pairs(bleurt, [""], [""])
+    assert result["per_image"]["BLEURT"] == pytest.approx([first.max(), second[0], empty[0]], abs=1e-6)  # float32
 
 
 def test_paired_tests_cover_bleurt() -> None:
