@@ -22,8 +22,8 @@ SentencePiece checkpoints (``spm.model``: BLEURT-20 and its distillations) are t
 Equal to the port to float rounding (``tests/test_eval_bleurt.py``), and so to what the ImageCLEFmedical
 2025 Caption evaluator computes, which runs the port. The port itself is not bit-equal to Google's
 TensorFlow BLEURT (a user measured up to 0.14% per score, 0.06% on average: lucadiliello/bleurt-pytorch
-issue #1; a likely cause: Google's TF BERT code, bleurt/lib/modeling.py, computes "gelu" with the tanh approximation,
-transformers with the exact erf form).
+issue #1; a likely cause: Google's TF BERT code, bleurt/lib/modeling.py, computes "gelu" with the tanh
+approximation, transformers with the exact erf form).
 """
 
 from __future__ import annotations
