@@ -83,9 +83,19 @@ def model_config(raw: dict[str, Any]) -> Any:
 
 
 def _file(model: str, name: str) -> str | None:
-    from transformers.utils import cached_file
+    """``name`` of a checkpoint folder or hub repo (downloaded once), or None when it has no such file
+    (offline and not cached counts as absent: the tokenizer file decides which tokenizer is used, and a
+    checkpoint whose weights loaded offline had its whole repo downloaded)."""
+    folder = Path(model)
+    if folder.is_dir():
+        return str(folder / name) if (folder / name).is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
-    return cached_file(model, name, _raise_exceptions_for_missing_entries=False)
+    try:
+        return hf_hub_download(model, name)
+    except EntryNotFoundError:  # LocalEntryNotFoundError (offline) is one too
+        return None
 
 
 def _tokenizer(model: str) -> tuple[Callable[[str], list[int]], int, int, str, dict[str, Any]]:
