@@ -24,7 +24,10 @@ def create_app(models: Sequence[ServedModel], options: ApiOptions | None = None,
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "models": [m.name for m in models]}
+        # each model's settings and where each came from (option, the checkpoint's saved one, default)
+        return {"status": "ok", "models": [m.name for m in models],
+                "generation": {m.name: {k: m.describe()[k] for k in ("generation", "generation_source")}
+                               for m in models}}
 
     install(app, models, options)
     if page:
