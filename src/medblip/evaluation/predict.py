@@ -281,7 +281,7 @@ def predict(
             existing = read_predictions_file(path, repair=path == own_file)
             if procs.is_main or path == own_file:
                 notes.extend(existing.notes)
-            _check_compatible(path, existing.rows, model_name, gen, generation_source or {})
+            _check_compatible(path, existing.rows, model_name, gen, generation_source)
             done.update(existing.by_id)
         fingerprint_notes = _check_fingerprint(out_path, list(done.values()), model_name, images)
         notes += fingerprint_notes if procs.is_main else []
@@ -381,7 +381,8 @@ def _is_caption_model(obj: Any) -> bool:
 
 
 def _check_compatible(path: Path, rows: list[dict[str, Any]], model_name: str, gen: dict[str, Any],
-                      sources: Mapping[str, str]) -> None:
+                      sources: Mapping[str, str] | None = None) -> None:
+    sources = sources or {}
     for row in rows:
         old_model, old_gen = row.get("model"), row.get("generation")
         if old_model is not None and old_model != model_name:
@@ -391,8 +392,9 @@ def _check_compatible(path: Path, rows: list[dict[str, Any]], model_name: str, g
         if old_gen is not None and old_gen != gen:
             diff = sorted(k for k in set(gen) | set(old_gen) if gen.get(k) != old_gen.get(k))
             # e.g. a run made with medblip's defaults, resumed since the checkpoint's saved settings apply
-            changes = ", ".join(f"{k}: {old_gen.get(k)!r} -> {gen.get(k)!r}"
-                                + (f" ({sources[k]})" if k in sources else "") for k in diff)
+            whence = {CHECKPOINT: " from the checkpoint", DEFAULT: " by medblip's default"}
+            changes = ", ".join(f"{k}: {old_gen.get(k)!r} -> {gen.get(k)!r}{whence.get(sources.get(k), '')}"
+                                for k in diff)
             earlier = ", ".join(f"{k}={old_gen[k]!r}" for k in diff if old_gen.get(k) is not None)
             raise MedblipError(
                 f"{path} holds predictions made with different generation settings ({changes}); resuming "
