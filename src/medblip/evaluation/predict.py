@@ -599,8 +599,8 @@ def evaluate(
 ) -> EvaluationResult:
     """Caption a split with a model, score it and write the run folder ``out``.
 
-    ``generation`` holds only the settings asked for, over those the checkpoint saved, over medblip's
-    defaults (or a complete :class:`GenerationSettings`); run.json and metrics.json record the settings
+    ``generation`` holds only the settings asked for, over those a checkpoint given by name/path saved,
+    over medblip's defaults (or a complete :class:`GenerationSettings`); run.json and metrics.json record the settings
     and, in ``generation_source``, where each came from. ``score_options``: options of
     :func:`medblip.evaluation.score_predictions` (``metrics``, ``models``, ``device``, ``imageclef``,
     ``meteor``, ``java``, ``spice``, ``uncertain_as``); CLIPScore reads the records' images.
