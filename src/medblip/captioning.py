@@ -137,7 +137,8 @@ def caption_inputs(
     first = run.rows[0] if run.rows else {}
     config = {"command": "caption", "model": _model_name(model), "family": first.get("family") or family,
               "inputs": [str(i) for i in inputs], "series": series, "generation": first.get("generation"),
-              "generation_source": run.generation_source, "batch_size": batch_size, "device": device, "dtype": dtype, "captioner": captioner}
+              "generation_source": run.generation_source, "batch_size": batch_size, "device": device,
+              "dtype": dtype, "captioner": captioner}
     info = run_metadata(config, None, images=len(result.rows), generated=result.generated,
                         resumed=result.resumed, unreadable=[{"input": i, "reason": r} for i, r in result.unreadable],
                         dicom_series=scan.series, captioner=run.captioner, processes=Processes().world,

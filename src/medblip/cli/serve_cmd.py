@@ -79,13 +79,14 @@ def serve_cmd(
 
     if api_key is not None and not api_key.strip():
         raise MedblipError("--api-key / MEDBLIP_API_KEY is empty; give a key or leave it unset")
-    asked = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens,
-             "prompt": prompt}
+    options = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens,
+               "prompt": prompt}
+    asked = {k: v for k, v in options.items() if v is not None}  # the rest: each checkpoint's, else medblip's
     _check_port(host, port)
     warning = host_warning(host, api_key)
     if warning:
         typer.secho(f"medblip: warning: {warning}", fg=typer.colors.YELLOW, err=True)
-    models = load_models(model, {k: v for k, v in asked.items() if v is not None}, family=family, device=device, dtype=dtype,
+    models = load_models(model, asked, family=family, device=device, dtype=dtype,
                          batching=BatchingOptions(max_batch=max_batch, max_wait=batch_wait_ms / 1000,
                                                   max_queue=max_queue))
     for m in models:
