@@ -6,7 +6,8 @@ captioner where it supports the settings, resumable, split between processes und
 and writes, for ``out=captions.csv`` (or ``.jsonl``)::
 
     captions.csv                one row per image: id, path, series_uid, instance_number, frame, caption
-    captions.run.json           model, settings (and where each came from), captioner used, counts, what was skipped and why; versions
+    captions.run.json           model, settings (and where each came from), captioner used, counts, what
+                                was skipped and why; versions
     captions.predictions.jsonl  the resumable log (one line per captioned image, as ``medblip evaluate``'s)
     captions.predictions.fingerprint.json  what the log was made with (a resume with other model files stops)
 
