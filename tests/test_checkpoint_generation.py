@@ -103,12 +103,14 @@ def _captions(out: Path) -> list[str]:
 
 
 def test_caption_follows_the_saved_settings_unless_an_option_says_otherwise(saved_run, served_blip_dir, images,
-                                                                           medblip_cli, tmp_path):
+                                                                           medblip_cli, capsys, tmp_path):
     adapter = create_model(saved_run / "checkpoints" / "best")
     decoded = [load_image(p) for p in images]
 
     # (a) no option: the run's settings (a run folder resolves to its best checkpoint)
     info = _caption(medblip_cli, saved_run, images, tmp_path / "a.jsonl")
+    assert (f"{saved_run / 'checkpoints' / 'best'}: decoding with its saved generation settings (num_beams=1, "
+            "max_new_tokens=7) where no option says otherwise") in capsys.readouterr().err
     assert info["config"]["generation"] == dataclasses.asdict(SAVED)
     assert info["config"]["generation_source"] == _sources()
     captions = _captions(tmp_path / "a.jsonl")
@@ -122,7 +124,9 @@ def test_caption_follows_the_saved_settings_unless_an_option_says_otherwise(save
     assert _captions(tmp_path / "b.jsonl") == adapter.generate(decoded, dataclasses.replace(SAVED, num_beams=2))
 
     # (c) a checkpoint without saved settings: medblip's defaults
+    capsys.readouterr()
     info = _caption(medblip_cli, served_blip_dir, images[:1], tmp_path / "c.jsonl")
+    assert "saved generation settings" not in capsys.readouterr().err
     assert info["config"]["generation"] == DEFAULTS
     assert info["config"]["generation_source"] == dict.fromkeys(SETTING_FIELDS, "default")
     assert _captions(tmp_path / "c.jsonl") == adapter.generate(decoded[:1], GenerationSettings())  # same weights
@@ -189,6 +193,7 @@ def test_serve_follows_the_saved_settings_unless_an_option_says_otherwise(saved_
     try:
         run, plain, asked = models
         assert (run.settings, run.generation_source) == (SAVED, _sources())  # (a)
+        assert any("saved generation settings (num_beams=1, max_new_tokens=7)" in n for n in run.notes)
         assert asked.settings == dataclasses.replace(SAVED, num_beams=2)  # (b)
         assert asked.generation_source == _sources(num_beams="option")
         assert plain.settings == GenerationSettings()  # (c)

@@ -129,6 +129,19 @@ def resolve_settings(generation: GenerationSettings | Mapping[str, Any] | None =
     return make_settings(generation, base=base, source=source), where
 
 
+def saved_settings_note(checkpoint: str | Path, settings: GenerationSettings,
+                        sources: Mapping[str, str]) -> str | None:
+    """A line for the terminal naming the settings ``checkpoint`` decides that differ from medblip's
+    defaults (``None`` when there are none): captions unlike those of medblip's defaults say why."""
+    defaults = GenerationSettings()
+    used = {k: getattr(settings, k) for k, where in sources.items()
+            if where == CHECKPOINT and getattr(settings, k) != getattr(defaults, k)}
+    if not used:
+        return None
+    return (f"{checkpoint}: decoding with its saved generation settings "
+            f"({', '.join(f'{k}={v!r}' for k, v in used.items())}) where no option says otherwise")
+
+
 def settings_dict(settings: GenerationSettings) -> dict[str, Any]:
     return dataclasses.asdict(settings)
 
@@ -711,6 +724,8 @@ def predict_with(
     checkpoint, run_options, notes = resolve_checkpoint(model)
     settings, sources = resolve_settings(generation, checkpoint_generation_settings(checkpoint), source=source,
                                          saved_source=f"{checkpoint}: {GENERATION_CONFIG}")
+    if note := saved_settings_note(checkpoint, settings, sources):
+        notes.append(note)
     options = {**run_options, **dict(model_options or {})}
 
     def factory() -> CaptionModel:

@@ -86,7 +86,7 @@ def load_models(specs: Sequence[str], generation: GenerationSettings | Mapping[s
 
     ``generation``: the settings asked for (``--num-beams`` ...), over those each checkpoint saved, over
     medblip's defaults (a complete :class:`GenerationSettings` decides everything)."""
-    from medblip.evaluation.predict import display_name, resolve_settings
+    from medblip.evaluation.predict import display_name, resolve_settings, saved_settings_note
     from medblip.models import create_model
     from medblip.models.loading import (
         GENERATION_CONFIG,
@@ -112,6 +112,8 @@ def load_models(specs: Sequence[str], generation: GenerationSettings | Mapping[s
             adapter = create_model(checkpoint, family=family, dtype=dtype, device=auto_device(device), **options)
             batcher = MicroBatcher(adapter.generate, max_batch=batching.max_batch, max_wait=batching.max_wait,
                                    max_queue=batching.max_queue, name=name)
+            if note := saved_settings_note(checkpoint, settings, sources):
+                notes.append(note)
             served.append(ServedModel(name, adapter, settings, batcher, checkpoint, notes, sources))
     except BaseException:
         for m in served:
