@@ -23,7 +23,7 @@ def apply_max_pixels(max_pixels: int | None) -> None:
         set_max_pixels(max_pixels or None)
 
 #: medblip's GenerationSettings defaults, spelled out for --help (importing the models costs the CLI's
-#: start-up; tests/test_caption_cli.py checks that they agree)
+#: start-up; tests/test_checkpoint_generation.py checks that they agree)
 GENERATION_DEFAULTS: dict[str, Any] = {"num_beams": 3, "max_new_tokens": 64, "min_new_tokens": 0,
                                        "do_sample": False, "top_p": 1.0, "temperature": 1.0,
                                        "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
