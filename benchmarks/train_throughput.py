@@ -62,8 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="medblip's precision")
     p.add_argument("--no-sdpa", action="store_true")
     p.add_argument("--no-bucketing", action="store_true", help="the fast step without length buckets")
-    p.add_argument("--length-buckets", action="store_true",
-                   help="the trainer variant with train.length_buckets: true (default: the config default, off)")
+    p.add_argument("--length-buckets", default="auto", choices=["auto", "on", "off"],
+                   help="train.length_buckets of the trainer variant (default: the config default, auto: on for "
+                        "decoder_only on cached features, off otherwise)")
     p.add_argument("--no-feature-cache", action="store_true", help="decoder_only without cached features")
     p.add_argument("--compile", action="store_true", help="torch.compile medblip's module")
     p.add_argument("--lr", type=float, default=1e-5)
@@ -251,7 +252,8 @@ def run_trainer(adapter: Any, args: argparse.Namespace, pil: list[Any], captions
 
         result = train(config, progress=False, should_stop=step_end)
         cost = json.loads((root / "run" / "cost.json").read_text(encoding="utf-8"))
-        kernels = json.loads((root / "run" / "run.json").read_text(encoding="utf-8"))["distributed"]["kernels"]
+        run_info = json.loads((root / "run" / "run.json").read_text(encoding="utf-8"))
+        kernels = run_info["distributed"]["kernels"]
         rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines() if line]
         losses = [r["loss"] for r in rows if r.get("split") == "train" and "loss" in r]
     # timed like the other variants: the --steps steps after the --warmup ones
@@ -266,6 +268,7 @@ def run_trainer(adapter: Any, args: argparse.Namespace, pil: list[Any], captions
            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
            "options": {"mixed_precision": config.train.mixed_precision, **kernels,
                        "length_buckets": config.train.length_buckets,
+                       "length_buckets_used": run_info["length_buckets"]["used"],
                        "num_workers": config.data.num_workers, "image_cache": True}}
     fc = cost.get("feature_cache") or {}
     if fc.get("used"):  # built before the first step: the timed steps run on cached features

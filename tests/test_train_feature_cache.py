@@ -20,9 +20,11 @@ from medblip.errors import ConfigError
 from medblip.training import checkpoint as ckpt
 from medblip.training.config import ExperimentConfig, validate_config
 
-# 48 training images, batch 4, 2 batches per step: 6 optimizer steps per epoch, 12 in all.
+# 48 training images, batch 4, 2 batches per step: 6 optimizer steps per epoch, 12 in all. The batch
+# order is fixed (length_buckets off): by default (auto) a cached run batches by length and an uncached
+# one does not, and these tests compare the two on the same batches.
 QUICK = {"epochs": 2, "batch_size": 4, "grad_accum": 2, "lr": 1e-3, "warmup_steps": 1, "log_every": 1,
-         "val_subset": 6, "val_generate": False, "deterministic": True, "seed": 0}
+         "val_subset": 6, "val_generate": False, "deterministic": True, "seed": 0, "length_buckets": "off"}
 
 
 def config(model: Path, data: Path, out: Path, strategy: str = "decoder_only", **train: Any) -> ExperimentConfig:
@@ -196,3 +198,30 @@ def test_two_process_ddp_cached_matches_one_process(blip_runs: dict[str, Path], 
     wa, wb = weights(out), weights(blip_runs["on"])
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
+
+
+def test_cached_runs_batch_by_length_by_default(blip_runs: dict[str, Path], tiny_blip_dir: Path,
+                                                small_synth_dir: Path, tmp_path: Path) -> None:
+    """train.length_buckets: auto buckets exactly when the decoder trains on cached features, and says so."""
+    out = tmp_path / "auto"
+    result = run(config(tiny_blip_dir, small_synth_dir, out, length_buckets="auto"))
+    assert result.status == "completed" and result.global_step == 12
+    info = json.loads((out / "run.json").read_text())
+    assert info["feature_cache"]["used"]
+    assert info["length_buckets"] == {"used": True, "setting": "auto",
+                                      "why": "decoder trains on cached encoder features: padding dominates its step"}
+    plain = json.loads((blip_runs["on"] / "run.json").read_text())["length_buckets"]
+    assert plain == {"used": False, "setting": "off", "why": "train.length_buckets: off"}
+    # other batches, so other losses: the order really changed
+    assert [r["loss"] for r in rows(out)] != [r["loss"] for r in rows(blip_runs["on"])]
+    uncached = tmp_path / "uncached"
+    run(config(tiny_blip_dir, small_synth_dir, uncached, length_buckets="auto", cache_features="off", epochs=1))
+    assert json.loads((uncached / "run.json").read_text())["length_buckets"]["used"] is False
+
+
+def test_length_buckets_reads_yaml_booleans(tiny_blip_dir: Path, small_synth_dir: Path, tmp_path: Path) -> None:
+    # configs written before auto existed say true / false (and YAML 1.1 reads a bare on / off so)
+    assert config(tiny_blip_dir, small_synth_dir, tmp_path, length_buckets=True).train.length_buckets == "on"
+    assert config(tiny_blip_dir, small_synth_dir, tmp_path, length_buckets=False).train.length_buckets == "off"
+    with pytest.raises(ConfigError, match="length_buckets"):
+        config(tiny_blip_dir, small_synth_dir, tmp_path, length_buckets="sometimes")

@@ -12,7 +12,8 @@ METRICS_HELP = ("Comma-separated metric sets and metrics: coco, clinical (the de
                 "clipscore, refclipscore), or single ones: rouge1, bertscore, clipscore, refclipscore, bleurt.")
 METRIC_MODEL_HELP = ("KEY=MODEL: the model of a model-based metric, a hub id or a local folder (repeatable). "
                      "Keys: bertscore (default microsoft/deberta-xlarge-mnli), clip (default "
-                     "openai/clip-vit-base-patch32, for clipscore and refclipscore).")
+                     "openai/clip-vit-base-patch32, for clipscore and refclipscore), bleurt (default "
+                     "lucadiliello/BLEURT-20-D12, a PyTorch BLEURT checkpoint).")
 IMAGECLEF_HELP = ("ImageCLEFmedical Caption text preprocessing (lower-case, digits -> 'number', no punctuation) "
                   "before the text metrics, for ROCOv2 comparability; implied by --metrics imageclef.")
 

@@ -12,8 +12,9 @@
 ``bertscore``   BERTScore F1 (``bert-score``; the challenge's primary metric)
 ``clipscore``   CLIPScore (Hessel et al., 2021): image-caption agreement, no reference
 ``refclipscore``  RefCLIPScore: harmonic mean of CLIPScore and the best reference similarity
-``bleurt``      BLEURT-20: listed so that the set is complete; reported as not available (see
-                :mod:`medblip.evaluation.model_metrics`)
+``bleurt``      BLEURT (Sellam et al., 2020): a BERT regression model scoring the caption against
+                its reference; the challenge's checkpoint, BLEURT-20-D12, by default (see
+                :mod:`medblip.evaluation.bleurt`)
 ==============  ===============================================================================
 
 Model-based metrics load their model with ``from_pretrained``: a hub id (downloaded once into the
@@ -44,9 +45,12 @@ SETS: dict[str, tuple[str, ...]] = {
 DEFAULT_MODELS: dict[str, str] = {
     "bertscore": "microsoft/deberta-xlarge-mnli",
     "clip": "openai/clip-vit-base-patch32",
+    # the 2025 evaluator's: BLEURT-20 distilled to 12 layers, in the PyTorch conversion
+    "bleurt": "lucadiliello/BLEURT-20-D12",
 }
 #: which model key each model-based metric uses
-MODEL_OF: dict[str, str] = {"bertscore": "bertscore", "clipscore": "clip", "refclipscore": "clip"}
+MODEL_OF: dict[str, str] = {"bertscore": "bertscore", "clipscore": "clip", "refclipscore": "clip",
+                            "bleurt": "bleurt"}
 #: the name each single metric has in metrics.json
 METRIC_NAMES: dict[str, str] = {"rouge1": "ROUGE-1", "bertscore": "BERTScore-F1", "clipscore": "CLIPScore",
                                 "refclipscore": "RefCLIPScore", "bleurt": "BLEURT"}
@@ -139,7 +143,7 @@ class ScoringConfig(BaseModel):
 
     #: metric sets and single metrics (see medblip.evaluation.metric_sets), a list or "a,b"
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
-    #: model per key (bertscore, clip): a hub id or a local folder; defaults are the challenge's
+    #: model per key (bertscore, clip, bleurt): a hub id or a local folder; defaults are the challenge's
     models: dict[str, str] = Field(default_factory=dict)
     #: device of the model-based metrics (default: cuda when available)
     device: str | None = None

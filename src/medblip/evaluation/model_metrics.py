@@ -15,9 +15,13 @@ CEUR-WS Vol-3740):
   the caption is prefixed with "A photo depicts", CLIP-S = 2.5 * max(cos(image, caption), 0),
   RefCLIP-S = harmonic mean of CLIP-S and max(max over references of cos(caption, reference), 0);
   ``openai/clip-vit-base-patch32`` (ViT-B/32, the model of the paper) by default.
-* **BLEURT** -- BLEURT-20 has no PyTorch implementation that installs with the transformers releases
-  medblip supports (``bleurt-pytorch`` 0.0.1, the only one on PyPI, imports APIs that transformers 5
-  removed), so it is reported as not available, with that reason, and the rest is computed.
+* **BLEURT** -- as the ImageCLEFmedical 2025 Caption evaluator computes it (its ``CaptionEvaluator.
+  compute_bleurt``: the PyTorch BLEURT checkpoint ``lucadiliello/BLEURT-20-D12``, the preprocessed
+  reference and caption as one pair, ``truncation=True, max_length=512``, the model's raw output, mean
+  over images; no rule for empty captions), with transformers' BERT/RemBERT classes
+  (:mod:`medblip.evaluation.bleurt`, since the ``bleurt-pytorch`` package does not import with
+  transformers 5). The evaluator has one reference per image; with several, an image scores its best
+  reference, as BERTScore and ROUGE-1 do here.
 
 Models load through ``from_pretrained`` (a hub id, downloaded once into the Hugging Face cache, or a
 local folder), once per process, on the GPU when there is one. A model that cannot be loaded (e.g.
@@ -46,9 +50,6 @@ from medblip.runinfo import versions_of
 #: Hessel et al.'s weight and text prompt (clipscore.py: ``w=2.5``, ``prefix='A photo depicts'``)
 CLIP_W = 2.5
 CLIP_PREFIX = "A photo depicts "
-BLEURT_UNAVAILABLE = (
-    "BLEURT not available: no PyTorch BLEURT-20 installs with transformers 5 (bleurt-pytorch 0.0.1, the only "
-    "one on PyPI, fails to import there); compute it with Google's bleurt package (TensorFlow) outside medblip")
 _TEXT_BATCH, _IMAGE_BATCH = 64, 32
 
 ImageSource = str | Path | bytes | None
@@ -88,8 +89,19 @@ def _unavailable_model(metric: str, model: str, key: str, exc: BaseException) ->
     return MetricUnavailable(f"{metric} not computed: cannot load model {model!r} ({reason[:160]}); {how}")
 
 
-def _revision(config: Any) -> str | None:
-    return getattr(config, "_commit_hash", None) or None
+def _revision(model: str) -> str | None:
+    """The commit of the hub snapshot ``model`` was loaded from (None for a local folder). transformers 5
+    configs no longer carry ``_commit_hash``, so it is read off the cached config.json's snapshot path."""
+    from transformers.utils import cached_file
+    from transformers.utils.hub import extract_commit_hash
+
+    if Path(model).expanduser().is_dir():
+        return None
+    try:
+        path = cached_file(model, "config.json", _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return None
+    return extract_commit_hash(path, None)
 
 
 # -- result cache: compare scores the same system again for its paired tests -------------------------
@@ -171,7 +183,7 @@ def bertscore_f1(references: Sequence[Sequence[str]], predictions: Sequence[str]
         return values
 
     values = _cached(["bertscore", model, layers, device, list(references), list(predictions)], compute)
-    info = {"model": model, "revision": _revision(getattr(scorer._model, "config", None)), "num_layers": layers,
+    info = {"model": model, "revision": _revision(model), "num_layers": layers,
             "idf": False, "rescale_with_baseline": False, "hash": scorer.hash, "device": device,
             "versions": versions_of("bert-score", "transformers", "torch")}
     return values, info
@@ -193,6 +205,34 @@ def rouge1_f(references: Sequence[Sequence[str]], predictions: Sequence[str]) ->
         else:
             values.append(float(scorer.score_multi(list(refs), pred)["rouge1"].fmeasure))
     return np.asarray(values, dtype=np.float64), {"use_stemmer": False, "versions": versions_of("rouge-score")}
+
+
+# -- BLEURT ------------------------------------------------------------------------------------------------------
+def bleurt_scores(references: Sequence[Sequence[str]], predictions: Sequence[str], model: str,
+                  device: str | None = None, key: str = "bleurt") -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-image BLEURT (the best over an image's references) and what produced it."""
+    from medblip.evaluation.bleurt import load_bleurt, score_pairs
+
+    device = resolve_device(device)
+    try:
+        bleurt = load_bleurt(model, device)
+    except ImportError as exc:
+        raise MetricUnavailable(f"BLEURT not computed: {exc}") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise _unavailable_model("BLEURT", model, key, exc) from None
+    owner = np.array([i for i, refs in enumerate(references) for _ in refs], dtype=np.int64)
+
+    def compute() -> np.ndarray:
+        pairs = score_pairs(bleurt, [r for refs in references for r in refs], [predictions[i] for i in owner])
+        values = np.full(len(predictions), -np.inf)
+        np.maximum.at(values, owner, pairs)
+        return values
+
+    values = _cached(["bleurt", model, device, list(references), list(predictions)], compute)
+    info = {"model": model, "revision": _revision(model), "architecture": type(bleurt.model).__name__,
+            "tokenizer": bleurt.tokenizer, "max_length": bleurt.max_length, "device": device,
+            "versions": versions_of("transformers", "torch", "sentencepiece")}
+    return values, info
 
 
 # -- CLIPScore / RefCLIPScore ---------------------------------------------------------------------------------
@@ -296,7 +336,7 @@ def clip_scores(references: Sequence[Sequence[str]], predictions: Sequence[str],
     if problems:
         notes.append(f"{len(problems)} of {len(predictions)} image(s) could not be used "
                      f"(e.g. {problems[0]}); scored on the other {int(mask.sum())}")
-    info = {"model": model, "revision": _revision(clip.config), "w": CLIP_W, "prefix": CLIP_PREFIX.strip(),
+    info = {"model": model, "revision": _revision(model), "w": CLIP_W, "prefix": CLIP_PREFIX.strip(),
             "device": device, "images_scored": int(mask.sum()), "versions": versions_of("transformers", "torch")}
     return clip_s, ref_clip_s, mask, info, notes
 
@@ -320,7 +360,8 @@ def model_metrics(selection: MetricSelection, references: Sequence[Sequence[str]
         _run(out, "bertscore", lambda: bertscore_f1(texts_references, texts_predictions,
                                                     selection.model_for("bertscore"), device))
     if "bleurt" in wanted:
-        out.unavailable[METRIC_NAMES["bleurt"]] = BLEURT_UNAVAILABLE
+        _run(out, "bleurt", lambda: bleurt_scores(texts_references, texts_predictions, selection.model_for("bleurt"),
+                                                  device))
     clip_wanted = [m for m in ("clipscore", "refclipscore") if m in wanted]
     if clip_wanted:
         names = [METRIC_NAMES[m] for m in clip_wanted]
@@ -357,5 +398,4 @@ def _run(out: ModelMetricResult, metric: str, compute: Callable[[], tuple[np.nda
     out.info[name] = info
 
 
-__all__ = ["BLEURT_UNAVAILABLE", "CLIP_PREFIX", "CLIP_W", "MetricUnavailable", "ModelMetricResult",
-           "bertscore_f1", "clip_scores", "model_metrics", "rouge1_f"]
+__all__ = ["CLIP_PREFIX", "CLIP_W", "MetricUnavailable", "ModelMetricResult", "bertscore_f1", "bleurt_scores", "clip_scores", "model_metrics", "rouge1_f"]

@@ -171,15 +171,17 @@ class TrainConfig(_Section):
                             "checkpoints unchanged). Losses agree with eager attention to float rounding. auto: on "
                             "unless train.deterministic; on: everywhere (an error if the model has no module "
                             "that can use it); off: never")
-    length_buckets: bool = Field(
-        False, description="batch captions of similar length together (shuffled windows of 50 batches, sorted by "
-                           "length; the batch order is still a function of seed and epoch), so that padding each "
-                           "batch to its longest caption pads little (faster, most for decoder_only); off by "
-                           "default: batches of similar captions learned the synthetic lesion side less well "
-                           "(tests/test_train_trainer.py::test_tiny_blip_learns_side, 0.57 vs 0.64)")
+    length_buckets: Literal["auto", "on", "off"] = Field(
+        "auto", description="batch captions of similar length together (shuffled windows of 50 batches, sorted by "
+                            "length; the batch order is still a function of seed and epoch), so that padding each "
+                            "batch to its longest caption pads little. auto: on when the decoder trains on cached "
+                            "encoder features (decoder_only), where padding is most of a step's cost, off "
+                            "otherwise (batches of similar captions taught the full model the synthetic lesion "
+                            "side less well: tests/test_train_trainer.py::test_tiny_blip_learns_side, 0.57 vs "
+                            "0.64); on / off: always / never")
     tf32: bool = Field(True, description="TF32 matmuls for the work that stays fp32 (Ampere+ GPUs; no effect on CPU)")
 
-    @field_validator("cache_features", "sdpa", mode="before")
+    @field_validator("cache_features", "sdpa", "length_buckets", mode="before")
     @classmethod
     def _on_off(cls, value: Any) -> Any:
         # YAML 1.1 reads a bare on / off as a boolean

@@ -262,12 +262,29 @@ class EpochBatchSampler(Sampler[list[int]]):
         return max(0, self.batches_per_process() - self.skip)
 
 
-def epoch_sampler(tc: Any, num_samples: int, lengths: Sequence[int] | None, *, epoch: int = 0, rank: int = 0,
-                  num_processes: int = 1, skip: int = 0) -> Sampler[list[int]]:
-    """The batches of one epoch as ``train.length_buckets`` asks: captions of similar length together
-    (:class:`~medblip.perf.batching.LengthBucketBatchSampler`, ``lengths`` from :class:`CaptionTokens`)
-    or in plain shuffled order (:class:`EpochBatchSampler`). Both are pure functions of (seed, epoch)."""
-    if tc.length_buckets and lengths is not None:
+def use_length_buckets(tc: Any, *, cached_features: bool) -> dict[str, Any]:
+    """How ``train.length_buckets`` resolves for this run: ``{"used": bool, "setting": ..., "why": ...}``.
+
+    ``auto`` buckets only when the decoder trains alone on cached encoder features: there the text
+    decoder is the whole step and padding each batch to its longest caption (57% padding with shuffled
+    batches of the benchmark's captions) is most of its cost, while the full model keeps the plain
+    shuffled batches it learned the lesion side best with."""
+    setting = tc.length_buckets
+    if setting == "auto":
+        used, why = cached_features, ("decoder trains on cached encoder features: padding dominates its step"
+                                      if cached_features else "the encoder trains too: plain shuffled batches")
+    else:
+        used, why = setting == "on", f"train.length_buckets: {setting}"
+    return {"used": used, "setting": setting, "why": why}
+
+
+def epoch_sampler(tc: Any, num_samples: int, lengths: Sequence[int] | None, *, buckets: bool, epoch: int = 0,
+                  rank: int = 0, num_processes: int = 1, skip: int = 0) -> Sampler[list[int]]:
+    """The batches of one epoch: captions of similar length together when ``buckets``
+    (:class:`~medblip.perf.batching.LengthBucketBatchSampler`, ``lengths`` from :class:`CaptionTokens`;
+    see :func:`use_length_buckets`) or in plain shuffled order (:class:`EpochBatchSampler`). Both are
+    pure functions of (seed, epoch)."""
+    if buckets and lengths is not None:
         from medblip.perf.batching import LengthBucketBatchSampler
 
         return LengthBucketBatchSampler(lengths, tc.batch_size, seed=tc.seed, epoch=epoch, rank=rank,

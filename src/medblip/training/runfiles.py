@@ -3,7 +3,7 @@
 * :class:`RunLog`: ``metrics.jsonl`` (one row per logged step / evaluation / epoch), mirrored as
   TensorBoard scalars under ``tensorboard/``; on ``--resume`` the rows logged after the checkpoint are
   dropped (they will be logged again) and TensorBoard hides its own.
-* :func:`write_run_files` / :func:`record_feature_cache`: ``config.resolved.yaml`` and ``run.json`` (versions, git commit, seed,
+* :func:`write_run_files` / :func:`record_in_run`: ``config.resolved.yaml`` and ``run.json`` (versions, git commit, seed,
   strategy, kernels; one ``resumes`` entry per ``--resume``).
 * :func:`write_result`: ``cost.json`` and ``result.json`` (:class:`medblip.results.TrainResult`) when the run ends.
 * :class:`StopFlag`: SIGINT / SIGTERM (or the caller's ``should_stop``) ask the loop to stop after
@@ -118,12 +118,13 @@ def write_run_files(run_dir: Path, config: ExperimentConfig, strategy: dict[str,
     atomic_write_json(path, info)
 
 
-def record_feature_cache(run_dir: Path, info: dict[str, Any], *, resumed: bool) -> None:
-    """Add the feature cache's use and build time to run.json (to the latest resume entry on --resume)."""
+def record_in_run(run_dir: Path, key: str, info: dict[str, Any], *, resumed: bool) -> None:
+    """Add a decision taken once the data is known (the feature cache's use and build time, the length
+    buckets) to run.json, under ``key`` (in the latest resume entry on --resume)."""
     path = run_dir / RUN_FILE
     data = json.loads(path.read_text(encoding="utf-8"))
     resumes = data.get("resumes") or []
-    (resumes[-1] if resumed and resumes else data)["feature_cache"] = info
+    (resumes[-1] if resumed and resumes else data)[key] = info
     atomic_write_json(path, data)
 
 

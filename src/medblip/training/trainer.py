@@ -54,6 +54,7 @@ from medblip.training.data import (
     config_dataset,
     epoch_sampler,
     split_for_training,
+    use_length_buckets,
     validation_subset,
 )
 from medblip.training.feature_cache import build_feature_cache, plan_feature_cache
@@ -195,6 +196,7 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
     # -- frozen-encoder feature cache? (decoder_only: see the module doc) -----------------------------------
     cache_info = plan_feature_cache(adapter, tc, train_ds, fsdp, accelerator, source)
     use_cache = bool(cache_info["used"])
+    buckets = use_length_buckets(tc, cached_features=use_cache)
 
     # -- optimizer and schedule ----------------------------------------------------------------------
     # No weight decay on biases and norm weights (1-d tensors), as in BERT/BLIP and nanoGPT.
@@ -203,7 +205,8 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
                            device=accelerator.device)
     # every caption tokenized once: batches gather their rows (and length buckets sort on the lengths)
     tokens = CaptionTokens(adapter, [r.caption for r in train_records])
-    batches_per_epoch = len(epoch_sampler(tc, len(train_ds), tokens.lengths, rank=rank, num_processes=world))
+    batches_per_epoch = len(epoch_sampler(tc, len(train_ds), tokens.lengths, buckets=buckets["used"], rank=rank,
+                                          num_processes=world))
     steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum)
     total_steps = tc.max_steps or steps_per_epoch * tc.epochs
     num_epochs = math.ceil(total_steps / steps_per_epoch)
@@ -242,7 +245,8 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
         # batches carry text and record ids only: no image is decoded in the epochs
         train_ds = CaptionDataset(train_records, dc.image_size, with_ids=True, load_images=False)
     if is_main:
-        runfiles.record_feature_cache(run_dir, cache_info, resumed=state is not None)
+        runfiles.record_in_run(run_dir, "feature_cache", cache_info, resumed=state is not None)
+        runfiles.record_in_run(run_dir, "length_buckets", buckets, resumed=state is not None)
 
     # -- logging and signals ---------------------------------------------------------------------------
     log.open(config, loop.global_step, fresh=state is None, strategy=strategy_info)
@@ -257,8 +261,8 @@ def _train(config: ExperimentConfig, *, resume: bool, source: str, progress: boo
         adapter.train_mode()
         for epoch in range(start_epoch, num_epochs):
             skip = start_batch if epoch == start_epoch else 0
-            sampler = epoch_sampler(tc, len(train_ds), tokens.lengths, epoch=epoch, rank=rank, num_processes=world,
-                                    skip=skip)
+            sampler = epoch_sampler(tc, len(train_ds), tokens.lengths, buckets=buckets["used"], epoch=epoch,
+                                    rank=rank, num_processes=world, skip=skip)
             workers = 0 if use_cache else dc.num_workers  # text-only batches: workers would only cost
             if dc.cache_images and workers > 0 and epoch == start_epoch:
                 train_ds.preload()
