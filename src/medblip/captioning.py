@@ -6,7 +6,8 @@ captioner where it supports the settings, resumable, split between processes und
 and writes, for ``out=captions.csv`` (or ``.jsonl``)::
 
     captions.csv                one row per image: id, path, series_uid, instance_number, frame, caption
-    captions.run.json           model, settings, captioner used, counts, what was skipped and why; versions
+    captions.run.json           model, settings (and where each came from), captioner used, counts, what
+                                was skipped and why; versions
     captions.predictions.jsonl  the resumable log (one line per captioned image, as ``medblip evaluate``'s)
     captions.predictions.fingerprint.json  what the log was made with (a resume with other model files stops)
 
@@ -95,7 +96,8 @@ def caption_inputs(
 ) -> CaptionRun:
     """Caption the images ``inputs`` name; write ``out`` (see the module doc) when given.
 
-    ``generation``: settings to change from the defaults (as ``medblip evaluate``'s options).
+    ``generation``: the settings asked for (as ``medblip evaluate``'s options), over those a checkpoint
+    given by name/path saved, over medblip's defaults; run.json records where each came from.
     ``on_caption(row)``: called for each new caption as its batch finishes (``medblip caption`` without
     ``--out`` prints them as they come). ``captioner``: ``auto`` (fast where supported) or ``generate``.
     """
@@ -136,7 +138,8 @@ def caption_inputs(
     first = run.rows[0] if run.rows else {}
     config = {"command": "caption", "model": _model_name(model), "family": first.get("family") or family,
               "inputs": [str(i) for i in inputs], "series": series, "generation": first.get("generation"),
-              "batch_size": batch_size, "device": device, "dtype": dtype, "captioner": captioner}
+              "generation_source": run.generation_source, "batch_size": batch_size, "device": device,
+              "dtype": dtype, "captioner": captioner}
     info = run_metadata(config, None, images=len(result.rows), generated=result.generated,
                         resumed=result.resumed, unreadable=[{"input": i, "reason": r} for i, r in result.unreadable],
                         dicom_series=scan.series, captioner=run.captioner, processes=Processes().world,

@@ -181,6 +181,8 @@ class Scores(Result):
     model: str | None = None
     family: str | None = None
     generation: dict[str, Any] | None = None
+    #: evaluate: where each decoding setting came from ("option", "checkpoint" or "default")
+    generation_source: dict[str, str] | None = None
     data: str | None = None
     split: str | None = None
     format: str | None = None

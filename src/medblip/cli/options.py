@@ -22,16 +22,34 @@ def apply_max_pixels(max_pixels: int | None) -> None:
 
         set_max_pixels(max_pixels or None)
 
+#: medblip's GenerationSettings defaults, spelled out for --help (importing the models costs the CLI's
+#: start-up; tests/test_checkpoint_generation.py checks that they agree)
+GENERATION_DEFAULTS: dict[str, Any] = {"num_beams": 3, "max_new_tokens": 64, "min_new_tokens": 0,
+                                       "do_sample": False, "top_p": 1.0, "temperature": 1.0,
+                                       "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+
+
+def saved_or(name: str) -> str:
+    """The default of a generation option: the checkpoint's saved setting, else medblip's."""
+    default = GENERATION_DEFAULTS[name]
+    shown = ("--do-sample" if default else "--no-sample") if isinstance(default, bool) else default
+    return f"(default: the checkpoint's saved setting, else {shown})"
+
+
 #: the generation options of ``medblip evaluate`` / ``medblip caption``: name -> (type, typer option)
 GENERATION_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "num_beams": (int | None, typer.Option(None, "--num-beams", min=1, help="Beam width (1 = greedy).")),
-    "max_new_tokens": (int | None, typer.Option(None, "--max-new-tokens", min=1)),
-    "min_new_tokens": (int | None, typer.Option(None, "--min-new-tokens", min=0)),
-    "do_sample": (bool | None, typer.Option(None, "--do-sample/--no-sample", help="Nucleus sampling.")),
-    "top_p": (float | None, typer.Option(None, "--top-p")),
-    "temperature": (float | None, typer.Option(None, "--temperature")),
-    "repetition_penalty": (float | None, typer.Option(None, "--repetition-penalty")),
-    "no_repeat_ngram_size": (int | None, typer.Option(None, "--no-repeat-ngram-size", min=0)),
+    "num_beams": (int | None, typer.Option(None, "--num-beams", min=1,
+                                           help=f"Beam width, 1 = greedy {saved_or('num_beams')}.")),
+    "max_new_tokens": (int | None, typer.Option(None, "--max-new-tokens", min=1, help=saved_or("max_new_tokens"))),
+    "min_new_tokens": (int | None, typer.Option(None, "--min-new-tokens", min=0, help=saved_or("min_new_tokens"))),
+    "do_sample": (bool | None, typer.Option(None, "--do-sample/--no-sample",
+                                            help=f"Nucleus sampling {saved_or('do_sample')}.")),
+    "top_p": (float | None, typer.Option(None, "--top-p", help=saved_or("top_p"))),
+    "temperature": (float | None, typer.Option(None, "--temperature", help=saved_or("temperature"))),
+    "repetition_penalty": (float | None, typer.Option(None, "--repetition-penalty",
+                                                      help=saved_or("repetition_penalty"))),
+    "no_repeat_ngram_size": (int | None, typer.Option(None, "--no-repeat-ngram-size", min=0,
+                                                      help=saved_or("no_repeat_ngram_size"))),
     "prompt": (str | None, typer.Option(None, "--prompt", help="Prompt (BLIP-2 / InstructBLIP; default: the family's).")),
 }
 

@@ -8,6 +8,7 @@ import socket
 import typer
 
 from medblip.cli.app import app
+from medblip.cli.options import saved_or
 from medblip.errors import MedblipError
 
 
@@ -50,11 +51,11 @@ def serve_cmd(
                                         help="How long a request waits for others to share its forward pass."),
     max_queue: int = typer.Option(64, "--max-queue", min=1,
                                   help="Requests allowed to wait per model; more get 503 with Retry-After."),
-    num_beams: int | None = typer.Option(None, "--num-beams", min=1, help="Beam width (default: 3)."),
+    num_beams: int | None = typer.Option(None, "--num-beams", min=1, help=f"Beam width {saved_or('num_beams')}."),
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1,
-                                              help="Longest caption in tokens (default: 64); API clients may "
-                                                   "ask for less with max_tokens."),
-    min_new_tokens: int | None = typer.Option(None, "--min-new-tokens", min=0),
+                                              help=f"Longest caption in tokens {saved_or('max_new_tokens')}; "
+                                                   "API clients may ask for less with max_tokens."),
+    min_new_tokens: int | None = typer.Option(None, "--min-new-tokens", min=0, help=saved_or("min_new_tokens")),
     prompt: str | None = typer.Option(None, "--prompt", help="Prompt (default: the family's, or the run's)."),
     text_as_prompt: bool = typer.Option(False, "--text-as-prompt",
                                         help="Use the text of an API request as the model's prompt (default: "
@@ -71,7 +72,6 @@ def serve_cmd(
     one forward pass (--max-batch, --batch-wait-ms); when --max-queue requests wait, more get 503.
     """
     _need_extra()
-    from medblip.evaluation.predict import make_settings
     from medblip.serving.app import run_server
     from medblip.serving.limits import UploadLimits, host_warning
     from medblip.serving.openai_api import ApiOptions
@@ -79,13 +79,14 @@ def serve_cmd(
 
     if api_key is not None and not api_key.strip():
         raise MedblipError("--api-key / MEDBLIP_API_KEY is empty; give a key or leave it unset")
-    settings = make_settings({"num_beams": num_beams, "max_new_tokens": max_new_tokens,
-                              "min_new_tokens": min_new_tokens, "prompt": prompt}, source="medblip serve")
+    options = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens,
+               "prompt": prompt}
+    asked = {k: v for k, v in options.items() if v is not None}  # the rest: each checkpoint's, else medblip's
     _check_port(host, port)
     warning = host_warning(host, api_key)
     if warning:
         typer.secho(f"medblip: warning: {warning}", fg=typer.colors.YELLOW, err=True)
-    models = load_models(model, settings, family=family, device=device, dtype=dtype,
+    models = load_models(model, asked, family=family, device=device, dtype=dtype,
                          batching=BatchingOptions(max_batch=max_batch, max_wait=batch_wait_ms / 1000,
                                                   max_queue=max_queue))
     for m in models:

@@ -37,7 +37,12 @@ from medblip.evaluation.scoring import METRICS_JSON, METRICS_MD
 from medblip.fingerprint import describe_differences, image_signature, model_signature
 from medblip.io import append_jsonl, atomic_write_json, dumps, write_jsonl
 from medblip.models.base import GenerationSettings
-from medblip.models.loading import auto_device, resolve_checkpoint
+from medblip.models.loading import (
+    GENERATION_CONFIG,
+    auto_device,
+    checkpoint_generation_settings,
+    resolve_checkpoint,
+)
 from medblip.results import Prediction, image_path
 from medblip.runinfo import set_seed
 
@@ -102,6 +107,41 @@ def _check_settings(s: GenerationSettings, source: str) -> None:
         raise bad("prompt", "must be a string")
 
 
+#: where a setting came from (``generation_source`` in run.json, metrics.json, serve's /health)
+OPTION, CHECKPOINT, DEFAULT = "option", "checkpoint", "default"
+
+
+def resolve_settings(generation: GenerationSettings | Mapping[str, Any] | None = None,
+                     saved: Mapping[str, Any] | None = None, *, source: str = "generation",
+                     saved_source: str = "the checkpoint's generation_config.json",
+                     ) -> tuple[GenerationSettings, dict[str, str]]:
+    """The settings to decode with and where each came from (:data:`OPTION`, :data:`CHECKPOINT`, :data:`DEFAULT`).
+
+    ``generation``: the settings asked for (a command's options, ``medblip.load(generation=...)``), or a
+    complete :class:`GenerationSettings` that decides everything; over ``saved``, the checkpoint's (see
+    :func:`medblip.models.loading.checkpoint_generation_settings`); over medblip's defaults.
+    """
+    if isinstance(generation, GenerationSettings):
+        return make_settings(generation, source=source), dict.fromkeys(SETTING_FIELDS, OPTION)
+    given = {k for k, v in (generation or {}).items() if v is not None or k == "prompt"}
+    base = make_settings(saved, source=saved_source)
+    where = {k: OPTION if k in given else CHECKPOINT if k in (saved or {}) else DEFAULT for k in SETTING_FIELDS}
+    return make_settings(generation, base=base, source=source), where
+
+
+def saved_settings_note(checkpoint: str | Path, settings: GenerationSettings,
+                        sources: Mapping[str, str]) -> str | None:
+    """A line for the terminal naming the settings ``checkpoint`` decides that differ from medblip's
+    defaults (``None`` when there are none): captions unlike those of medblip's defaults say why."""
+    defaults = GenerationSettings()
+    used = {k: getattr(settings, k) for k, where in sources.items()
+            if where == CHECKPOINT and getattr(settings, k) != getattr(defaults, k)}
+    if not used:
+        return None
+    return (f"{checkpoint}: decoding with its saved generation settings "
+            f"({', '.join(f'{k}={v!r}' for k, v in used.items())}) where no option says otherwise")
+
+
 def settings_dict(settings: GenerationSettings) -> dict[str, Any]:
     return dataclasses.asdict(settings)
 
@@ -134,6 +174,7 @@ class PredictionRun:
     captioner: dict[str, Any] = field(default_factory=dict)
     is_main: bool = True
     num_processes: int = 1
+    generation_source: dict[str, str] = field(default_factory=dict)
 
     @property
     def seconds_per_image(self) -> float | None:
@@ -192,6 +233,7 @@ def predict(
     image_of: Callable[[Any], Image.Image] = record_image,
     fields_of: Callable[[Any], dict[str, Any]] = record_fields,
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
+    generation_source: Mapping[str, str] | None = None,
 ) -> PredictionRun:
     """Caption every record not yet in ``out_path`` (``predictions.jsonl``), batch by batch.
 
@@ -209,6 +251,8 @@ def predict(
     image that cannot be read (:class:`~medblip.errors.ImageError`) is left out and listed in
     ``PredictionRun.unreadable`` instead of stopping the run. ``out_path=None``: nothing is written or
     resumed. ``on_batch(rows)``: called with each batch's new lines as they are made.
+    ``generation_source``: where each setting came from (:func:`resolve_settings`), for the result and
+    for the message that refuses a resume with other settings.
 
     Under ``accelerate launch`` / ``torchrun`` the records still to caption are split between the
     processes (see :mod:`medblip.evaluation.sharding`) and merged into ``out_path`` by the main process.
@@ -250,7 +294,7 @@ def predict(
             existing = read_predictions_file(path, repair=path == own_file)
             if procs.is_main or path == own_file:
                 notes.extend(existing.notes)
-            _check_compatible(path, existing.rows, model_name, gen)
+            _check_compatible(path, existing.rows, model_name, gen, generation_source)
             done.update(existing.by_id)
         fingerprint_notes = _check_fingerprint(out_path, list(done.values()), model_name, images)
         notes += fingerprint_notes if procs.is_main else []
@@ -297,7 +341,8 @@ def predict(
         procs.barrier()  # every part file is complete
         if not procs.is_main:
             return PredictionRun(out_path, [], generated=len(mine), skipped=skipped, notes=notes,
-                                 unreadable=unreadable, captioner=info, is_main=False, num_processes=procs.world)
+                                 unreadable=unreadable, captioner=info, is_main=False, num_processes=procs.world,
+                                 generation_source=dict(generation_source or {}))
         unreadable = [u for g in gathered for u in g["unreadable"]]
         info = next((g["captioner"] for g in gathered if g["captioner"].get("path")), info)
     if out_path is not None and part_files(out_path):
@@ -305,7 +350,8 @@ def predict(
     rows = [{**done[i], **fields_of(r)} for i, r in zip(ids, records, strict=True) if i in done]
     generated = len(pending) - len(unreadable)
     return PredictionRun(out_path, rows, generated=generated, skipped=skipped, notes=notes,
-                         unreadable=unreadable, captioner=info, num_processes=procs.world)
+                         unreadable=unreadable, captioner=info, num_processes=procs.world,
+                         generation_source=dict(generation_source or {}))
 
 
 def merge_predictions(out_path: Path, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -347,7 +393,9 @@ def _is_caption_model(obj: Any) -> bool:
     return isinstance(obj, CaptionModel)
 
 
-def _check_compatible(path: Path, rows: list[dict[str, Any]], model_name: str, gen: dict[str, Any]) -> None:
+def _check_compatible(path: Path, rows: list[dict[str, Any]], model_name: str, gen: dict[str, Any],
+                      sources: Mapping[str, str] | None = None) -> None:
+    sources = sources or {}
     for row in rows:
         old_model, old_gen = row.get("model"), row.get("generation")
         if old_model is not None and old_model != model_name:
@@ -356,10 +404,15 @@ def _check_compatible(path: Path, rows: list[dict[str, Any]], model_name: str, g
                 f"output folder or --overwrite to start again")
         if old_gen is not None and old_gen != gen:
             diff = sorted(k for k in set(gen) | set(old_gen) if gen.get(k) != old_gen.get(k))
+            # e.g. a run made with medblip's defaults, resumed since the checkpoint's saved settings apply
+            whence = {CHECKPOINT: " from the checkpoint", DEFAULT: " by medblip's default"}
+            changes = ", ".join(f"{k}: {old_gen.get(k)!r} -> {gen.get(k)!r}{whence.get(sources.get(k), '')}"
+                                for k in diff)
+            earlier = ", ".join(f"{k}={old_gen[k]!r}" for k in diff if old_gen.get(k) is not None)
             raise MedblipError(
-                f"{path} holds predictions made with different generation settings "
-                f"({', '.join(f'{k}: {old_gen.get(k)!r} -> {gen.get(k)!r}' for k in diff)}); "
-                f"use another output folder or --overwrite to start again")
+                f"{path} holds predictions made with different generation settings ({changes}); resuming "
+                "would mix captions of two settings: use another output folder, --overwrite to start again"
+                + (f", or ask for the earlier settings ({earlier}) to go on" if earlier else ""))
 
 
 def fingerprint_path(predictions: Path) -> Path:
@@ -559,8 +612,9 @@ def evaluate(
 ) -> EvaluationResult:
     """Caption a split with a model, score it and write the run folder ``out``.
 
-    ``generation`` holds only the settings to change from the family's defaults (or a complete
-    :class:`GenerationSettings`). ``score_options``: options of
+    ``generation`` holds only the settings asked for, over those a checkpoint given by name/path saved,
+    over medblip's defaults (or a complete :class:`GenerationSettings`); run.json and metrics.json record the settings
+    and, in ``generation_source``, where each came from. ``score_options``: options of
     :func:`medblip.evaluation.score_predictions` (``metrics``, ``models``, ``device``, ``imageclef``,
     ``meteor``, ``java``, ``spice``, ``uncertain_as``); CLIPScore reads the records' images.
     ``records`` skips loading ``data``. ``captioner``: ``auto`` (the fast captioner where it supports
@@ -620,15 +674,16 @@ def _evaluate(model: str | Path | CaptionModel, data: str | Path, out: Path, *, 
         [{**row, "image": images.get(str(row["id"]))} for row in run.rows], out, bootstrap=bootstrap, seed=seed,
         score_options=score_options, progress=progress,
         title=f"{display_name(first['model'])} on {split} ({len(run.rows)} images)",
-        extra={"model": first.get("model"), "family": first.get("family"),
-               "generation": first.get("generation"), "data": str(data), "split": split, "format": format})
+        extra={"model": first.get("model"), "family": first.get("family"), "generation": first.get("generation"),
+               "generation_source": run.generation_source, "data": str(data), "split": split, "format": format})
     run_info(out, {
         "command": "evaluate",
         "model": str(model) if not _is_caption_model(model) else model.name_or_path,  # type: ignore[union-attr]
         "family": run.rows[0].get("family"),
         "data": str(data), "split": split, "format": format, "limit": limit,
         "batch_size": batch_size, "generation": run.rows[0].get("generation"),
-        "device": device, "dtype": dtype, "bootstrap": bootstrap, "scoring": dict(score_options or {}),
+        "generation_source": run.generation_source, "device": device, "dtype": dtype, "bootstrap": bootstrap,
+        "scoring": dict(score_options or {}),
         "captioner": captioner,
     }, seed=seed, images=len(run.rows), generated=run.generated, skipped=run.skipped,
         seconds_per_image=run.seconds_per_image, captioner=run.captioner, processes=run.num_processes)
@@ -655,16 +710,22 @@ def predict_with(
 ) -> PredictionRun:
     """:func:`predict` for a model given by name/path (loaded only when needed) or as a captioner.
 
-    ``generation`` changes the shared :class:`GenerationSettings` defaults; ``prompt: None`` means
-    the family's own prompt (each adapter documents it). ``predict_options``: the other options of
-    :func:`predict` (``captioner``, ``on_unreadable``, ``image_of``, ``fields_of``, ``on_batch``).
+    ``generation``: the settings asked for, over those a checkpoint given by name/path saved (read
+    before it is loaded), over medblip's defaults (:func:`resolve_settings`; a complete
+    :class:`GenerationSettings` decides everything); ``prompt: None`` means the family's own prompt
+    (each adapter documents it). ``predict_options``: the other options of :func:`predict`
+    (``captioner``, ``on_unreadable``, ``image_of``, ``fields_of``, ``on_batch``).
     Under a multi-process launcher each process loads the model on its own device.
     """
-    settings = make_settings(generation, source=source)
     if hasattr(model, "generate"):
+        settings, sources = resolve_settings(generation, source=source)
         return predict(model, records, out_path, settings, batch_size=batch_size, progress=progress,
-                       overwrite=overwrite, desc=desc, **predict_options)
+                       overwrite=overwrite, desc=desc, generation_source=sources, **predict_options)
     checkpoint, run_options, notes = resolve_checkpoint(model)
+    settings, sources = resolve_settings(generation, checkpoint_generation_settings(checkpoint), source=source,
+                                         saved_source=f"{checkpoint}: {GENERATION_CONFIG}")
+    if note := saved_settings_note(checkpoint, settings, sources):
+        notes.append(note)
     options = {**run_options, **dict(model_options or {})}
 
     def factory() -> CaptionModel:
@@ -676,7 +737,7 @@ def predict_with(
 
     run = predict(factory, records, out_path, settings, batch_size=batch_size,
                   model_name=model_identity(checkpoint), family=family, progress=progress,
-                  overwrite=overwrite, desc=desc, **predict_options)
+                  overwrite=overwrite, desc=desc, generation_source=sources, **predict_options)
     run.notes[:0] = notes
     return run
 

@@ -253,9 +253,12 @@ def run_compare(config: CompareConfig | str | Path, *, out: str | Path | None = 
             info[s.name] = {"kind": "api", "source": run.rows[0].get("model"), "family": None,
                             "generation": run.rows[0].get("generation"), "folder": folder}
             continue
+        # every system decodes with the config's settings over medblip's defaults (complete settings: not
+        # each checkpoint's saved ones), so that the systems are compared under the same decoding
         run = predict_with(
             s.model, records, folder / PREDICTIONS_FILE,  # type: ignore[arg-type]
-            generation={**cfg.generation, **s.generation}, family=s.family,
+            generation=make_settings({**cfg.generation, **s.generation}, source=f"{where}: systems[{i}].generation"),
+            family=s.family,
             device=s.device or cfg.device, dtype=s.dtype or cfg.dtype, model_options=s.model_options,
             batch_size=s.batch_size or cfg.batch_size, progress=progress, desc=s.name,
             source=f"{where}: systems[{i}].generation")

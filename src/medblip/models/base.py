@@ -120,10 +120,15 @@ def checkpoint_generation_config(model: Any, settings: GenerationSettings) -> An
 
 
 def saved_generation_settings(model: Any) -> dict[str, Any]:
-    """The decoding settings ``model``'s generation config sets (the :class:`GenerationSettings` fields it
-    holds), e.g. those a checkpoint saved by medblip carries; the inverse of :func:`checkpoint_generation_config`.
-    A hub checkpoint whose generation_config.json names no decoding setting gives ``{}``."""
-    gen = getattr(model, "generation_config", None)
+    """The decoding settings ``model``'s generation config sets (see :func:`generation_config_settings`)."""
+    return generation_config_settings(getattr(model, "generation_config", None))
+
+
+def generation_config_settings(gen: Any) -> dict[str, Any]:
+    """The decoding settings a transformers ``GenerationConfig`` sets (the :class:`GenerationSettings` fields
+    it holds), e.g. those a checkpoint saved by medblip carries; the inverse of :func:`checkpoint_generation_config`.
+    A setting the config leaves unset (``None``: transformers' own default) is left out, so a hub checkpoint
+    whose generation_config.json names no decoding setting gives ``{}`` and keeps medblip's defaults."""
     if gen is None:
         return {}
     names = [f.name for f in dataclasses.fields(GenerationSettings) if f.name != "prompt"]

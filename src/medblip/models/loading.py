@@ -324,3 +324,31 @@ def resolve_checkpoint(name_or_path: str | Path) -> tuple[str, dict[str, Any], l
         if options:
             notes.append(f"{text}: using the run's {', '.join(f'{k}={v!r}' for k, v in options.items())}")
     return text, options, notes
+
+
+GENERATION_CONFIG = "generation_config.json"
+
+
+def checkpoint_generation_settings(checkpoint: str | Path) -> dict[str, Any]:
+    """The decoding settings ``checkpoint`` saved, read without loading the model: for a checkpoint folder
+    (:func:`resolve_checkpoint` gives one for a run folder) its generation_config.json, for a hub id the
+    cached one (never downloaded). ``{}`` when there is none or it names no decoding setting (see
+    :func:`medblip.models.base.generation_config_settings`); a damaged file raises naming it."""
+    from transformers import GenerationConfig
+
+    from medblip.models.base import generation_config_settings
+
+    folder = Path(str(checkpoint)).expanduser()
+    if folder.is_dir():
+        if not (folder / GENERATION_CONFIG).is_file():
+            return {}
+        try:
+            return generation_config_settings(GenerationConfig.from_pretrained(folder))
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MedblipError(f"{folder / GENERATION_CONFIG}: unreadable ({first}); repair or remove it") from None
+    try:
+        gen = GenerationConfig.from_pretrained(str(checkpoint), local_files_only=True)
+    except (OSError, ValueError):  # not in the cache (or not a hub id): no saved settings to follow
+        return {}
+    return generation_config_settings(gen)

@@ -24,7 +24,12 @@ def create_app(models: Sequence[ServedModel], options: ApiOptions | None = None,
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "models": [m.name for m in models]}
+        # each model's decoding settings and where each came from (option, the checkpoint's saved one, default);
+        # not its checkpoint path: /health answers without the API key
+        described = {m.name: m.describe() for m in models}
+        return {"status": "ok", "models": list(described),
+                "generation": {name: {k: d[k] for k in ("generation", "generation_source")}
+                               for name, d in described.items()}}
 
     install(app, models, options)
     if page:

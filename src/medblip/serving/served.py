@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,7 +38,9 @@ class BatchingOptions:
 @dataclass
 class ServedModel:
     """One model behind the server: ``settings`` are the captions' generation settings (the API
-    may only shorten them), ``batcher`` serialises and batches every use of ``adapter``."""
+    may only shorten them; ``generation_source``: where each came from, see
+    :func:`medblip.evaluation.predict.resolve_settings`), ``batcher`` serialises and batches every use
+    of ``adapter``."""
 
     name: str
     adapter: CaptionModel
@@ -46,6 +48,7 @@ class ServedModel:
     batcher: MicroBatcher
     source: str
     notes: list[str] = field(default_factory=list)
+    generation_source: dict[str, str] = field(default_factory=dict)
 
     def submit(self, image: Image.Image, settings: GenerationSettings | None = None) -> Future[str]:
         return self.batcher.submit(image, settings or self.settings)
@@ -62,7 +65,7 @@ class ServedModel:
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "family": self.adapter.family, "source": self.source,
-                "generation": dataclasses.asdict(self.settings)}
+                "generation": dataclasses.asdict(self.settings), "generation_source": self.generation_source}
 
     def close(self) -> None:
         self.batcher.close()
@@ -76,13 +79,21 @@ def parse_model_spec(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
-def load_models(specs: Sequence[str], settings: GenerationSettings, *, family: str | None = None,
-                device: str | None = None, dtype: str | None = None,
+def load_models(specs: Sequence[str], generation: GenerationSettings | Mapping[str, Any] | None = None, *,
+                family: str | None = None, device: str | None = None, dtype: str | None = None,
                 batching: BatchingOptions | None = None) -> list[ServedModel]:
-    """Load every ``--model`` (see the module doc) and start its batcher; names must be unique."""
-    from medblip.evaluation.predict import display_name
+    """Load every ``--model`` (see the module doc) and start its batcher; names must be unique.
+
+    ``generation``: the settings asked for (``--num-beams`` ...), over those each checkpoint saved, over
+    medblip's defaults (a complete :class:`GenerationSettings` decides everything)."""
+    from medblip.evaluation.predict import display_name, resolve_settings, saved_settings_note
     from medblip.models import create_model
-    from medblip.models.loading import auto_device, resolve_checkpoint
+    from medblip.models.loading import (
+        GENERATION_CONFIG,
+        auto_device,
+        checkpoint_generation_settings,
+        resolve_checkpoint,
+    )
 
     if not specs:
         raise MedblipError("give at least one --model (a hub id, checkpoint folder or training run folder)")
@@ -95,10 +106,15 @@ def load_models(specs: Sequence[str], settings: GenerationSettings, *, family: s
             name = name or display_name(checkpoint)
             if any(m.name == name for m in served):
                 raise MedblipError(f"two models are named {name!r}; name them: --model NAME=PATH")
+            settings, sources = resolve_settings(generation, checkpoint_generation_settings(checkpoint),
+                                                 source="medblip serve",
+                                                 saved_source=f"{checkpoint}: {GENERATION_CONFIG}")
             adapter = create_model(checkpoint, family=family, dtype=dtype, device=auto_device(device), **options)
             batcher = MicroBatcher(adapter.generate, max_batch=batching.max_batch, max_wait=batching.max_wait,
                                    max_queue=batching.max_queue, name=name)
-            served.append(ServedModel(name, adapter, settings, batcher, checkpoint, notes))
+            if note := saved_settings_note(checkpoint, settings, sources):
+                notes.append(note)
+            served.append(ServedModel(name, adapter, settings, batcher, checkpoint, notes, sources))
     except BaseException:
         for m in served:
             m.close()
