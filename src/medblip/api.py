@@ -112,19 +112,12 @@ def load(name_or_path: str | Path, device: str | None = None, dtype: str | None 
     of a training run: its run's ``generation:`` settings, from generation_config.json) and medblip's
     defaults for the rest. ``options``: family options (e.g. ``prompt`` for BLIP-2).
     """
-    from medblip.evaluation.predict import resolve_settings
+    from medblip.evaluation.predict import checkpoint_settings
     from medblip.models import create_model
-    from medblip.models.loading import (
-        GENERATION_CONFIG,
-        auto_device,
-        checkpoint_generation_settings,
-        resolve_checkpoint,
-    )
+    from medblip.models.loading import auto_device, resolve_checkpoint
 
     checkpoint, run_options, _ = resolve_checkpoint(name_or_path)
-    defaults, _ = resolve_settings(generation, checkpoint_generation_settings(checkpoint),
-                                   source="medblip.load(generation=...)",
-                                   saved_source=f"{checkpoint}: {GENERATION_CONFIG}")
+    defaults, _, _ = checkpoint_settings(generation, checkpoint, source="medblip.load(generation=...)")
     adapter = create_model(checkpoint, family=family, dtype=dtype, device=auto_device(device),
                            **{**run_options, **options})
     return Captioner(adapter, generation=defaults, captioner=captioner)

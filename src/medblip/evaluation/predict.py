@@ -142,6 +142,15 @@ def saved_settings_note(checkpoint: str | Path, settings: GenerationSettings,
             f"({', '.join(f'{k}={v!r}' for k, v in used.items())}) where no option says otherwise")
 
 
+def checkpoint_settings(generation: GenerationSettings | Mapping[str, Any] | None, checkpoint: str | Path, *,
+                        source: str = "generation") -> tuple[GenerationSettings, dict[str, str], str | None]:
+    """:func:`resolve_settings` for a checkpoint given by name/path (its saved settings read without
+    loading it): the settings, where each came from, and :func:`saved_settings_note`'s line (or None)."""
+    settings, sources = resolve_settings(generation, checkpoint_generation_settings(checkpoint), source=source,
+                                         saved_source=f"{checkpoint}: {GENERATION_CONFIG}")
+    return settings, sources, saved_settings_note(checkpoint, settings, sources)
+
+
 def settings_dict(settings: GenerationSettings) -> dict[str, Any]:
     return dataclasses.asdict(settings)
 
@@ -722,10 +731,8 @@ def predict_with(
         return predict(model, records, out_path, settings, batch_size=batch_size, progress=progress,
                        overwrite=overwrite, desc=desc, generation_source=sources, **predict_options)
     checkpoint, run_options, notes = resolve_checkpoint(model)
-    settings, sources = resolve_settings(generation, checkpoint_generation_settings(checkpoint), source=source,
-                                         saved_source=f"{checkpoint}: {GENERATION_CONFIG}")
-    if note := saved_settings_note(checkpoint, settings, sources):
-        notes.append(note)
+    settings, sources, note = checkpoint_settings(generation, checkpoint, source=source)
+    notes += [note] if note else []
     options = {**run_options, **dict(model_options or {})}
 
     def factory() -> CaptionModel:

@@ -86,14 +86,9 @@ def load_models(specs: Sequence[str], generation: GenerationSettings | Mapping[s
 
     ``generation``: the settings asked for (``--num-beams`` ...), over those each checkpoint saved, over
     medblip's defaults (a complete :class:`GenerationSettings` decides everything)."""
-    from medblip.evaluation.predict import display_name, resolve_settings, saved_settings_note
+    from medblip.evaluation.predict import checkpoint_settings, display_name
     from medblip.models import create_model
-    from medblip.models.loading import (
-        GENERATION_CONFIG,
-        auto_device,
-        checkpoint_generation_settings,
-        resolve_checkpoint,
-    )
+    from medblip.models.loading import auto_device, resolve_checkpoint
 
     if not specs:
         raise MedblipError("give at least one --model (a hub id, checkpoint folder or training run folder)")
@@ -106,14 +101,11 @@ def load_models(specs: Sequence[str], generation: GenerationSettings | Mapping[s
             name = name or display_name(checkpoint)
             if any(m.name == name for m in served):
                 raise MedblipError(f"two models are named {name!r}; name them: --model NAME=PATH")
-            settings, sources = resolve_settings(generation, checkpoint_generation_settings(checkpoint),
-                                                 source="medblip serve",
-                                                 saved_source=f"{checkpoint}: {GENERATION_CONFIG}")
+            settings, sources, note = checkpoint_settings(generation, checkpoint, source="medblip serve")
             adapter = create_model(checkpoint, family=family, dtype=dtype, device=auto_device(device), **options)
             batcher = MicroBatcher(adapter.generate, max_batch=batching.max_batch, max_wait=batching.max_wait,
                                    max_queue=batching.max_queue, name=name)
-            if note := saved_settings_note(checkpoint, settings, sources):
-                notes.append(note)
+            notes += [note] if note else []
             served.append(ServedModel(name, adapter, settings, batcher, checkpoint, notes, sources))
     except BaseException:
         for m in served:
