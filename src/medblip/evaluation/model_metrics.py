@@ -91,17 +91,10 @@ def _unavailable_model(metric: str, model: str, key: str, exc: BaseException) ->
 
 def _revision(model: str) -> str | None:
     """The commit of the hub snapshot ``model`` was loaded from (None for a local folder). transformers 5
-    configs no longer carry ``_commit_hash``, so it is read off the cached config.json's snapshot path."""
-    from transformers.utils import cached_file
-    from transformers.utils.hub import extract_commit_hash
+    configs no longer carry ``_commit_hash``; the cached config.json's snapshot folder names it."""
+    from medblip.fingerprint import model_signature
 
-    if Path(model).expanduser().is_dir():
-        return None
-    try:
-        path = cached_file(model, "config.json", _raise_exceptions_for_missing_entries=False)
-    except OSError:
-        return None
-    return extract_commit_hash(path, None)
+    return model_signature(model).get("revision")
 
 
 # -- result cache: compare scores the same system again for its paired tests -------------------------
