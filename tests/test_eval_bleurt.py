@@ -153,3 +153,19 @@ def test_the_default_model_from_the_hub_cache_offline_with_its_revision(tmp_path
     info = data["model_metrics"]["BLEURT"]
     assert info["model"] == "lucadiliello/BLEURT-20-D12" and info["revision"] == commit
     assert data["per_image"]["BLEURT"] == pytest.approx(expected["scores"], abs=1e-6)
+
+
+def test_progress_counts_every_pair_and_shows_a_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    """BLEURT takes minutes on a CPU for a few thousand captions: score_pairs reports each batch, and
+    scoring with progress on shows a bar (on stderr; stdout stays the command's)."""
+    model, expected = _checkpoint("tiny-bleurt-wordpiece"), EXPECTED["tiny-bleurt-wordpiece"]
+    seen: list[int] = []
+    scores = score_pairs(load_bleurt(model, "cpu"), expected["references"], expected["candidates"], batch_size=2,
+                         progress=seen.append)
+    assert sum(seen) == len(scores) == len(expected["references"]) and max(seen) <= 2
+    capsys.readouterr()
+    # other pairs than the tests above score, so that medblip's result cache cannot answer
+    score_predictions(_rows(expected["references"], expected["candidates"][::-1]), bootstrap=0, java=False,
+                      metrics="bleurt", models={"bleurt": model}, progress=True)
+    captured = capsys.readouterr()
+    assert "BLEURT" in captured.err and "BLEURT" not in captured.out

@@ -168,9 +168,10 @@ def encode_pair(bleurt: Bleurt, reference: str, candidate: str) -> tuple[list[in
 
 
 def score_pairs(bleurt: Bleurt, references: Sequence[str], candidates: Sequence[str],
-                batch_size: int = _BATCH) -> np.ndarray:
+                batch_size: int = _BATCH, progress: Callable[[int], Any] | None = None) -> np.ndarray:
     """BLEURT of each (reference, candidate) pair, batched by length (pairs of similar length share a
-    batch, so little padding is computed); the scores come back in the input order."""
+    batch, so little padding is computed); the scores come back in the input order. ``progress(n)``:
+    called with each batch's size when it is scored."""
     import torch
 
     encoded = [encode_pair(bleurt, r, c) for r, c in zip(references, candidates, strict=True)]
@@ -192,6 +193,8 @@ def score_pairs(bleurt: Bleurt, references: Sequence[str], candidates: Sequence[
             logits = bleurt.model(input_ids=ids.to(device), token_type_ids=types.to(device),
                                   attention_mask=mask.to(device)).logits
         out[batch] = logits[:, 0].double().cpu().numpy()
+        if progress is not None:
+            progress(len(batch))
     return out
 
 

@@ -51,6 +51,16 @@ from medblip.runinfo import versions_of
 CLIP_W = 2.5
 CLIP_PREFIX = "A photo depicts "
 _TEXT_BATCH, _IMAGE_BATCH = 64, 32
+_BERTSCORE_CHUNK = 512  # captions per bert-score call: its own bar prints to stdout, so medblip counts chunks
+
+Progress = Callable[[int], Any] | None
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar on stderr (``enabled=False``: a silent one), counting ``total`` items."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="caption", leave=False, disable=not enabled)
 
 ImageSource = str | Path | bytes | None
 
@@ -151,8 +161,10 @@ def _bert_scorer(model: str, num_layers: int, device: str) -> Any:
 
 
 def bertscore_f1(references: Sequence[Sequence[str]], predictions: Sequence[str], model: str,
-                 device: str | None = None, key: str = "bertscore") -> tuple[np.ndarray, dict[str, Any]]:
-    """Per-image BERTScore F1 (the best over an image's references) and what produced it."""
+                 device: str | None = None, key: str = "bertscore",
+                 progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-image BERTScore F1 (the best over an image's references) and what produced it. Scored in chunks
+    (each caption's F1 depends on its own references only: no idf), with a bar when ``progress``."""
     try:
         import bert_score  # noqa: F401
     except ImportError:
@@ -170,9 +182,12 @@ def bertscore_f1(references: Sequence[Sequence[str]], predictions: Sequence[str]
 
     def compute() -> np.ndarray:
         values = np.ones(len(predictions), dtype=np.float64)
-        if todo:
-            _, _, f1 = scorer.score([predictions[i] for i in todo], [list(references[i]) for i in todo])
-            values[todo] = np.asarray(f1, dtype=np.float64)
+        with _bar(len(todo), "BERTScore", progress) as bar:
+            for start in range(0, len(todo), _BERTSCORE_CHUNK):
+                chunk = todo[start:start + _BERTSCORE_CHUNK]
+                _, _, f1 = scorer.score([predictions[i] for i in chunk], [list(references[i]) for i in chunk])
+                values[chunk] = np.asarray(f1, dtype=np.float64)
+                bar.update(len(chunk))
         return values
 
     values = _cached(["bertscore", model, layers, device, list(references), list(predictions)], compute)
@@ -202,8 +217,10 @@ def rouge1_f(references: Sequence[Sequence[str]], predictions: Sequence[str]) ->
 
 # -- BLEURT ------------------------------------------------------------------------------------------------------
 def bleurt_scores(references: Sequence[Sequence[str]], predictions: Sequence[str], model: str,
-                  device: str | None = None, key: str = "bleurt") -> tuple[np.ndarray, dict[str, Any]]:
-    """Per-image BLEURT (the best over an image's references) and what produced it."""
+                  device: str | None = None, key: str = "bleurt",
+                  progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-image BLEURT (the best over an image's references) and what produced it (a bar of the
+    (reference, caption) pairs when ``progress``)."""
     from medblip.evaluation.bleurt import load_bleurt, score_pairs
 
     device = resolve_device(device)
@@ -216,7 +233,9 @@ def bleurt_scores(references: Sequence[Sequence[str]], predictions: Sequence[str
     owner = np.array([i for i, refs in enumerate(references) for _ in refs], dtype=np.int64)
 
     def compute() -> np.ndarray:
-        pairs = score_pairs(bleurt, [r for refs in references for r in refs], [predictions[i] for i in owner])
+        with _bar(len(owner), "BLEURT", progress) as bar:
+            pairs = score_pairs(bleurt, [r for refs in references for r in refs], [predictions[i] for i in owner],
+                                progress=bar.update)
         values = np.full(len(predictions), -np.inf)
         np.maximum.at(values, owner, pairs)
         return values
@@ -265,14 +284,18 @@ def clip_text_features(texts: Sequence[str], clip: Any, tokenizer: Any, device: 
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def clip_image_features(images: Sequence[Any], clip: Any, processor: Any, device: str) -> np.ndarray:
+def clip_image_features(images: Sequence[Any], clip: Any, processor: Any, device: str,
+                        progress: Progress = None) -> np.ndarray:
     import torch
 
     out = []
     for start in range(0, len(images), _IMAGE_BATCH):
-        pixels = processor(images=list(images[start:start + _IMAGE_BATCH]), return_tensors="pt")["pixel_values"]
+        batch = list(images[start:start + _IMAGE_BATCH])
+        pixels = processor(images=batch, return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
             out.append(_unit(_features(clip.get_image_features(pixel_values=pixels.to(device)))))
+        if progress is not None:
+            progress(len(batch))
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
@@ -293,10 +316,10 @@ def _load_images(images: Sequence[ImageSource]) -> tuple[list[Any], list[int], l
 
 
 def clip_scores(references: Sequence[Sequence[str]], predictions: Sequence[str], images: Sequence[ImageSource],
-                model: str, device: str | None = None,
-                key: str = "clip") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], list[str]]:
+                model: str, device: str | None = None, key: str = "clip",
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], list[str]]:
     """Per-image CLIP-S and RefCLIP-S (NaN where the image is missing), the mask of scored images,
-    provenance, and a note on the images that could not be used."""
+    provenance, and a note on the images that could not be used (a bar of the images when ``progress``)."""
     device = resolve_device(device)
     try:
         clip, tokenizer, processor = _clip(model, device)
@@ -308,7 +331,8 @@ def clip_scores(references: Sequence[Sequence[str]], predictions: Sequence[str],
         clip_s = np.full(len(predictions), np.nan)
         ref_clip_s = np.full(len(predictions), np.nan)
         if kept:
-            v = clip_image_features(pil, clip, processor, device)
+            with _bar(len(pil), "CLIP images", progress) as bar:
+                v = clip_image_features(pil, clip, processor, device, progress=bar.update)
             c = clip_text_features([predictions[i] for i in kept], clip, tokenizer, device)
             flat = [(j, r) for j, i in enumerate(kept) for r in references[i]]
             r = clip_text_features([t for _, t in flat], clip, tokenizer, device)
@@ -342,19 +366,21 @@ def _values(x: np.ndarray, mask: np.ndarray | None = None) -> list[float | None]
 
 def model_metrics(selection: MetricSelection, references: Sequence[Sequence[str]], predictions: Sequence[str],
                   texts_references: Sequence[Sequence[str]], texts_predictions: Sequence[str],
-                  images: Sequence[ImageSource] | None, device: str | None = None) -> ModelMetricResult:
+                  images: Sequence[ImageSource] | None, device: str | None = None,
+                  progress: bool = False) -> ModelMetricResult:
     """The selection's model-based metrics. ``references``/``predictions`` are the raw captions (CLIP
-    reads them), ``texts_*`` the ones the text metrics read (ImageCLEF-preprocessed when chosen)."""
+    reads them), ``texts_*`` the ones the text metrics read (ImageCLEF-preprocessed when chosen).
+    ``progress``: a bar per model (these take minutes on a CPU for a few thousand captions)."""
     out = ModelMetricResult()
     wanted = selection.model_metrics
     if "rouge1" in wanted:
         _run(out, "rouge1", lambda: rouge1_f(texts_references, texts_predictions))
     if "bertscore" in wanted:
         _run(out, "bertscore", lambda: bertscore_f1(texts_references, texts_predictions,
-                                                    selection.model_for("bertscore"), device))
+                                                    selection.model_for("bertscore"), device, progress=progress))
     if "bleurt" in wanted:
         _run(out, "bleurt", lambda: bleurt_scores(texts_references, texts_predictions, selection.model_for("bleurt"),
-                                                  device))
+                                                  device, progress=progress))
     clip_wanted = [m for m in ("clipscore", "refclipscore") if m in wanted]
     if clip_wanted:
         names = [METRIC_NAMES[m] for m in clip_wanted]
@@ -365,7 +391,8 @@ def model_metrics(selection: MetricSelection, references: Sequence[Sequence[str]
         else:
             try:
                 clip_s, ref_s, mask, info, notes = clip_scores(references, predictions, images,
-                                                               selection.model_for("clipscore"), device)
+                                                               selection.model_for("clipscore"), device,
+                                                               progress=progress)
             except MetricUnavailable as exc:
                 out.unavailable.update(dict.fromkeys(names, str(exc)))
             else:

@@ -218,7 +218,7 @@ class _Scorer:
                 out["SPICE"] = spice
         if self.selection.model_metrics:
             found = model_metrics(self.selection, refs_raw, preds_raw, [[self.prep(r) for r in refs] for refs in refs_raw],
-                                  [self.prep(p) for p in preds_raw], images, self.device)
+                                  [self.prep(p) for p in preds_raw], images, self.device, progress=self.progress)
             out.update(found.metrics)
             self.model_results = found
             self.warnings = list(dict.fromkeys([*self.warnings, *found.unavailable.values(), *found.warnings]))
