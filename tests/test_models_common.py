@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -17,6 +18,7 @@ from PIL import Image, ImageDraw
 from medblip.errors import MedblipError
 from medblip.models import CaptionModel, create_model, init_tiny
 from medblip.models.instructblip import DEFAULT_INSTRUCTION as INSTRUCTION
+from medblip.models.tiny import sincos_positions
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -273,3 +275,33 @@ def test_tiny_position_init_std(family: str, tmp_path: Path) -> None:
     assert float(plain[changed[0]].detach().std()) < 0.05
     with pytest.raises(MedblipError, match="position init std"):
         init_tiny(family, tmp_path / "bad", position_init_std=0.0, **kw)
+
+
+def test_sincos_positions_code_row_and_column() -> None:
+    """MAE's table: the first half of the columns depends on the row only, the second on the column
+    only, and its lowest-frequency cosine falls monotonically from left to right."""
+    table = sincos_positions(16, 4).reshape(4, 4, 16)
+    assert np.allclose(table[:, :1, :8], table[:, :, :8])  # first half: the same along a row
+    assert np.allclose(table[:1, :, 8:], table[:, :, 8:])  # second half: the same down a column
+    lowest_cos = table[0, :, 8 + 4]  # x code: sin(4 freqs), cos(4 freqs); index 4 = cos at frequency 1
+    assert np.all(np.diff(lowest_cos) < 0)
+    with pytest.raises(MedblipError, match="divisible by 4"):
+        sincos_positions(18, 4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_position_init_sincos(family: str, tmp_path: Path) -> None:
+    """--position-init sincos writes MAE's table (times --position-init-std) into the vision tower's
+    position embeddings, CLS at 0, and leaves every other weight as the same seed gives without it."""
+    kw = {"captions": CAPTIONS, "image_size": 32, "patch_size": 8, "hidden_size": 32, "vision_init_std": 0.02}
+    plain = dict(create_model(init_tiny(family, tmp_path / "plain", **kw)).base_model.named_parameters())
+    folder = init_tiny(family, tmp_path / "sincos", position_init="sincos", position_init_std=2.0, **kw)
+    grid = dict(create_model(folder).base_model.named_parameters())
+    changed = sorted(name for name in plain if not torch.equal(plain[name], grid[name]))
+    assert len(changed) == 1 and "position_embedding" in changed[0], changed
+    table = grid[changed[0]].detach()[0]
+    assert torch.equal(table[0], torch.zeros_like(table[0]))
+    expected = torch.from_numpy(2.0 * sincos_positions(table.shape[-1], 4)).to(table.dtype)
+    assert torch.allclose(table[1:], expected, atol=1e-6)
+    with pytest.raises(MedblipError, match="unknown position init"):
+        init_tiny(family, tmp_path / "bad", position_init="learned", **kw)

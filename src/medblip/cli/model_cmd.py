@@ -18,6 +18,11 @@ class TinyFamily(StrEnum):
     vit_gpt2 = "vit-gpt2"
 
 
+class PositionInit(StrEnum):
+    normal = "normal"
+    sincos = "sincos"
+
+
 @model_app.command("init-tiny")
 def init_tiny_cmd(
     family: TinyFamily | None = typer.Option(None, "--family", help="Model family (not needed with --like)."),
@@ -48,6 +53,11 @@ def init_tiny_cmd(
         None, "--position-init-std",
         help="Std of the vision tower's position embeddings (default: as the rest of the tower). 1.0 lets a "
              "from-scratch ViT learn where things are within a short run (the synthetic side-learning recipe)."),
+    position_init: PositionInit = typer.Option(
+        PositionInit.normal, "--position-init",
+        help="How the vision tower's position embeddings start: normal (random, at --position-init-std) or "
+             "sincos (MAE's 2-D sine-cosine table times --position-init-std, default 1), which lets a short "
+             "from-scratch run tell left from right and still attend by content (the pretrained stand-ins')."),
     cross_attention_init_std: float | None = typer.Option(
         None, "--cross-attention-init-std",
         help="Std of the cross-attention query and key weights (default: as the rest of the decoder). 0.1 "
@@ -64,7 +74,8 @@ def init_tiny_cmd(
                      vocab_size=vocab_size, patch_size=patch_size, hidden_size=hidden_size,
                      num_layers=num_layers, num_heads=num_heads, language_model=language_model,
                      vision_init_std=vision_init_std, position_init_std=position_init_std,
-                     cross_attention_init_std=cross_attention_init_std, overwrite=overwrite)
+                     position_init=position_init.value, cross_attention_init_std=cross_attention_init_std,
+                     overwrite=overwrite)
     model = create_model(path)
     total = sum(model.parameter_counts().values())
     typer.echo(f"wrote tiny {model.family} ({type(model.base_model).__name__}, {total:,} parameters) to {path}")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medblip.errors import MedblipError
 from medblip.models.vocab import bpe_vocab, unigram_vocab, wordpiece_vocab
 
@@ -76,6 +78,25 @@ def _corpus(captions: Iterable[str] | None, seed: int) -> list[str]:
             *[DEFAULT_INSTRUCTION] * 3]
 
 
+POSITION_INITS = ("normal", "sincos")
+
+
+def sincos_positions(dim: int, grid: int) -> np.ndarray:
+    """The 2-D sine-cosine position embedding of MAE (He et al., 2022): ``(grid * grid, dim)``, rows in
+    raster order; the first half of the columns codes the row, the second the column, each as sines
+    and cosines of geometrically spaced frequencies (``dim`` divisible by 4)."""
+    if dim % 4:
+        raise MedblipError(f"sine-cosine positions need a width divisible by 4, got {dim}")
+
+    def code(width: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(width // 2, dtype=np.float64) / (width / 2.0))
+        angles = np.outer(pos, omega)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
+    return np.concatenate([code(dim // 2, rows.ravel()), code(dim // 2, cols.ravel())], axis=1)
+
+
 @dataclass
 class TinySpec:
     """Sizes of a tiny model. Defaults are the smallest that still learn something in tests."""
@@ -99,6 +120,14 @@ class TinySpec:
     # patch content drowns them and a short from-scratch run never learns *where* a lesion is; at 1.0
     # position is as loud as content, which the side-learning recipe needs (docs/MODELS.md).
     position_init_std: float | None = None
+    # How the position embeddings start: "normal" (random, at position_init_std) or "sincos" (the 2-D
+    # sine-cosine embedding of MAE, times position_init_std, default 1.0; CLS at 0). Random vectors say
+    # *which* patch but not where it lies: a short run must learn left from right patch by patch, and
+    # loud random ones (1.0) also drown the content the decoder should select by. Sine-cosine codes x and
+    # y smoothly, so "left of the middle" is a few linear directions from the start: on the shapes
+    # corpus's marks stage (24 s of training) the side of a mark went from 0.72 to 0.98 and the pointing
+    # game from 0.33 to 0.68 (docs/MODELS.md). Learned thereafter, as in BLIP and ViT.
+    position_init: str = "normal"
     # Std of the decoder's cross-attention query and key weights (None: as the rest of the decoder, 0.02).
     # At 0.02 a from-scratch decoder attends uniformly to all patches, and learning to look at one
     # small thing is a slow escape from that symmetric start (a single white spot's side took > 350
@@ -124,13 +153,17 @@ class TinySpec:
             raise MedblipError(f"vision init std must be in (0, 1), got {self.vision_init_std}")
         if self.position_init_std is not None and not 0 < self.position_init_std <= 10:
             raise MedblipError(f"position init std must be in (0, 10], got {self.position_init_std}")
+        if self.position_init not in POSITION_INITS:
+            raise MedblipError(f"unknown position init {self.position_init!r}; choose {', '.join(POSITION_INITS)}")
         if self.cross_attention_init_std is not None and not 0 < self.cross_attention_init_std <= 1:
             raise MedblipError(f"cross-attention init std must be in (0, 1], got {self.cross_attention_init_std}")
 
     def init_positions(self, model: Any) -> None:
-        """Redraw the vision tower's position embeddings at ``position_init_std`` (torch's global RNG,
-        seeded by :func:`init_tiny`). Text position embeddings (``...weight`` of an ``nn.Embedding``) are kept."""
-        if self.position_init_std is None:
+        """Redraw the vision tower's position embeddings: ``normal`` at ``position_init_std`` (torch's
+        global RNG, seeded by :func:`init_tiny`), ``sincos`` as :func:`sincos_positions` times
+        ``position_init_std`` (default 1). Text position embeddings (``...weight`` of an ``nn.Embedding``)
+        are kept."""
+        if self.position_init_std is None and self.position_init == "normal":
             return
         import torch
 
@@ -140,7 +173,15 @@ class TinySpec:
             raise MedblipError(f"{type(model).__name__} has no vision position embeddings to initialise")
         with torch.no_grad():
             for p in found:
-                p.normal_(0.0, self.position_init_std)
+                if self.position_init == "normal":
+                    p.normal_(0.0, self.position_init_std)
+                    continue
+                grid = self.image_size // self.patch_size
+                table = torch.from_numpy(sincos_positions(p.shape[-1], grid)).to(p.dtype)
+                if p.shape[-2] != grid * grid + 1:  # pragma: no cover - ViTs here have one CLS position
+                    raise MedblipError(f"{p.shape[-2]} position embeddings for a {grid} x {grid} grid plus CLS")
+                p.zero_()
+                p[0, 1:] = table * (1.0 if self.position_init_std is None else self.position_init_std)
 
     def init_cross_attention(self, model: Any) -> None:
         """Redraw the query and key weights of every cross-attention at ``cross_attention_init_std``
@@ -346,7 +387,7 @@ def init_tiny(family: str | None, out: str | Path, *, captions: Iterable[str] | 
               intermediate_size: int | None = None, max_text_length: int = 128,
               num_query_tokens: int = 4, language_model: str | None = None,
               vision_init_std: float | None = None, position_init_std: float | None = None,
-              cross_attention_init_std: float | None = None,
+              position_init: str = "normal", cross_attention_init_std: float | None = None,
               like: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write a tiny randomly initialised ``family`` checkpoint (model + processor) to ``out``.
 
@@ -356,6 +397,8 @@ def init_tiny(family: str | None, out: str | Path, *, captions: Iterable[str] | 
     InstructBLIP's default). ``vision_init_std``: std of the vision tower's random weights (default:
     the transformers config's: 1e-10 for BLIP families, 0.02 for ViT; see :class:`TinySpec`).
     ``position_init_std``: std of the vision tower's position embeddings (default: as the rest).
+    ``position_init``: ``normal`` (random) or ``sincos`` (2-D sine-cosine times ``position_init_std``,
+    default 1; see :class:`TinySpec`).
     ``cross_attention_init_std``: std of the cross-attention query and key weights (default: as the
     rest of the decoder; see :class:`TinySpec`). The folder is written to a temporary sibling first and
     moved into place, so ``out`` is never half-written.
@@ -398,7 +441,7 @@ def init_tiny(family: str | None, out: str | Path, *, captions: Iterable[str] | 
                     intermediate_size=intermediate_size, vocab_size=vocab_size,
                     max_text_length=max_text_length, num_query_tokens=num_query_tokens,
                     vision_init_std=vision_init_std, position_init_std=position_init_std,
-                    cross_attention_init_std=cross_attention_init_std)
+                    position_init=position_init, cross_attention_init_std=cross_attention_init_std)
     spec.check()
     if language_model is not None:
         if family not in ("blip2", "instructblip"):
