@@ -39,7 +39,6 @@ from medblip.experiments.shape import Criterion, shape_lines, side_rates
 #:
 #: (The stand-ins before sine-cosine positions and lr 1e-3: side 0.541 / 0.558 / 0.550, i.e. never learnt,
 #: pointing 0.316 / 0.364 / 0.372.)
-STANDIN_LAY = {"side": (0.848, 0.883, 0.831), "pointing": (0.416, 0.316, 0.394)}
 LAY_SIDE = 0.7  # lowest seed 0.831; a stand-in that never learnt the side names it for about half
 LAY_POINTING = 0.2  # lowest seed 0.316, against the uniform map's 0.021
 WIDE_MARGIN = 10.0  # fine-tuned CIDEr over the zero-shot stand-in's (lowest seed: 44.4x)
@@ -164,7 +163,7 @@ def held_out_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_stand_in_names_and_points_at_a_mark(demo_standin: Any, held_out_shapes: Path) -> None:
     """Before it meets radiology, the stand-in looks at pictures: on held-out shapes pictures with one
     mark it names the mark's side and its attention for the mark's noun points at the mark (issue 21,
-    item 1). STANDIN_LAY has the measured values; the margins are below the lowest seed."""
+    item 1). The comment above LAY_SIDE has the measured values; the margins are below the lowest seed."""
     got = lay_grounding(demo_standin.model_dir, held_out_shapes)
     assert got["n"] >= 150, got
     assert got["side"] >= LAY_SIDE, got

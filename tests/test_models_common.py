@@ -305,3 +305,13 @@ def test_tiny_position_init_sincos(family: str, tmp_path: Path) -> None:
     assert torch.allclose(table[1:], expected, atol=1e-6)
     with pytest.raises(MedblipError, match="unknown position init"):
         init_tiny(family, tmp_path / "bad", position_init="learned", **kw)
+
+
+def test_sincos_positions_fit_a_twins_published_grid(tmp_path: Path) -> None:
+    """A twin keeps the published image and patch sizes (BLIP base: 384 px, 16 px patches, a 24 x 24 grid),
+    so the table is sized from the model's own position embeddings, not from init_tiny's image_size."""
+    folder = init_tiny(None, tmp_path / "twin", like="Salesforce/blip-image-captioning-base", position_init="sincos",
+                       hidden_size=32, num_layers=1, num_heads=2)
+    table = create_model(folder).base_model.vision_model.embeddings.position_embedding.detach()[0]
+    assert table.shape[0] == 24 * 24 + 1
+    assert torch.allclose(table[1:], torch.from_numpy(sincos_positions(table.shape[-1], 24)).to(table.dtype), atol=1e-6)

@@ -8,6 +8,7 @@ Each is a model of the family's *real* transformers classes with a tokenizer bui
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import shutil
 import tempfile
@@ -125,8 +126,8 @@ class TinySpec:
     # *which* patch but not where it lies: a short run must learn left from right patch by patch, and
     # loud random ones (1.0) also drown the content the decoder should select by. Sine-cosine codes x and
     # y smoothly, so "left of the middle" is a few linear directions from the start: on the shapes
-    # corpus's marks stage (24 s of training) the side of a mark went from 0.72 to 0.98 and the pointing
-    # game from 0.33 to 0.68 (docs/MODELS.md). Learned thereafter, as in BLIP and ViT.
+    # corpus's marks stage (24 s of training, seed 0) the side of a mark went from 0.72 to 0.98 and the
+    # pointing game from 0.33 to 0.68 (docs/MODELS.md). Learned thereafter, as in BLIP and ViT.
     position_init: str = "normal"
     # Std of the decoder's cross-attention query and key weights (None: as the rest of the decoder, 0.02).
     # At 0.02 a from-scratch decoder attends uniformly to all patches, and learning to look at one
@@ -176,10 +177,12 @@ class TinySpec:
                 if self.position_init == "normal":
                     p.normal_(0.0, self.position_init_std)
                     continue
-                grid = self.image_size // self.patch_size
+                # the grid from the table itself (CLS first): a twin's image and patch sizes are the
+                # published ones, not this spec's
+                grid = math.isqrt(p.shape[-2] - 1)
+                if grid * grid + 1 != p.shape[-2]:  # pragma: no cover - every ViT here has a square grid
+                    raise MedblipError(f"{p.shape[-2]} position embeddings are not CLS plus a square grid")
                 table = torch.from_numpy(sincos_positions(p.shape[-1], grid)).to(p.dtype)
-                if p.shape[-2] != grid * grid + 1:  # pragma: no cover - ViTs here have one CLS position
-                    raise MedblipError(f"{p.shape[-2]} position embeddings for a {grid} x {grid} grid plus CLS")
                 p.zero_()
                 p[0, 1:] = table * (1.0 if self.position_init_std is None else self.position_init_std)
 
