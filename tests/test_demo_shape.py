@@ -120,6 +120,7 @@ def lay_grounding(model_dir: Path, corpus: Path) -> dict[str, float]:
     from PIL import Image
 
     from medblip.data import load_dataset, load_image
+    from medblip.explain.benchmark import phrase_word_indices
     from medblip.explain.explainer import explain_image
     from medblip.explain.grounding import baseline_scores, score_map
     from medblip.explain.maps import normalize, word_key
@@ -139,7 +140,7 @@ def lay_grounding(model_dir: Path, corpus: Path) -> dict[str, float]:
             sides.append(mark["side"] in words and ({"left": "right", "right": "left"}[mark["side"]] not in words))
             expl = explain_image(adapter, image, record.caption, caption_source="reference")
             names = {mark["kind"], "dot"} if mark["kind"] == "spot" else {mark["kind"]}
-            idx = [i for i, w in enumerate(expl.words) if word_key(w) in names][:1]
+            idx = phrase_word_indices(expl.words, [[name] for name in names])[:1]
             with Image.open(corpus / record.meta["mask"]) as im:
                 mask = np.asarray(im.convert("L")) == mark["mask_value"]
             if idx and mask.any():
