@@ -84,3 +84,19 @@ def test_serve_load_smoke(tmp_path):
     assert over["other"] == 0 and over["ok"] + over["rejected_503"] == 24
     assert over["rejected_503"] > 0 and over["rejected_with_retry_after"] == over["rejected_503"]
     assert res["ratio"] > 0 and {"torch", "cpu", "date"} <= set(res["environment"])
+
+
+
+@pytest.mark.slow
+def test_demo_budget_smoke(tmp_path):
+    """The demo's recipe at one tiny budget: steps, side and pointing come back as the demo computes them."""
+    from medblip.models import init_tiny
+
+    model = init_tiny("blip", tmp_path / "tiny", seed=0)
+    res = _run("demo_budget.py", tmp_path / "b.json", "--model", str(model), "--n", "120", "--epochs", "1")
+    assert res["benchmark"] == "demo_budget" and res["data"] == {"n": 120, "size": 64, "seed": 0}
+    [row] = res["budgets"]
+    assert row["epochs"] == 1 and row["steps"] >= 1 and row["train_seconds"] > 0
+    assert row["one_sided_lesions"] > 0 and 0 <= row["side"] <= 1 and 0.5 <= row["side_majority"] <= 1
+    assert row["findings_scored"] > 0 and 0 <= row["pointing"] <= 1 and 0 < row["pointing_uniform"] < 0.5
+    assert row["pointing_tolerant"] >= row["pointing"]
