@@ -86,7 +86,6 @@ def test_serve_load_smoke(tmp_path):
     assert res["ratio"] > 0 and {"torch", "cpu", "date"} <= set(res["environment"])
 
 
-
 @pytest.mark.slow
 def test_demo_budget_smoke(tmp_path):
     """The demo's recipe at one tiny budget: steps, side and pointing come back as the demo computes them."""
