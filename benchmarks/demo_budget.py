@@ -43,7 +43,7 @@ def _captions(adapter: Any, data: Path, generation: dict[str, Any]) -> dict[str,
     return {row["id"]: row["prediction"] for row in run.rows}
 
 
-def measure(model_dir: Path, data: Path, epochs: int, seed: int, work: Path) -> dict[str, Any]:
+def measure(model_dir: Path, image_size: int, data: Path, epochs: int, seed: int, work: Path) -> dict[str, Any]:
     from medblip.data.synth import load_facts
     from medblip.experiments.demo import load_recipe, tiny_config
     from medblip.experiments.shape import side_rates
@@ -53,7 +53,6 @@ def measure(model_dir: Path, data: Path, epochs: int, seed: int, work: Path) -> 
 
     recipe = load_recipe("full")
     recipe = recipe.model_copy(update={"train": {**recipe.train, "epochs": epochs}})
-    image_size = image_size_of(create_model(model_dir))
     config = tiny_config(model_dir, data, work / f"epochs{epochs}", recipe, f"budget-e{epochs}", image_size, seed)
     t0 = time.perf_counter()
     result = train(config, progress=False)
@@ -110,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = Path(args.model)
             if not (model_dir / "config.json").is_file():
                 raise SystemExit(f"error: --model {args.model}: not standin or a model folder with config.json")
+        from medblip.models import create_model
+
+        image_size = image_size_of(create_model(model_dir))
         print("| epochs | steps | train s | side | majority | pointing | uniform | tolerant |", flush=True)
         print("|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
         for epochs in budgets:
-            r = measure(model_dir, data, epochs, args.seed, work)
+            r = measure(model_dir, image_size, data, epochs, args.seed, work)
             rows.append(r)
             side = "n/a" if r["side"] is None else f"{r['side']:.3f}"
             majority = "n/a" if r["side_majority"] is None else f"{r['side_majority']:.3f}"
