@@ -99,3 +99,26 @@ def test_demo_budget_smoke(tmp_path):
     assert row["one_sided_lesions"] > 0 and 0 <= row["side"] <= 1 and 0.5 <= row["side_majority"] <= 1
     assert row["findings_scored"] > 0 and 0 <= row["pointing"] <= 1 and 0 < row["pointing_uniform"] < 0.5
     assert row["pointing_tolerant"] >= row["pointing"]
+
+
+@pytest.mark.slow
+def test_grounding_ceiling_smoke(tmp_path):
+    """Every map is scored on the same findings; the patch grid's ideal map points better than a random pointer."""
+    from medblip.models import init_tiny
+    from medblip.models.tiny import TinySpec
+
+    model = init_tiny("blip", tmp_path / "tiny", seed=0)
+    res = _run("grounding_ceiling.py", tmp_path / "g.json", "--model", str(model), "--n", "240",
+               "--demo", str(tmp_path / "no-demo"))  # not the checkout's demo_output, if there is one
+    assert res["benchmark"] == "grounding_ceiling" and res["data"] == {"n": 240, "size": 64, "seed": 0}
+    assert res["normal_images"] > 0
+    assert res["findings_scored"] > 0 and res["findings_skipped_few_normals"] >= 0
+    maps = res["maps"]
+    assert set(maps) == {"uniform", "ideal", "pixel_anomaly", "feature_anomaly", "attention"}
+    for row in maps.values():
+        assert 0 <= row["pointing"] <= row["pointing_tolerant"] <= 1
+    assert maps["ideal"]["pointing"] > maps["uniform"]["pointing"]
+    spec = TinySpec()
+    assert res["grid"] == [spec.image_size // spec.patch_size] * 2
+    assert [(h["layer"], h["head"]) for h in res["heads"]] == [
+        (layer, head) for layer in range(spec.num_layers) for head in range(spec.num_heads)]
