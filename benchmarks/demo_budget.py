@@ -1,7 +1,7 @@
 """The demo's fine-tuning at larger budgets: when does the stand-in learn the lesion side and point?
 
 Usage: python benchmarks/demo_budget.py [--n 4000] [--epochs 8,16] [--model standin|FOLDER] [--seed 0]
-       [--json FILE.json]
+       [--json FILE.json] [--keep DIR]
 
 `medblip demo` fine-tunes the BLIP stand-in on 1,152 images for 8 epochs (288 steps) and, so measured,
 names the side of one-sided lesions no better than the majority side, and its attention hits the lesion
@@ -22,6 +22,7 @@ of ``--n`` images for each ``--epochs`` value, and prints, as the demo's ``shape
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -43,7 +44,8 @@ def _captions(adapter: Any, data: Path, generation: dict[str, Any]) -> dict[str,
     return {row["id"]: row["prediction"] for row in run.rows}
 
 
-def measure(model_dir: Path, image_size: int, data: Path, epochs: int, seed: int, work: Path) -> dict[str, Any]:
+def measure(model_dir: Path, image_size: int, data: Path, epochs: int, seed: int, work: Path,
+            keep: Path | None = None) -> dict[str, Any]:
     from medblip.data.synth import load_facts
     from medblip.experiments.demo import load_recipe, tiny_config
     from medblip.experiments.shape import side_rates
@@ -57,7 +59,10 @@ def measure(model_dir: Path, image_size: int, data: Path, epochs: int, seed: int
     t0 = time.perf_counter()
     result = train(config, progress=False)
     seconds = time.perf_counter() - t0
-    adapter = create_model(result.best_checkpoint or result.last_checkpoint)  # the demo scores `best`
+    checkpoint = result.best_checkpoint or result.last_checkpoint  # the demo scores `best`
+    if keep is not None:
+        shutil.copytree(checkpoint, keep / f"epochs{epochs}", dirs_exist_ok=True)
+    adapter = create_model(checkpoint)
     side, majority, n_sided = side_rates(_captions(adapter, data, dict(recipe.generation)), load_facts(data))
     grounding = evaluate_grounding(adapter, data, split="test")
     scores = grounding["summary"]["scores"]
@@ -82,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="stand-in and fine-tuning seed (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s, as the demo)")
     parser.add_argument("--json", type=Path, help="write the result here")
+    parser.add_argument("--keep", type=Path, help="keep each budget's fine-tuned model as KEEP/epochsE "
+                                                  "(for grounding_ceiling.py --model)")
     args = parser.parse_args(argv)
     try:
         budgets = [int(e) for e in args.epochs.split(",") if e.strip()]
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| epochs | steps | train s | side | majority | pointing | uniform | tolerant |", flush=True)
         print("|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
         for epochs in budgets:
-            r = measure(model_dir, image_size, data, epochs, args.seed, work)
+            r = measure(model_dir, image_size, data, epochs, args.seed, work, args.keep)
             rows.append(r)
             side = "n/a" if r["side"] is None else f"{r['side']:.3f}"
             majority = "n/a" if r["side_majority"] is None else f"{r['side_majority']:.3f}"

@@ -16,7 +16,9 @@ scores the model's attention (``to_original``, min-max, the maximum inside the l
 - ``feature_anomaly``: the same on the model's vision-tower patch features (last hidden state);
 - ``attention``: the finding words' decoder cross-attention, mean over layers and heads, as
   ``medblip explain --evaluate`` (``evaluate_grounding``) computes it; ``heads`` has each
-  (layer, head) alone.
+  (layer, head) alone;
+- ``saliency`` (BLIP): not attention and not on the grid: |gradient x input| of the same words'
+  log-probability at the input's resolution, i.e. which pixels the caption's words depend on.
 
 If the anomaly maps hit far more lesions than the attention, the grid is not what limits the
 pointing game: the information is in the image and in the encoder's features, and the caption loss
@@ -80,6 +82,28 @@ def _ideal(mask: np.ndarray, box: tuple[float, ...], grid: int) -> np.ndarray:
     return np.asarray(crop.resize((grid, grid), Image.Resampling.BOX), dtype=np.float32)  # area means
 
 
+def _saliency(adapter: Any, image: Any, caption: str, finding: str) -> np.ndarray:
+    """|gradient x input| of the finding words' log-probability, summed over colour channels, at the
+    model's input resolution (BLIP: logits row j - 1 predicts label j)."""
+    from medblip.explain.benchmark import finding_word_indices
+    from medblip.explain.maps import group_words
+
+    batch = adapter.collate([image], [caption])
+    labels = batch["labels"][0].tolist()
+    special = set(adapter.tokenizer.all_special_ids)
+    targets = [j for j in range(1, len(labels)) if labels[j] != -100 and labels[j] not in special]
+    words = group_words(adapter.tokenizer.convert_ids_to_tokens([labels[j] for j in targets]))
+    rows = [targets[t] for w in finding_word_indices(words.words, finding) for t in words.groups[w]]
+    if not rows:  # evaluate_grounding found the words in the same tokens
+        raise RuntimeError(f"no word of {caption!r} names {finding!r}")
+    batch = {k: v.to(adapter.device) for k, v in batch.items()}
+    pixels = batch.pop("pixel_values").to(adapter.dtype).requires_grad_(True)
+    with adapter.inference(grad=True):
+        logp = torch.log_softmax(adapter.model(pixel_values=pixels, **batch).logits[0].float(), dim=-1)
+        sum(logp[j - 1, labels[j]] for j in rows).backward()
+    return (pixels.grad * pixels).sum(dim=1)[0].abs().detach().float().cpu().numpy()
+
+
 def measure(model_dir: Path, data: Path, split: str = "test") -> dict[str, Any]:
     from medblip.data import load_dataset, load_image
     from medblip.data.synth import load_facts
@@ -104,11 +128,14 @@ def measure(model_dir: Path, data: Path, split: str = "test") -> dict[str, Any]:
         raise SystemExit(f"error: {data}: no modality has {MIN_NORMALS} finding-free training images")
     config = _tower(adapter).config
     grid = int(config.image_size) // int(config.patch_size)
-    pix_test, feat_test = _encode(adapter, [load_image(records[i].image) for i in ids], grid)
+    images = [load_image(records[i].image) for i in ids]
+    pix_test, feat_test = _encode(adapter, images, grid)
     pix_norm, feat_norm = _encode(adapter, [load_image(records[i].image) for i in normals], grid)
 
-    scores: dict[str, list[dict[str, float]]] = {k: [] for k in ("uniform", "ideal", "pixel_anomaly",
-                                                                  "feature_anomaly", "attention")}
+    text = adapter.model.config.text_config if adapter.family == "blip" else None
+    saliency = text is not None  # the BLIP decoder's label alignment (see _saliency)
+    names = ("uniform", "ideal", "pixel_anomaly", "feature_anomaly", "attention") + (("saliency",) if saliency else ())
+    scores: dict[str, list[dict[str, float]]] = {k: [] for k in names}
     for k, i in enumerate(ids):
         fact = facts[i]
         same = [j for j, n in enumerate(normals) if facts[n]["modality"] == fact["modality"]]
@@ -119,6 +146,8 @@ def measure(model_dir: Path, data: Path, split: str = "test") -> dict[str, Any]:
         maps = {"ideal": _ideal(mask, box, grid),
                 "pixel_anomaly": _anomaly(pix_test[k], pix_norm[same]).reshape(grid, grid),
                 "feature_anomaly": _anomaly(feat_test[k], feat_norm[same]).reshape(grid, grid)}
+        if saliency:
+            maps["saliency"] = _saliency(adapter, images[k], records[i].caption, fact["finding"])
         for name, grid_map in maps.items():
             scores[name].append(score_map(normalize(to_original(grid_map, size, box)), mask, tol))
         scores["uniform"].append(baseline_scores(mask, tol)["uniform"])
@@ -129,7 +158,6 @@ def measure(model_dir: Path, data: Path, split: str = "test") -> dict[str, Any]:
 
     table = {name: {"pointing": mean(rows, "hit"), "pointing_tolerant": mean(rows, "hit_tol")}
              for name, rows in scores.items()}
-    text = adapter.model.config.text_config if hasattr(adapter.model.config, "text_config") else None
     heads, chosen = [], set(ids)
     if text is not None:  # BLIP: each cross-attention head of each layer alone
         for layer in range(int(text.num_hidden_layers)):

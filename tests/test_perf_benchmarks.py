@@ -92,7 +92,9 @@ def test_demo_budget_smoke(tmp_path):
     from medblip.models import init_tiny
 
     model = init_tiny("blip", tmp_path / "tiny", seed=0)
-    res = _run("demo_budget.py", tmp_path / "b.json", "--model", str(model), "--n", "120", "--epochs", "1")
+    res = _run("demo_budget.py", tmp_path / "b.json", "--model", str(model), "--n", "120", "--epochs", "1",
+               "--keep", str(tmp_path / "kept"))
+    assert (tmp_path / "kept" / "epochs1" / "config.json").is_file()  # the fine-tuned model, for grounding_ceiling
     assert res["benchmark"] == "demo_budget" and res["data"] == {"n": 120, "size": 64, "seed": 0}
     [row] = res["budgets"]
     assert row["epochs"] == 1 and row["steps"] >= 1 and row["train_seconds"] > 0
@@ -114,7 +116,7 @@ def test_grounding_ceiling_smoke(tmp_path):
     assert res["normal_images"] > 0
     assert res["findings_scored"] > 0 and res["findings_skipped_few_normals"] >= 0
     maps = res["maps"]
-    assert set(maps) == {"uniform", "ideal", "pixel_anomaly", "feature_anomaly", "attention"}
+    assert set(maps) == {"uniform", "ideal", "pixel_anomaly", "feature_anomaly", "attention", "saliency"}
     for row in maps.values():
         assert 0 <= row["pointing"] <= row["pointing_tolerant"] <= 1
     assert maps["ideal"]["pointing"] > maps["uniform"]["pointing"]

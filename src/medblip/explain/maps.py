@@ -105,7 +105,8 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     maps = np.asarray(maps, dtype=np.float32)
     lead = maps.shape[:-2]
-    t = torch.from_numpy(np.ascontiguousarray(maps.reshape(-1, 1, *maps.shape[-2:])))
+    # a copy: torch warns on read-only arrays (e.g. np.asarray of a PIL image), and maps are small
+    t = torch.tensor(maps.reshape(-1, 1, *maps.shape[-2:]))
     out = F.interpolate(t, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
     return out.reshape(*lead, int(size[0]), int(size[1])).numpy()
 
