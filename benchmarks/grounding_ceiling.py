@@ -32,6 +32,7 @@ seed 0).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from collections import Counter
@@ -47,24 +48,21 @@ TOLERANCE = 0.05  # of the image's longer side, as evaluate_grounding's tolerant
 MIN_NORMALS = 5  # finding-free training images of a modality, for its per-place statistics
 
 
-def _tower(adapter: Any) -> Any:
-    model = adapter.model
-    return getattr(model, "vision_model", None) or model.encoder  # BLIP / VisionEncoderDecoder (ViT-GPT2)
-
-
-def _encode(adapter: Any, images: list[Any], grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """(input pixels per patch, vision-tower features per patch), each (n, grid * grid, dim)."""
-    pixels, features = [], []
-    tower = _tower(adapter)
+def _encode(adapter: Any, images: list[Any]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(input pixels per patch, vision-tower features per patch), each (n, grid * grid, dim), and grid."""
+    pixels, features, grid = [], [], 0
     with torch.no_grad():
         for i in range(0, len(images), 64):
             pv = adapter.pixel_values(images[i:i + 64]).float()
+            hidden = adapter.encode_images(pv)
+            grid = math.isqrt(hidden.shape[1] - 1)  # after the CLS token
+            if grid * grid != hidden.shape[1] - 1:
+                raise SystemExit(f"error: {hidden.shape[1]} image tokens are not CLS + a square grid")
             n, c, h, w = pv.shape
             p = h // grid
             pixels.append(pv.reshape(n, c, grid, p, grid, p).permute(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, -1))
-            hidden = tower(pixel_values=pv.to(adapter.dtype)).last_hidden_state
-            features.append(hidden[:, -grid * grid:].float())  # drop the CLS token
-    return torch.cat(pixels).numpy(), torch.cat(features).numpy()
+            features.append(hidden[:, 1:].float())
+    return torch.cat(pixels).numpy(), torch.cat(features).numpy(), grid
 
 
 def _anomaly(test: np.ndarray, normal: np.ndarray) -> np.ndarray:
@@ -126,11 +124,9 @@ def measure(model_dir: Path, data: Path, split: str = "test") -> dict[str, Any]:
     skipped = len(attention) - len(ids)
     if not ids:
         raise SystemExit(f"error: {data}: no modality has {MIN_NORMALS} finding-free training images")
-    config = _tower(adapter).config
-    grid = int(config.image_size) // int(config.patch_size)
     images = [load_image(records[i].image) for i in ids]
-    pix_test, feat_test = _encode(adapter, images, grid)
-    pix_norm, feat_norm = _encode(adapter, [load_image(records[i].image) for i in normals], grid)
+    pix_test, feat_test, grid = _encode(adapter, images)
+    pix_norm, feat_norm, _ = _encode(adapter, [load_image(records[i].image) for i in normals])
 
     text = adapter.model.config.text_config if adapter.family == "blip" else None
     saliency = text is not None  # the BLIP decoder's label alignment (see _saliency)
