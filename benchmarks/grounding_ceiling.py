@@ -128,13 +128,15 @@ def measure(model_dir: Path, data: Path, split: str = "test") -> dict[str, Any]:
     pix_test, feat_test, grid = _encode(adapter, images)
     pix_norm, feat_norm, _ = _encode(adapter, [load_image(records[i].image) for i in normals])
 
-    text = adapter.model.config.text_config if adapter.family == "blip" else None
-    saliency = text is not None  # the BLIP decoder's label alignment (see _saliency)
-    names = ("uniform", "ideal", "pixel_anomaly", "feature_anomaly", "attention") + (("saliency",) if saliency else ())
+    blip = adapter.family == "blip"  # saliency's label alignment and the per-head loop are BLIP's
+    names = ("uniform", "ideal", "pixel_anomaly", "feature_anomaly", "attention") + (("saliency",) if blip else ())
     scores: dict[str, list[dict[str, float]]] = {k: [] for k in names}
+    by_modality: dict[str, list[int]] = {}
+    for j, n in enumerate(normals):
+        by_modality.setdefault(facts[n]["modality"], []).append(j)
     for k, i in enumerate(ids):
         fact = facts[i]
-        same = [j for j, n in enumerate(normals) if facts[n]["modality"] == fact["modality"]]
+        same = by_modality[fact["modality"]]
         mask = load_mask(data, fact)
         size = (mask.shape[1], mask.shape[0])
         box = input_box(adapter.processor, size)
@@ -142,7 +144,7 @@ def measure(model_dir: Path, data: Path, split: str = "test") -> dict[str, Any]:
         maps = {"ideal": _ideal(mask, box, grid),
                 "pixel_anomaly": _anomaly(pix_test[k], pix_norm[same]).reshape(grid, grid),
                 "feature_anomaly": _anomaly(feat_test[k], feat_norm[same]).reshape(grid, grid)}
-        if saliency:
+        if blip:
             maps["saliency"] = _saliency(adapter, images[k], records[i].caption, fact["finding"])
         for name, grid_map in maps.items():
             scores[name].append(score_map(normalize(to_original(grid_map, size, box)), mask, tol))
@@ -155,7 +157,8 @@ def measure(model_dir: Path, data: Path, split: str = "test") -> dict[str, Any]:
     table = {name: {"pointing": mean(rows, "hit"), "pointing_tolerant": mean(rows, "hit_tol")}
              for name, rows in scores.items()}
     heads, chosen = [], set(ids)
-    if text is not None:  # BLIP: each cross-attention head of each layer alone
+    if blip:  # each cross-attention head of each layer alone
+        text = adapter.model.config.text_config
         for layer in range(int(text.num_hidden_layers)):
             for head in range(int(text.num_attention_heads)):
                 one = evaluate_grounding(adapter, data, split=split, settings=ExplainSettings(layers=[layer], heads=[head]))
