@@ -17,8 +17,12 @@ scores the model's attention (``to_original``, min-max, the maximum inside the l
 - ``attention``: the finding words' decoder cross-attention, mean over layers and heads, as
   ``medblip explain --evaluate`` (``evaluate_grounding``) computes it; ``heads`` has each
   (layer, head) alone;
-- ``saliency`` (BLIP): not attention and not on the grid: |gradient x input| of the same words'
-  log-probability at the input's resolution, i.e. which pixels the caption's words depend on.
+- ``saliency``: not attention and not on the grid: ``medblip explain --method saliency``, the
+  |gradient| of the same words' log-probabilities at the input's resolution, i.e. which pixels the
+  caption's words depend on;
+- ``random_*`` (unless ``--no-randomised``): ``feature_anomaly``, ``attention`` and ``saliency`` of the
+  same architecture with its weights redrawn (seed 0), the model randomisation test of Adebayo et al.
+  (2018): a map that scores as well without training measures the image, not the model.
 
 If the anomaly maps hit far more lesions than the attention, the grid is not what limits the
 pointing game: the information is in the image and in the encoder's features, and the caption loss
@@ -80,29 +84,33 @@ def _ideal(mask: np.ndarray, box: tuple[float, ...], grid: int) -> np.ndarray:
     return np.asarray(crop.resize((grid, grid), Image.Resampling.BOX), dtype=np.float32)  # area means
 
 
-def _saliency(adapter: Any, image: Any, caption: str, finding: str) -> np.ndarray:
-    """|gradient x input| of the finding words' log-probability, summed over colour channels, at the
-    model's input resolution (BLIP: logits row j - 1 predicts label j)."""
-    from medblip.explain.benchmark import finding_word_indices
-    from medblip.explain.maps import group_words
+def _randomised(model_dir: Path, out: Path) -> Path:
+    """``model_dir``'s architecture with freshly drawn weights (seed 0), its tokenizer and processor kept."""
+    import shutil
 
-    batch = adapter.collate([image], [caption])
-    labels = batch["labels"][0].tolist()
-    special = set(adapter.tokenizer.all_special_ids)
-    targets = [j for j in range(1, len(labels)) if labels[j] != -100 and labels[j] not in special]
-    words = group_words(adapter.tokenizer.convert_ids_to_tokens([labels[j] for j in targets]))
-    rows = [targets[t] for w in finding_word_indices(words.words, finding) for t in words.groups[w]]
-    if not rows:  # evaluate_grounding found the words in the same tokens
-        raise RuntimeError(f"no word of {caption!r} names {finding!r}")
-    batch = {k: v.to(adapter.device) for k, v in batch.items()}
-    pixels = batch.pop("pixel_values").to(adapter.dtype).requires_grad_(True)
-    with adapter.inference(grad=True):
-        logp = torch.log_softmax(adapter.model(pixel_values=pixels, **batch).logits[0].float(), dim=-1)
-        sum(logp[j - 1, labels[j]] for j in rows).backward()
-    return (pixels.grad * pixels).sum(dim=1)[0].abs().detach().float().cpu().numpy()
+    from medblip.models import create_model
+
+    adapter = create_model(str(model_dir))
+    torch.manual_seed(0)
+    fresh = type(adapter.base_model)(adapter.base_model.config)
+    fresh.save_pretrained(out)
+    for f in model_dir.iterdir():  # tokenizer, processor and generation settings, not the weights
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name != "config.json":
+            shutil.copy(f, out / f.name)
+    return out
 
 
-def measure(model_dir: Path, data: Path, split: str = "test") -> dict[str, Any]:
+def _model_maps(adapter: Any, data: Path, split: str) -> dict[str, dict[str, dict[str, float]]]:
+    """Per map (attention, saliency), each test finding's score, as ``medblip explain --evaluate`` gives it."""
+    from medblip.explain.benchmark import evaluate_grounding
+    from medblip.explain.explainer import ExplainSettings
+
+    return {method: {row["id"]: row["model"] for row in evaluate_grounding(
+        adapter, data, split=split, settings=ExplainSettings(method=method))["rows"]}
+        for method in ("attention", "saliency")}
+
+
+def measure(model_dir: Path, data: Path, split: str = "test", randomised: Path | None = None) -> dict[str, Any]:
     from medblip.data import load_dataset, load_image
     from medblip.data.synth import load_facts
     from medblip.explain.benchmark import evaluate_grounding, load_mask
@@ -114,8 +122,12 @@ def measure(model_dir: Path, data: Path, split: str = "test") -> dict[str, Any]:
 
     adapter = create_model(str(model_dir))
     facts = load_facts(data)
-    grounding = evaluate_grounding(adapter, data, split=split)  # the attention, as the demo scores it
-    attention = {row["id"]: row["model"] for row in grounding["rows"]}
+    model_maps = {"": _model_maps(adapter, data, split)}  # the attention as the demo scores it, and saliency
+    attention = model_maps[""]["attention"]
+    blip = adapter.family == "blip"  # the per-head loop is BLIP's
+    random_adapter = None if randomised is None else create_model(str(randomised))
+    if random_adapter is not None:
+        model_maps["random_"] = _model_maps(random_adapter, data, split)
     records = {r.id: r for r in load_dataset(data, splits=[split, "train"]).records}
     normals = [i for i, r in records.items() if r.split == "train" and facts[i]["finding"] in ("none", "", None)]
     per_modality = Counter(facts[i]["modality"] for i in normals)
@@ -126,10 +138,14 @@ def measure(model_dir: Path, data: Path, split: str = "test") -> dict[str, Any]:
         raise SystemExit(f"error: {data}: no modality has {MIN_NORMALS} finding-free training images")
     images = [load_image(records[i].image) for i in ids]
     pix_test, feat_test, grid = _encode(adapter, images)
-    pix_norm, feat_norm, _ = _encode(adapter, [load_image(records[i].image) for i in normals])
+    normal_images = [load_image(records[i].image) for i in normals]
+    pix_norm, feat_norm, _ = _encode(adapter, normal_images)
+    features = {"": (feat_test, feat_norm)}
+    if random_adapter is not None:
+        features["random_"] = (_encode(random_adapter, images)[1], _encode(random_adapter, normal_images)[1])
 
-    blip = adapter.family == "blip"  # saliency's label alignment and the per-head loop are BLIP's
-    names = ("uniform", "ideal", "pixel_anomaly", "feature_anomaly", "attention") + (("saliency",) if blip else ())
+    names = ["uniform", "ideal", "pixel_anomaly"] + [f"{prefix}{name}" for prefix in model_maps
+                                                     for name in ("feature_anomaly", "attention", "saliency")]
     scores: dict[str, list[dict[str, float]]] = {k: [] for k in names}
     by_modality: dict[str, list[int]] = {}
     for j, n in enumerate(normals):
@@ -142,20 +158,21 @@ def measure(model_dir: Path, data: Path, split: str = "test") -> dict[str, Any]:
         box = input_box(adapter.processor, size)
         tol = TOLERANCE * max(size)
         maps = {"ideal": _ideal(mask, box, grid),
-                "pixel_anomaly": _anomaly(pix_test[k], pix_norm[same]).reshape(grid, grid),
-                "feature_anomaly": _anomaly(feat_test[k], feat_norm[same]).reshape(grid, grid)}
-        if blip:
-            maps["saliency"] = _saliency(adapter, images[k], records[i].caption, fact["finding"])
+                "pixel_anomaly": _anomaly(pix_test[k], pix_norm[same]).reshape(grid, grid)}
+        for prefix, (test, normal) in features.items():
+            maps[f"{prefix}feature_anomaly"] = _anomaly(test[k], normal[same]).reshape(grid, grid)
         for name, grid_map in maps.items():
             scores[name].append(score_map(normalize(to_original(grid_map, size, box)), mask, tol))
         scores["uniform"].append(baseline_scores(mask, tol)["uniform"])
-        scores["attention"].append(attention[i])
+        for prefix, per_method in model_maps.items():
+            for method, rows in per_method.items():
+                scores[f"{prefix}{method}"].append(rows[i])
 
     def mean(rows: list[dict[str, float]], key: str) -> float:
         return round(float(np.mean([float(r[key]) for r in rows])), 4)
 
-    table = {name: {"pointing": mean(rows, "hit"), "pointing_tolerant": mean(rows, "hit_tol")}
-             for name, rows in scores.items()}
+    table = {name: {"pointing": mean(rows, "hit"), "pointing_tolerant": mean(rows, "hit_tol"),
+                    "energy": mean(rows, "energy")} for name, rows in scores.items()}
     heads, chosen = [], set(ids)
     if blip:  # each cross-attention head of each layer alone
         text = adapter.model.config.text_config
@@ -178,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   "the demo's benchmark is rendered)")
     parser.add_argument("--n", type=int, default=1440, help="images to render without a benchmark (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--randomised", action=argparse.BooleanOptionalAction, default=True,
+                        help="also score the architecture with random weights (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     model = args.model or args.demo / "ablation" / "full" / "checkpoints" / "best"
@@ -193,13 +212,14 @@ def main(argv: list[str] | None = None) -> int:
 
             data = Path(tmp) / "data"
             generate(data, args.n, seed=0, size=64)
-        result = measure(model, data)
+        random_model = _randomised(model, Path(tmp) / "random") if args.randomised else None
+        result = measure(model, data, randomised=random_model)
     print(f"{result['findings_scored']} test findings, {result['grid'][0]} x {result['grid'][1]} patch grid, "
           f"{result['normal_images']} finding-free training images "
           f"({result['findings_skipped_few_normals']} findings left out: under {MIN_NORMALS} of their modality)")
-    print("| map | pointing game | tolerant |\n|---|---:|---:|")
+    print("| map | pointing game | tolerant | energy in the lesion |\n|---|---:|---:|---:|")
     for name, row in result["maps"].items():
-        print(f"| {name} | {row['pointing']:.3f} | {row['pointing_tolerant']:.3f} |")
+        print(f"| {name} | {row['pointing']:.3f} | {row['pointing_tolerant']:.3f} | {row['energy']:.4f} |")
     if result["heads"]:
         best = max(result["heads"], key=lambda h: h["pointing"])
         print(f"single heads: pointing {min(h['pointing'] for h in result['heads']):.3f}-{best['pointing']:.3f} "

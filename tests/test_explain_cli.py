@@ -64,6 +64,25 @@ def test_one_image_with_caption_and_words(tiny_blip: Path, tmp_path: Path) -> No
     assert json.loads((out / "summary.json").read_text())["images"][0]["caption"].startswith("CT of")
 
 
+def test_saliency_maps_of_one_image(tiny_blip: Path, tmp_path: Path) -> None:
+    img = Image.new("RGB", (120, 80), (20, 20, 20))
+    ImageDraw.Draw(img).ellipse((10, 10, 40, 40), fill=(240, 240, 240))
+    img.save(tmp_path / "scan.png")
+    out = tmp_path / "out"
+    res = _run("--model", str(tiny_blip), "--image", str(tmp_path / "scan.png"), "--caption",
+               "CT of the chest showing a left lung nodule.", "--method", "saliency", "--words", "nodule",
+               "--out", str(out), "--no-progress")
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "scan" / "explanation.json").read_text())
+    assert doc["settings"]["method"] == "saliency" and doc["panels"] == ["nodule"]
+    maps = np.load(out / "scan" / "word_maps.npy")
+    assert maps.shape[1:] == tuple(doc["grid"]) and maps.shape[1] > 4  # input pixels, not the 4 x 4 patches
+    with pytest.raises(MedblipError, match="layers select cross-attention"):  # before the model is loaded
+        _run("--model", str(tiny_blip), "--image", str(tmp_path / "scan.png"), "--method", "saliency",
+             "--layers", "-1", "--out", str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_dataset_split_generated_captions(tiny_blip: Path, synth_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "many"
     res = _run("--model", str(tiny_blip), "--data", str(synth_dir), "--split", "test", "--limit", "2",
@@ -91,7 +110,8 @@ def test_evaluate_writes_json_and_markdown(tiny_blip: Path, synth_dir: Path, tmp
 
 @pytest.mark.parametrize(("args", "msg"), [
     (["--image", "missing.png"], "does not exist"),
-    (["--image", "IMG", "--method", "saliency"], "unknown method"),
+    (["--image", "IMG", "--method", "occlusion"], "unknown method"),
+    (["--image", "IMG", "--method", "saliency", "--heads", "0"], "heads select cross-attention"),
     (["--image", "IMG", "--layers", "a,b"], "comma-separated integers"),
     (["--evaluate"], "--evaluate needs --data"),
     ([], "exactly one of --image"),

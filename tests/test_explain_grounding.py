@@ -39,9 +39,16 @@ def _grounding(model_dir: Any, data_dir: Any, method: str) -> dict[str, Any]:
 #: 0.0133 / 0.0145 (uniform 0.0140) and Grad-CAM energy 0.0121 / 0.0161 / 0.0151; with ``train.sdpa: off``
 #: hit within one patch fell to 0.035 on seed 0. It is not asserted here; issue 21's pointing-game target
 #: (0.15) is not met by either model (README, "What the demo does").
+#:
+#: Saliency (``--method saliency``, |gradient| at the input's pixels) puts 0.0247 / 0.0218 / 0.0267 of its
+#: mass in the lesion (1.56x the uniform map's at the lowest seed); the same architecture with random
+#: weights and a live vision tower (``vision_init_std=0.02``; seeds 0 / 1 / 2) 0.0175 / 0.0175 / 0.0173
+#: (1.25x at most). Its pointing game does not separate them (trained 0.009-0.026, random 0.035-0.052),
+#: so it is not asserted.
 TOLERANT_HIT_FACTOR = 1.6  # lowest seed: 2.03x the better baseline
 ENERGY_FACTOR = 1.15  # lowest seed: 1.23x the uniform map's
 GRADCAM_ENERGY_FACTOR = 1.15  # lowest seed: 1.31x
+SALIENCY_ENERGY_FACTOR = 1.4  # trained: 1.56x at the lowest seed; random weights: 1.25x at the highest
 
 
 def test_trained_model_points_at_the_lesion(grounded_tiny_blip: Any) -> None:
@@ -76,3 +83,18 @@ def test_untrained_model_is_not_grounded(grounded_tiny_blip: Any, tmp_path: Any)
     sc = result["summary"]["scores"]
     # what the trained model is asked for above is not what an untrained one gets
     assert sc["model"]["hit_tol"] < TOLERANT_HIT_FACTOR * max(sc["uniform"]["hit_tol"], sc["centre"]["hit_tol"]), sc
+
+
+def test_saliency_of_the_trained_model_beats_random_weights(grounded_tiny_blip: Any, tmp_path: Any) -> None:
+    """The model randomisation test (Adebayo et al. 2018): the trained model's saliency of the finding
+    words puts clearly more of its mass in the lesion than a uniform map, and the same architecture with
+    random weights (a live vision tower, whose gradients reach the pixels) does not reach that bar."""
+    from _train_fixtures import GROUNDING, train_captions
+    from medblip.models import init_tiny
+
+    trained = _grounding(grounded_tiny_blip.model_dir, grounded_tiny_blip.data_dir, "saliency")["summary"]["scores"]
+    assert trained["model"]["energy"] >= SALIENCY_ENERGY_FACTOR * trained["uniform"]["energy"], trained
+    init = init_tiny("blip", tmp_path / "init", captions=train_captions(grounded_tiny_blip.data_dir),
+                     **GROUNDING["blip"], vision_init_std=0.02)
+    random = _grounding(init, grounded_tiny_blip.data_dir, "saliency")["summary"]["scores"]
+    assert random["model"]["energy"] < SALIENCY_ENERGY_FACTOR * random["uniform"]["energy"], random

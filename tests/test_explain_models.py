@@ -1,4 +1,4 @@
-"""Explanations on tiny models of every family: shapes, normalisation, Grad-CAM, saved files."""
+"""Explanations on tiny models of every family: shapes, normalisation, Grad-CAM, saliency, saved files."""
 
 from __future__ import annotations
 
@@ -134,10 +134,48 @@ def test_gradcam_is_attention_times_positive_gradient(tiny_models: dict[str, Cap
     assert tr.logprobs[t] == pytest.approx(float(logp.detach()), abs=1e-5)
 
 
+def test_saliency_maps_are_per_input_pixel(adapter: CaptionModel) -> None:
+    """Every family: one map per token at the model's input resolution, non-negative, not flat, and
+    onto the original image like the attention maps."""
+    expl = explain_image(adapter, _image(), CAPTION, ExplainSettings(method="saliency"))
+    t = len(expl.tokens)
+    assert expl.grid == (IMAGE_SIZE, IMAGE_SIZE)
+    assert expl.token_maps.shape == (t, IMAGE_SIZE, IMAGE_SIZE) and len(expl.logprobs) == t
+    assert np.isfinite(expl.token_maps).all() and (expl.token_maps >= 0).all()
+    assert (expl.token_maps.max(axis=(1, 2)) > expl.token_maps.min(axis=(1, 2))).all()  # each token's map varies
+    assert expl.heatmaps("word").shape == (len(expl.words), 80, 120)
+    assert "saliency" in expl.extra
+    # the same tokens and log-probabilities as the attention pass: only the maps differ
+    plain = explain_image(adapter, _image(), CAPTION)
+    assert plain.tokens == expl.tokens
+    np.testing.assert_allclose(plain.logprobs, expl.logprobs, rtol=1e-4, atol=1e-5)
+
+
+def test_saliency_is_the_gradient_of_the_token_logprob(tiny_models: dict[str, CaptionModel]) -> None:
+    """One token's saliency equals max over channels of |dlog p / d pixels| computed by hand, and no
+    parameter gradient is left behind."""
+    blip = tiny_models["blip"]
+    image = _image()
+    tr, maps = trace(blip, image, CAPTION, method="saliency")
+    batch = blip.collate([image], [CAPTION])
+    model = blip.base_model
+    pixels = batch["pixel_values"].clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(pixel_values=pixels, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t = 3  # the fourth caption token, predicted at row 3
+        logp = torch.log_softmax(logits[0, t].float(), -1)[batch["input_ids"][0, t + 1]]
+        (g,) = torch.autograd.grad(logp, pixels)
+    np.testing.assert_allclose(maps[t], g[0].abs().amax(dim=0).numpy(), rtol=1e-4, atol=1e-9)
+    assert tr.logprobs[t] == pytest.approx(float(logp.detach()), abs=1e-5)
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_bad_inputs_are_one_line_errors(tiny_models: dict[str, CaptionModel]) -> None:
     blip = tiny_models["blip"]
-    for settings, msg in ((ExplainSettings(method="saliency"), "unknown method"),
-                          (ExplainSettings(aggregate="median"), "unknown aggregate")):
+    for settings, msg in ((ExplainSettings(method="occlusion"), "unknown method"),
+                          (ExplainSettings(aggregate="median"), "unknown aggregate"),
+                          (ExplainSettings(method="saliency", layers=[-1]), "saliency method maps input pixels"),
+                          (ExplainSettings(method="saliency", heads=[0], aggregate="max"), "heads, aggregate select")):
         with pytest.raises(MedblipError, match=msg):
             explain_image(blip, _image(), CAPTION, settings)
     with pytest.raises(MedblipError, match="empty caption"):

@@ -105,7 +105,8 @@ def test_demo_budget_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_grounding_ceiling_smoke(tmp_path):
-    """Every map is scored on the same findings; the patch grid's ideal map points better than a random pointer."""
+    """Every map, and the model's maps with random weights, is scored on the same findings; the patch grid's
+    ideal map points better than a random pointer."""
     from medblip.models import init_tiny
     from medblip.models.tiny import TinySpec
 
@@ -116,9 +117,10 @@ def test_grounding_ceiling_smoke(tmp_path):
     assert res["normal_images"] > 0
     assert res["findings_scored"] > 0 and res["findings_skipped_few_normals"] >= 0
     maps = res["maps"]
-    assert set(maps) == {"uniform", "ideal", "pixel_anomaly", "feature_anomaly", "attention", "saliency"}
+    model_maps = {"feature_anomaly", "attention", "saliency"}
+    assert set(maps) == {"uniform", "ideal", "pixel_anomaly", *model_maps, *{f"random_{m}" for m in model_maps}}
     for row in maps.values():
-        assert 0 <= row["pointing"] <= row["pointing_tolerant"] <= 1
+        assert 0 <= row["pointing"] <= row["pointing_tolerant"] <= 1 and 0 <= row["energy"] <= 1
     assert maps["ideal"]["pointing"] > maps["uniform"]["pointing"]
     spec = TinySpec()
     assert res["grid"] == [spec.image_size // spec.patch_size] * 2

@@ -90,8 +90,10 @@ class Captioner:
                 max_new_tokens: int = 40) -> Explanation:
         """Per-token and per-word maps of ``caption`` (default: the greedy caption) on ``image``.
 
-        Returns a :class:`medblip.explain.Explanation`: ``.caption``, ``.words``, ``.word_maps`` /
-        ``.token_maps`` (raw, on the patch grid) and ``.heatmaps()`` (on the original image, in [0, 1]);
+        ``method``: ``attention``, ``gradcam`` or ``saliency`` (the gradient at each input pixel; no layers
+        or heads). Returns a :class:`medblip.explain.Explanation`: ``.caption``, ``.words``, ``.word_maps`` /
+        ``.token_maps`` (raw, on the patch grid; saliency: on the input's pixels) and ``.heatmaps()`` (on the
+        original image, in [0, 1]);
         ``medblip.explain.save_explanation`` draws them.
         """
         from medblip.explain.explainer import ExplainSettings, explain_image

@@ -1,4 +1,4 @@
-"""``medblip explain``: per-token cross-attention / Grad-CAM maps, and the grounding score."""
+"""``medblip explain``: per-token cross-attention / Grad-CAM / saliency maps, and the grounding score."""
 
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ def explain_cmd(
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most N images of --data (a seeded subset)."),
     reference: bool = typer.Option(False, "--reference",
                                    help="With --data: explain the reference captions instead of generated ones."),
-    method: str = typer.Option("attention", "--method", help="attention (raw cross-attention) or gradcam."),
+    method: str = typer.Option("attention", "--method",
+                               help="attention (raw cross-attention), gradcam, or saliency (input x gradient: "
+                                    "which pixels each word depends on)."),
     layers: str | None = typer.Option(None, "--layers",
                                       help="Cross-attention layers, e.g. 0,-1 (default: all; gradcam: last)."),
     heads: str | None = typer.Option(None, "--heads", help="Heads to keep, e.g. 0,3 (default: all)."),
@@ -76,7 +78,8 @@ def explain_cmd(
     """Explain captions with per-token (or per-word) heat-maps on the original image.
 
     Writes, per image, <out>/<name>/grid.png (one panel per word, caption underneath), overlays/*.png,
-    token_maps.npy and word_maps.npy (raw maps on the patch grid) and explanation.json; plus
+    token_maps.npy and word_maps.npy (raw maps on the patch grid; saliency: at the model's input resolution)
+    and explanation.json; plus
     <out>/summary.json and summary.md. With --evaluate, writes grounding.json and grounding.md.
     Maps are min-max normalised to [0, 1] for display and scoring.
     """

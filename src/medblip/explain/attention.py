@@ -25,6 +25,15 @@ Families:
 Grad-CAM (as for ALBEF / BLIP): on the chosen cross-attention layer(s), ``A * clamp(dlog p(w_t)/dA,
 min=0)``, taken at the predicting row (decoders) or summed over queries (Q-Former; the gradient
 already carries the token), then reduced over heads and layers like plain attention (default mean).
+
+Saliency (Simonyan et al. 2014): ``max over colour channels of |dlog p(w_t)/dx|`` on the model's input
+``x`` (the processor's pixels). It asks which *pixels* the word depends on through the whole model,
+encoder included, not where one attention module looked; its maps live at the input's resolution
+(``Trace.grid`` is then (height, width) in pixels, not the patch grid) and have no layers or heads to
+select. The gradient alone, not gradient x input: on the synthetic benchmark gradient x input of a
+*randomly initialised* BLIP points at the lesion up to 5-11x more often than a uniform map, because it
+scales with how far a pixel is from the mean colour and lesions are extreme pixels (the model
+randomisation test of Adebayo et al. 2018, which the plain gradient passes: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -48,7 +57,9 @@ if TYPE_CHECKING:
 
     from medblip.models.base import CaptionModel
 
-METHODS = ("attention", "gradcam")
+METHODS = ("attention", "gradcam", "saliency")
+#: methods that select cross-attention layers and heads (saliency has neither)
+ATTENTION_METHODS = ("attention", "gradcam")
 
 
 @dataclass(frozen=True)
@@ -204,6 +215,7 @@ def trace(adapter: CaptionModel, image: Image.Image, caption: str, *, method: st
         raise MedblipError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not caption or not caption.strip():
         raise MedblipError("cannot explain an empty caption")
+    check_selection(method, layers, heads, aggregate_how)
     spec = family_spec(adapter)
     model = adapter.base_model
     batch = _batch(adapter, image, caption)
@@ -211,7 +223,7 @@ def trace(adapter: CaptionModel, image: Image.Image, caption: str, *, method: st
     if labels is None:
         raise MedblipError(f"{adapter.family}: collate returned no labels to align tokens with")
     kwargs = _forward_kwargs(adapter, batch)
-    need_grad = method == "gradcam"
+    need_grad = method in ("gradcam", "saliency")
     if need_grad:
         # A leaf that requires grad guarantees a graph up to the attention probabilities even when
         # every parameter is frozen; gradients w.r.t. parameters are never computed.
@@ -225,13 +237,26 @@ def trace(adapter: CaptionModel, image: Image.Image, caption: str, *, method: st
         if not store:
             raise MedblipError(f"{adapter.family}: the model returned no cross-attention weights")
         return _maps_from(adapter, spec, model, out, logits, labels, batch, store, method, layers, heads,
-                          aggregate_how)
+                          aggregate_how, pixels=kwargs["pixel_values"])
+
+
+def check_selection(method: str, layers: Sequence[int] | None, heads: Sequence[int] | None,
+                    aggregate_how: str) -> None:
+    """Saliency has no layers, heads or aggregate: asking for them is an error, not a silent no-op."""
+    if method in ATTENTION_METHODS:
+        return
+    chosen = [name for name, given in (("layers", layers), ("heads", heads)) if given]
+    if aggregate_how != "mean":
+        chosen.append("aggregate")
+    if chosen:
+        raise MedblipError(f"{', '.join(chosen)} select cross-attention; the {method} method maps input pixels "
+                           f"and has none (use --method attention or gradcam)")
 
 
 def _maps_from(adapter: CaptionModel, spec: FamilySpec, model: Any, out: Any, logits: torch.Tensor,
                labels: torch.Tensor, batch: dict[str, Any], store: list[Any], method: str,
                layers: Sequence[int] | None, heads: Sequence[int] | None,
-               how: str) -> tuple[Trace, np.ndarray]:
+               how: str, pixels: torch.Tensor | None = None) -> tuple[Trace, np.ndarray]:
     import torch
 
     shift = spec.shift
@@ -267,6 +292,14 @@ def _maps_from(adapter: CaptionModel, spec: FamilySpec, model: Any, out: Any, lo
             return att[:, rows, :]
         return torch.einsum("tq,hqp->htp", weights.to(att.dtype), att)
 
+    if method == "saliency":
+        if pixels is None or not pixels.requires_grad:
+            raise MedblipError("saliency needs gradients with respect to the input pixels, but the model ran without them")
+        maps = _saliency(pixels, token_logp)
+        extra["saliency"] = "max over colour channels of |gradient of log p(token)|, input resolution"
+        result = Trace(tokens=list(tokens), token_ids=target_ids, grid=(int(maps.shape[-2]), int(maps.shape[-1])),
+                       logprobs=[float(x) for x in token_logp.detach().cpu()], extra=extra)
+        return result, maps
     if method == "attention":
         per_layer = [per_token(a[0].detach()).cpu().numpy() for a in store]
         maps = aggregate(per_layer, layers, heads, how)
@@ -277,6 +310,30 @@ def _maps_from(adapter: CaptionModel, spec: FamilySpec, model: Any, out: Any, lo
     result = Trace(tokens=list(tokens), token_ids=target_ids, grid=grid,
                    logprobs=[float(x) for x in token_logp.detach().cpu()], extra=extra)
     return result, to_grid(maps, grid)
+
+
+#: tokens whose gradients one batched backward pass computes: fewer passes, T x the gradient memory
+SALIENCY_CHUNK = 16
+
+
+def _saliency(pixels: torch.Tensor, token_logp: torch.Tensor) -> np.ndarray:
+    """(T, height, width): per token, the largest |gradient| of its log-probability over colour channels."""
+    import torch
+
+    # autograd.grad, not backward(): only the input's gradient is computed, no parameter's .grad is touched
+    n = token_logp.shape[0]
+    grads: list[torch.Tensor] = []
+    for start in range(0, n, SALIENCY_CHUNK):
+        stop = min(n, start + SALIENCY_CHUNK)
+        try:  # one vmapped backward pass for the chunk's tokens
+            eye = torch.eye(n, device=token_logp.device, dtype=token_logp.dtype)[start:stop]
+            (g,) = torch.autograd.grad(token_logp, pixels, grad_outputs=eye, is_grads_batched=True,
+                                       retain_graph=True)
+            grads.extend(g[:, 0])
+        except RuntimeError:  # an operator without a batching rule, or out of memory: a pass per token
+            grads.extend(torch.autograd.grad(token_logp[t], pixels, retain_graph=True)[0][0]
+                         for t in range(start, stop))
+    return torch.stack([g.float().abs().amax(dim=0) for g in grads]).cpu().numpy()
 
 
 def _gradcam_layer_ids(n: int, layers: Sequence[int] | None) -> list[int]:

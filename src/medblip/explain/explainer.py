@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medblip import results
-from medblip.explain.attention import METHODS, trace
+from medblip.explain.attention import METHODS, check_selection, trace
 from medblip.explain.maps import (
     AGGREGATES,
     group_words,
@@ -40,8 +40,8 @@ class ExplainSettings:
     """What to explain and how (recorded in every JSON output)."""
 
     method: str = "attention"
-    layers: list[int] | None = None  # None: all layers (attention) / the last layer (Grad-CAM)
-    heads: list[int] | None = None  # None: all heads
+    layers: list[int] | None = None  # None: all layers (attention) / the last layer (Grad-CAM); saliency: none
+    heads: list[int] | None = None  # None: all heads; saliency: none
     aggregate: str = "mean"
     max_new_tokens: int = 40  # for generated captions (greedy)
     min_new_tokens: int = 0
@@ -53,6 +53,7 @@ class ExplainSettings:
             raise MedblipError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.aggregate not in AGGREGATES:
             raise MedblipError(f"unknown aggregate {self.aggregate!r}; choose one of {', '.join(AGGREGATES)}")
+        check_selection(self.method, self.layers, self.heads, self.aggregate)
         return self
 
     def as_dict(self) -> dict[str, Any]:
