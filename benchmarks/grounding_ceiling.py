@@ -21,8 +21,9 @@ scores the model's attention (``to_original``, min-max, the maximum inside the l
   |gradient| of the same words' log-probabilities at the input's resolution, i.e. which pixels the
   caption's words depend on;
 - ``random_*`` (unless ``--no-randomised``): ``feature_anomaly``, ``attention`` and ``saliency`` of the
-  same architecture with its weights redrawn (seed 0), the model randomisation test of Adebayo et al.
-  (2018): a map that scores as well without training measures the image, not the model.
+  same architecture with its weights redrawn (``random_weights_copy``, seed 0), the model randomisation
+  test of Adebayo et al. (2018): a map that scores as well without training measures the image, not
+  the model.
 
 If the anomaly maps hit far more lesions than the attention, the grid is not what limits the
 pointing game: the information is in the image and in the encoder's features, and the caption loss
@@ -84,22 +85,6 @@ def _ideal(mask: np.ndarray, box: tuple[float, ...], grid: int) -> np.ndarray:
     return np.asarray(crop.resize((grid, grid), Image.Resampling.BOX), dtype=np.float32)  # area means
 
 
-def _randomised(model_dir: Path, out: Path) -> Path:
-    """``model_dir``'s architecture with freshly drawn weights (seed 0), its tokenizer and processor kept."""
-    import shutil
-
-    from medblip.models import create_model
-
-    adapter = create_model(str(model_dir))
-    torch.manual_seed(0)
-    fresh = type(adapter.base_model)(adapter.base_model.config)
-    fresh.save_pretrained(out)
-    for f in model_dir.iterdir():  # tokenizer, processor and generation settings, not the weights
-        if f.is_file() and not f.name.endswith((".safetensors", ".bin")) and f.name != "config.json":
-            shutil.copy(f, out / f.name)
-    return out
-
-
 def _model_maps(adapter: Any, data: Path, split: str) -> dict[str, dict[str, dict[str, float]]]:
     """Per map (attention, saliency), each test finding's score, as ``medblip explain --evaluate`` gives it."""
     from medblip.explain.benchmark import evaluate_grounding
@@ -111,9 +96,10 @@ def _model_maps(adapter: Any, data: Path, split: str) -> dict[str, dict[str, dic
 
 
 def measure(model_dir: Path, data: Path, split: str = "test", randomised: Path | None = None) -> dict[str, Any]:
+    """The table of maps; ``randomised``: a folder for the random-weights copy (None: no random_* rows)."""
     from medblip.data import load_dataset, load_image
     from medblip.data.synth import load_facts
-    from medblip.explain.benchmark import evaluate_grounding, load_mask
+    from medblip.explain.benchmark import evaluate_grounding, load_mask, random_weights_copy
     from medblip.explain.explainer import ExplainSettings
     from medblip.explain.grounding import baseline_scores, score_map
     from medblip.explain.maps import normalize
@@ -125,7 +111,7 @@ def measure(model_dir: Path, data: Path, split: str = "test", randomised: Path |
     model_maps = {"": _model_maps(adapter, data, split)}  # the attention as the demo scores it, and saliency
     attention = model_maps[""]["attention"]
     blip = adapter.family == "blip"  # the per-head loop is BLIP's
-    random_adapter = None if randomised is None else create_model(str(randomised))
+    random_adapter = None if randomised is None else random_weights_copy(adapter, randomised, seed=0)
     if random_adapter is not None:
         model_maps["random_"] = _model_maps(random_adapter, data, split)
     records = {r.id: r for r in load_dataset(data, splits=[split, "train"]).records}
@@ -212,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
             data = Path(tmp) / "data"
             generate(data, args.n, seed=0, size=64)
-        random_model = _randomised(model, Path(tmp) / "random") if args.randomised else None
-        result = measure(model, data, randomised=random_model)
+        result = measure(model, data, randomised=Path(tmp) / "random" if args.randomised else None)
     print(f"{result['findings_scored']} test findings, {result['grid'][0]} x {result['grid'][1]} patch grid, "
           f"{result['normal_images']} finding-free training images "
           f"({result['findings_skipped_few_normals']} findings left out: under {MIN_NORMALS} of their modality)")

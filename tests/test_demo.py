@@ -55,6 +55,8 @@ def test_quick_demo_end_to_end_and_rerun(tmp_path: Path) -> None:
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["comparisons"] and report["ablations"] and report["datasets"]
     assert report["explanations"] and report["grounding"] and report["training"]
+    grounding = json.loads((out / "grounding" / "grounding.json").read_text())
+    assert "random" in grounding["summary"]["scores"] and "vs_random_weights" in grounding["p_value"]
     state = json.loads((out / "demo.json").read_text())
     assert state["fingerprint"]["quick"] is True and state["seed"] == 0
     assert "git_commit" in state and state["versions"]["torch"]

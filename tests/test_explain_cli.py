@@ -83,6 +83,20 @@ def test_saliency_maps_of_one_image(tiny_blip: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "bad").exists()
 
 
+def test_evaluate_with_the_random_weights_baseline(tiny_blip: Path, synth_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ground"
+    res = _run("--evaluate", "--random-baseline", "--model", str(tiny_blip), "--data", str(synth_dir),
+               "--out", str(out), "--no-progress")
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "grounding.json").read_text())
+    assert set(result["summary"]["scores"]) == {"model", "uniform", "centre", "random"}
+    assert all(set(row["random"]) == {"hit", "hit_tol", "energy"} for row in result["rows"])
+    assert 0.0 <= result["p_value"]["vs_random_weights"] <= 1.0
+    assert "random-weights model" in (out / "grounding.md").read_text()
+    with pytest.raises(MedblipError, match="--random-baseline applies to --evaluate only"):
+        _run("--random-baseline", "--model", str(tiny_blip), "--data", str(synth_dir), "--out", str(tmp_path / "x"))
+
+
 def test_dataset_split_generated_captions(tiny_blip: Path, synth_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "many"
     res = _run("--model", str(tiny_blip), "--data", str(synth_dir), "--split", "test", "--limit", "2",

@@ -180,3 +180,31 @@ def test_bad_inputs_are_one_line_errors(tiny_models: dict[str, CaptionModel]) ->
             explain_image(blip, _image(), CAPTION, settings)
     with pytest.raises(MedblipError, match="empty caption"):
         explain_image(blip, _image(), "   ")
+
+
+def test_random_weights_copy_keeps_everything_but_the_weights(tiny_models: dict[str, CaptionModel],
+                                                              tmp_path: Path) -> None:
+    """The randomisation test's model: same class, config values, tokenizer and processor; new weights; a
+    live vision tower where the config's init is transformers' 1e-10 placeholder."""
+    from medblip.explain.benchmark import random_weights_copy
+
+    blip = tiny_models["blip"]
+    assert blip.base_model.config.vision_config.initializer_range < 1e-3  # init_tiny keeps the placeholder
+    state = torch.random.get_rng_state()
+    copy = random_weights_copy(blip, tmp_path / "random", seed=0)
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's random stream is untouched
+    assert type(copy.base_model) is type(blip.base_model) and copy.family == blip.family
+    a, b = blip.base_model.config.to_dict(), copy.base_model.config.to_dict()
+    assert b["vision_config"].pop("initializer_range") == 0.02
+    a["vision_config"].pop("initializer_range")
+    for d in (a, b):
+        d.pop("transformers_version", None)
+        d.pop("_name_or_path", None)
+    assert a == b
+    assert copy.tokenizer.get_vocab() == blip.tokenizer.get_vocab()
+    old, new = blip.base_model.state_dict(), copy.base_model.state_dict()
+    assert old.keys() == new.keys()
+    assert not torch.equal(old["vision_model.embeddings.patch_embedding.weight"],
+                           new["vision_model.embeddings.patch_embedding.weight"])
+    assert random_weights_copy(blip, tmp_path / "again", seed=0).base_model.state_dict()[
+        "vision_model.embeddings.patch_embedding.weight"].equal(new["vision_model.embeddings.patch_embedding.weight"])

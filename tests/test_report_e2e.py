@@ -303,17 +303,17 @@ def build_runs(root: Path) -> dict[str, Path]:
     ExplainSummary.model_validate({"model": "/models/finetuned", "family": "blip", "settings": {"method": "attention"},
                                    "level": "word", "images": images}).write(ex)
 
-    def summary(n: int, hits: tuple[float, float, float]) -> dict[str, Any]:
+    def summary(n: int, hits: tuple[float, float, float, float]) -> dict[str, Any]:
         return {"n": n, "tolerance_px": 0.05, "scores": {
             src: {"hit": h, "hit_tol": min(1.0, 1.4 * h), "energy": h / 2}
-            for src, h in zip(("model", "uniform", "centre"), hits, strict=True)}}
+            for src, h in zip(("model", "uniform", "centre", "random"), hits, strict=True)}}
 
     Grounding.model_validate({
         "model": "/models/finetuned", "family": "blip", "data": str(data), "split": "test",
         "caption_source": "reference", "settings": {"method": "attention"}, "tolerance": "0.05 of the longer image side",
-        "summary": {**summary(6, (0.5, 0.04, 0.17)), "skipped": {"no finding": 2}}, "hits": 3,
-        "p_value": {"vs_uniform": 0.001, "vs_centre": 0.05},
-        "by_finding": {f: summary(3, (h, 0.04, 0.2)) for f, h in (("nodule", 0.67), ("effusion", 0.33))},
+        "summary": {**summary(6, (0.5, 0.04, 0.17, 0.125)), "skipped": {"no finding": 2}}, "hits": 3,
+        "p_value": {"vs_uniform": 0.001, "vs_centre": 0.05, "vs_random_weights": 0.0312},
+        "by_finding": {f: summary(3, (h, 0.04, 0.2, 0.1)) for f, h in (("nodule", 0.67), ("effusion", 0.33))},
         "rows": []}).write(ex)
 
     # ablation table
@@ -446,7 +446,15 @@ def test_report_json_and_markdown(built: dict[str, Path]) -> None:
     assert fin["wrong_side_count"] == 2 and fin["wrong_modality_count"] == 1
     assert {x["id"] for x in fin["wrong_side"]} == {IDS[1], IDS[5]}
     assert rep["failures"]["score"] == "CIDEr"
-    assert rep["grounding"][0]["table"][0]["hit"] == 0.5
+    ground = rep["grounding"][0]
+    assert ground["table"][0]["hit"] == 0.5
+    # the random-weights model (evaluate_grounding's randomisation test): its own row, column and p-value
+    assert [row["map"] for row in ground["table"]] == ["model", "random-weights model", "uniform baseline",
+                                                       "centre-bias baseline"]
+    assert ground["has_random"] and ground["p_vs_random"] == 0.0312
+    assert [f["random"] for f in ground["by_finding"]] == [0.1, 0.1]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "random weights</th>" in html and "McNemar p-value that the model points more often: 0.031" in html
     md = (out / "report.md").read_text(encoding="utf-8")
     for heading in ("## Dataset", "## Comparison", "## Ablation", "## Training", "## Failure cases"):
         assert heading in md

@@ -61,6 +61,9 @@ def explain_cmd(
                                   help="Grounding score on a synthetic benchmark (--data): pointing game + energy."),
     generated: bool = typer.Option(False, "--generated",
                                    help="With --evaluate: score generated captions (default: reference captions)."),
+    random_baseline: bool = typer.Option(False, "--random-baseline",
+                                         help="With --evaluate: also score the same architecture with random weights "
+                                              "(the model randomisation test; a second copy of the model in memory)."),
     tolerance: float = typer.Option(0.05, "--tolerance", min=0.0,
                                     help="Tolerant pointing game radius, as a fraction of the longer image side."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1, help="Length limit of generated captions."),
@@ -105,6 +108,8 @@ def explain_cmd(
         raise MedblipError(f"dataset {data} does not exist")
     if words is not None and evaluate:
         raise MedblipError("--words does not apply to --evaluate (the finding words are scored)")
+    if random_baseline and not evaluate:
+        raise MedblipError("--random-baseline applies to --evaluate only")
 
     from medblip.models import create_model
     from medblip.models.loading import auto_device
@@ -114,7 +119,7 @@ def explain_cmd(
     out = prepare_output_dir(out, "explain", overwrite=overwrite, known_files=("summary.json", "grounding.json"))
     adapter = create_model(model, family=family, device=auto_device(device), dtype=dtype)
     if evaluate:
-        _evaluate(adapter, data, split, limit, settings, generated, tolerance, seed, out, progress)
+        _evaluate(adapter, data, split, limit, settings, generated, tolerance, seed, out, progress, random_baseline)
     else:
         _explain(adapter, image, caption, data, split, limit, reference, settings, _words(words), level, cmap,
                  alpha, seed, out, progress)
@@ -143,14 +148,15 @@ def _explain(adapter: Any, image: Path | None, caption: str | None, data: Path |
 
 
 def _evaluate(adapter: Any, data: Path, split: str, limit: int | None, settings: Any, generated: bool,
-              tolerance: float, seed: int, out: Path, progress: bool) -> None:
+              tolerance: float, seed: int, out: Path, progress: bool, random_baseline: bool) -> None:
     from functools import partial
 
     from medblip.explain.benchmark import evaluate_grounding, grounding_markdown, write_grounding
 
     result = evaluate_grounding(adapter, data, split=split, limit=limit, settings=settings,
                                 caption_source="generated" if generated else "reference", tolerance=tolerance,
-                                seed=seed, progress=partial(_bar_list, enabled=progress))
+                                seed=seed, random_baseline=random_baseline,
+                                progress=partial(_bar_list, enabled=progress))
     json_path, md_path = write_grounding(result, out)
     typer.echo(grounding_markdown(result).rstrip("\n"))
     typer.echo(f"written to {json_path} and {md_path}", err=True)

@@ -340,9 +340,10 @@ def headline_table(comparison: Comparison, ablation: AblationResult | None,
         lines += ["", "Ablation (same data, seed and budget; time = training steps):", *summary_lines(ablation)]
     if grounding is not None:
         sc = grounding.summary.scores
+        random = f", random-weights model {fmt_num(sc['random'].hit)}" if "random" in sc else ""
         lines += ["", f"Grounding (pointing game on {grounding.summary.n} lesions): model "
-                      f"{fmt_num(sc['model'].hit)}, uniform baseline {fmt_num(sc['uniform'].hit)}, centre baseline "
-                      f"{fmt_num(sc['centre'].hit)}"]
+                      f"{fmt_num(sc['model'].hit)}{random}, uniform baseline {fmt_num(sc['uniform'].hit)}, centre "
+                      f"baseline {fmt_num(sc['centre'].hit)}"]
     return lines
 
 
@@ -526,7 +527,9 @@ def _pipeline(opts: DemoOptions, out: Path, recipe: TinyRecipe | RealRecipe, st:
             from medblip.explain.benchmark import evaluate_grounding, write_grounding
 
             try:
-                scored = evaluate_grounding(fine_tuned_adapter(), data, split="test", limit=n_ground, seed=0)
+                # with the model randomisation test: a map that scores as well untrained measures the image
+                scored = evaluate_grounding(fine_tuned_adapter(), data, split="test", limit=n_ground, seed=0,
+                                            random_baseline=True)
             except MedblipError as exc:  # e.g. no test image with a finding in a tiny split
                 notes.append(f"grounding skipped: {exc}")
                 info["status"] = "skipped (nothing to score)"

@@ -112,9 +112,11 @@ def score_map(heat: np.ndarray, mask: np.ndarray, tolerance_px: float = 0.0) -> 
 
 def summarise(rows: Iterable[dict[str, Any]], tolerance_px: float,
               skipped: dict[str, int] | None = None) -> GroundingSummary:
-    """Average per-finding rows shaped ``{"model": {...}, "uniform": {...}, "centre": {...}}``."""
+    """Average per-finding rows shaped ``{"model": {...}, "uniform": {...}, "centre": {...}}`` (and
+    ``"random"``, the random-weights model's, when every row has it)."""
     rows = list(rows)
+    sources = ["model", "uniform", "centre"] + (["random"] if rows and all("random" in r for r in rows) else [])
     scores = {source: MapScores(**{metric: float(np.mean([r[source][metric] for r in rows])) if rows else float("nan")
                                    for metric in ("hit", "hit_tol", "energy")})
-              for source in ("model", "uniform", "centre")}
+              for source in sources}
     return GroundingSummary(n=len(rows), tolerance_px=tolerance_px, scores=scores, skipped=dict(skipped or {}))

@@ -684,14 +684,16 @@ def parse_grounding(r: _Reader, path: Path, name: str) -> dict[str, Any] | None:
     g = r.result(Grounding, path)
     if g is None:
         return None
-    labels = {"model": "model", "uniform": "uniform baseline", "centre": "centre-bias baseline"}
+    labels = {"model": "model", "random": "random-weights model", "uniform": "uniform baseline",
+              "centre": "centre-bias baseline"}
     table = [{"map": label, **g.summary.scores[key].model_dump()} for key, label in labels.items()
              if key in g.summary.scores]
     by_finding = [{"finding": f, "n": s.n, **{key: s.scores[key].hit if key in s.scores else None for key in labels}}
                   for f, s in g.by_finding.items()]
     return {"name": name, "source": str(path), "model": g.model, "split": g.split,
             "caption_source": g.caption_source, "method": g.settings.get("method"), "tolerance": g.tolerance,
-            "n": g.summary.n, "skipped": dict(g.summary.skipped), "table": table, "by_finding": by_finding}
+            "n": g.summary.n, "skipped": dict(g.summary.skipped), "table": table, "by_finding": by_finding,
+            "has_random": "random" in g.summary.scores, "p_vs_random": g.p_value.get("vs_random_weights")}
 
 
 # -- clinical terms --------------------------------------------------------------------------------
