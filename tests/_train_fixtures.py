@@ -172,22 +172,53 @@ def train_recipe(root: Path, recipe: dict[str, Any], model: Path | None = None, 
                            facts=load_facts(data))
 
 
-@pytest.fixture(scope="session")
-def demo_standin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DemoStandin:
-    # As the demo's "models" stage makes it: the full pretraining recipe, the benchmark's captions in the
-    # tokenizer. Kept in pytest's cache folder when there is one (a rerun reuses it while its recipe key -
-    # recipe, seed, tokenizer captions, corpus version - is the same), else made in a temporary folder.
+def build_demo_standin(root: Path) -> DemoStandin:
+    """As the demo's "models" stage makes it: the full pretraining recipe, the benchmark's captions in the
+    tokenizer; nothing is redone when ``root`` already holds both for the current recipe key (recipe,
+    seed, tokenizer captions, corpus version)."""
     from medblip.experiments.demo import make_synth
     from medblip.experiments.demo import train_captions as demo_captions
     from medblip.experiments.pretrain import load_recipe, standins
 
-    cache = getattr(request.config, "cache", None)
-    root = cache.mkdir("medblip-demo-standin") if cache is not None else tmp_path_factory.mktemp("demo-standin")
     data, model = root / "synth", root / "tiny-blip"
     demo = load_demo_recipe("full")
     make_synth(data, demo.synth, lambda _m: None)
     standins({"blip": model}, {"blip": load_recipe("blip", demo.pretrain)}, captions=demo_captions(data))
     return DemoStandin(model_dir=model, data_dir=data)
+
+
+#: the background process building the stand-in (pytest_collection_modifyitems), joined by demo_standin
+_BACKGROUND: dict[str, Any] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The stand-in's pretraining takes ~2 minutes on one thread (its recipe's count) and the machine has
+    # two cores: it is built in another process from the start of the session, and the tests that need it
+    # run last, so that the other tests run beside it instead of after it (the 15-minute CI budget).
+    users = [item for item in items if "demo_standin" in getattr(item, "fixturenames", ())]
+    cache = getattr(config, "cache", None)
+    if not users or len(users) == len(items) or cache is None or (os.cpu_count() or 1) < 2:
+        return
+    chosen = set(map(id, users))
+    items[:] = [item for item in items if id(item) not in chosen] + users
+    import multiprocessing
+
+    # spawn: a fresh interpreter (forking a process that holds torch's thread pools is unsafe)
+    proc = multiprocessing.get_context("spawn").Process(
+        target=build_demo_standin, args=(cache.mkdir("medblip-demo-standin"),), daemon=True)
+    proc.start()
+    _BACKGROUND["demo_standin"] = proc
+
+
+@pytest.fixture(scope="session")
+def demo_standin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DemoStandin:
+    # Kept in pytest's cache folder when there is one (a rerun reuses it), else made in a temporary folder.
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("medblip-demo-standin") if cache is not None else tmp_path_factory.mktemp("demo-standin")
+    background = _BACKGROUND.pop("demo_standin", None)
+    if background is not None:
+        background.join()  # whatever its outcome, the build below finishes the job or raises its error here
+    return build_demo_standin(root)
 
 
 @pytest.fixture(scope="session")
