@@ -45,12 +45,17 @@ def test_help_lists_the_options() -> None:
         assert opt in res.output
 
 
-def test_one_image_with_caption_and_words(tiny_blip: Path, tmp_path: Path) -> None:
+def _scan(folder: Path) -> Path:
+    """A dark 120 x 80 image with one bright disc, as scan.png in ``folder``."""
     img = Image.new("RGB", (120, 80), (20, 20, 20))
     ImageDraw.Draw(img).ellipse((10, 10, 40, 40), fill=(240, 240, 240))
-    img.save(tmp_path / "scan.png")
+    img.save(folder / "scan.png")
+    return folder / "scan.png"
+
+
+def test_one_image_with_caption_and_words(tiny_blip: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    res = _run("--model", str(tiny_blip), "--image", str(tmp_path / "scan.png"), "--caption",
+    res = _run("--model", str(tiny_blip), "--image", str(_scan(tmp_path)), "--caption",
                "CT of the chest showing a left lung nodule.", "--method", "gradcam", "--layers", "-1",
                "--words", "nodule,left", "--out", str(out), "--no-progress")
     assert res.exit_code == 0, res.output
@@ -65,11 +70,8 @@ def test_one_image_with_caption_and_words(tiny_blip: Path, tmp_path: Path) -> No
 
 
 def test_saliency_maps_of_one_image(tiny_blip: Path, tmp_path: Path) -> None:
-    img = Image.new("RGB", (120, 80), (20, 20, 20))
-    ImageDraw.Draw(img).ellipse((10, 10, 40, 40), fill=(240, 240, 240))
-    img.save(tmp_path / "scan.png")
     out = tmp_path / "out"
-    res = _run("--model", str(tiny_blip), "--image", str(tmp_path / "scan.png"), "--caption",
+    res = _run("--model", str(tiny_blip), "--image", str(_scan(tmp_path)), "--caption",
                "CT of the chest showing a left lung nodule.", "--method", "saliency", "--words", "nodule",
                "--out", str(out), "--no-progress")
     assert res.exit_code == 0, res.output
@@ -78,7 +80,7 @@ def test_saliency_maps_of_one_image(tiny_blip: Path, tmp_path: Path) -> None:
     maps = np.load(out / "scan" / "word_maps.npy")
     assert maps.shape[1:] == tuple(doc["grid"]) and maps.shape[1] > 4  # input pixels, not the 4 x 4 patches
     with pytest.raises(MedblipError, match="layers select cross-attention"):  # before the model is loaded
-        _run("--model", str(tiny_blip), "--image", str(tmp_path / "scan.png"), "--method", "saliency",
+        _run("--model", str(tiny_blip), "--image", str(_scan(tmp_path)), "--method", "saliency",
              "--layers", "-1", "--out", str(tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()
 
