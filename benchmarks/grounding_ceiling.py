@@ -26,7 +26,7 @@ scores the model's attention (``to_original``, min-max, the maximum inside the l
   the model.
 
 If the anomaly maps hit far more lesions than the attention, the grid is not what limits the
-pointing game: the information is in the image and in the encoder's features, and the caption loss
+pointing game: the information is in the image (and survives the encoder, trained or not), and the caption loss
 has not taught the decoder's attention to find it. By default it reads a ``medblip demo`` output
 folder (``--demo``, default ``demo_output``): the fine-tuned BLIP ``DEMO/ablation/full/checkpoints/best``
 and the benchmark ``DEMO/data/synth``. ``--model`` scores another captioner (e.g. the stand-in

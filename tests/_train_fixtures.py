@@ -197,7 +197,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # run last, so that the other tests run beside it instead of after it (the 15-minute CI budget).
     users = [item for item in items if "demo_standin" in getattr(item, "fixturenames", ())]
     cache = getattr(config, "cache", None)
-    if not users or len(users) == len(items) or cache is None or (os.cpu_count() or 1) < 2:
+    if (not users or len(users) == len(items) or cache is None or (os.cpu_count() or 1) < 2
+            or config.option.collectonly):
         return
     chosen = set(map(id, users))
     items[:] = [item for item in items if id(item) not in chosen] + users

@@ -47,8 +47,8 @@ def explain_cmd(
     reference: bool = typer.Option(False, "--reference",
                                    help="With --data: explain the reference captions instead of generated ones."),
     method: str = typer.Option("attention", "--method",
-                               help="attention (raw cross-attention), gradcam, or saliency (input x gradient: "
-                                    "which pixels each word depends on)."),
+                               help="attention (raw cross-attention), gradcam, or saliency (the gradient at each "
+                                    "input pixel: which pixels each word depends on)."),
     layers: str | None = typer.Option(None, "--layers",
                                       help="Cross-attention layers, e.g. 0,-1 (default: all; gradcam: last)."),
     heads: str | None = typer.Option(None, "--heads", help="Heads to keep, e.g. 0,3 (default: all)."),

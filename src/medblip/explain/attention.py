@@ -275,6 +275,14 @@ def _maps_from(adapter: CaptionModel, spec: FamilySpec, model: Any, out: Any, lo
     token_logp = torch.stack([logp[offset + r, t] for r, t in zip(rows, target_ids, strict=True)])
     tokens = adapter.tokenizer.convert_ids_to_tokens(target_ids)
 
+    if method == "saliency":  # no attention, no patch grid: the pixels' gradients
+        if pixels is None or not pixels.requires_grad:
+            raise MedblipError("saliency needs gradients with respect to the input pixels, but the model ran without them")
+        maps = _saliency(pixels, token_logp)
+        extra = {"saliency": "max over colour channels of |gradient of log p(token)|, input resolution"}
+        return Trace(tokens=list(tokens), token_ids=target_ids, grid=(int(maps.shape[-2]), int(maps.shape[-1])),
+                     logprobs=[float(x) for x in token_logp.detach().cpu()], extra=extra), maps
+
     first = store[0]
     grid, prefix = _grid_and_prefix(model, batch["pixel_values"], first.shape[-1])
     extra: dict[str, Any] = {"prefix_positions": prefix, "cross_attention_layers": len(store)}
@@ -292,14 +300,6 @@ def _maps_from(adapter: CaptionModel, spec: FamilySpec, model: Any, out: Any, lo
             return att[:, rows, :]
         return torch.einsum("tq,hqp->htp", weights.to(att.dtype), att)
 
-    if method == "saliency":
-        if pixels is None or not pixels.requires_grad:
-            raise MedblipError("saliency needs gradients with respect to the input pixels, but the model ran without them")
-        maps = _saliency(pixels, token_logp)
-        extra["saliency"] = "max over colour channels of |gradient of log p(token)|, input resolution"
-        result = Trace(tokens=list(tokens), token_ids=target_ids, grid=(int(maps.shape[-2]), int(maps.shape[-1])),
-                       logprobs=[float(x) for x in token_logp.detach().cpu()], extra=extra)
-        return result, maps
     if method == "attention":
         per_layer = [per_token(a[0].detach()).cpu().numpy() for a in store]
         maps = aggregate(per_layer, layers, heads, how)
