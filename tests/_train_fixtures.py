@@ -189,6 +189,7 @@ def build_demo_standin(root: Path) -> DemoStandin:
 
 #: the background process building the stand-in (pytest_collection_modifyitems), joined by demo_standin
 _BACKGROUND: dict[str, Any] = {}
+STANDIN_CACHE_KEY = "medblip-demo-standin"  # pytest's cache folder that both build into
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -206,7 +207,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     # spawn: a fresh interpreter (forking a process that holds torch's thread pools is unsafe)
     proc = multiprocessing.get_context("spawn").Process(
-        target=build_demo_standin, args=(cache.mkdir("medblip-demo-standin"),), daemon=True)
+        target=build_demo_standin, args=(cache.mkdir(STANDIN_CACHE_KEY),), daemon=True)
     proc.start()
     _BACKGROUND["demo_standin"] = proc
 
@@ -215,7 +216,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def demo_standin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DemoStandin:
     # Kept in pytest's cache folder when there is one (a rerun reuses it), else made in a temporary folder.
     cache = getattr(request.config, "cache", None)
-    root = cache.mkdir("medblip-demo-standin") if cache is not None else tmp_path_factory.mktemp("demo-standin")
+    root = cache.mkdir(STANDIN_CACHE_KEY) if cache is not None else tmp_path_factory.mktemp("demo-standin")
     background = _BACKGROUND.pop("demo_standin", None)
     if background is not None:
         background.join()  # whatever its outcome, the build below finishes the job or raises its error here
