@@ -11,6 +11,7 @@ GPT-2 (124M) with cross-attention, vocabulary 50,257. ``shapes="tiny"`` is ``ini
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -119,6 +120,37 @@ def image_size_of(adapter: CaptionModel) -> int:
     from medblip.data.cache import processor_image_settings
 
     return processor_image_settings(adapter.processor.image_processor)[0]
+
+
+def encode_patches(adapter: CaptionModel, images: list[Any]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(input pixels per patch, vision-tower features per patch), each (n, grid * grid, dim), and grid."""
+    pixels, features, grid = [], [], 0
+    with torch.no_grad():
+        for i in range(0, len(images), 64):
+            pv = adapter.pixel_values(images[i:i + 64]).float()
+            hidden = adapter.encode_images(pv)
+            grid = math.isqrt(hidden.shape[1] - 1)  # after the CLS token
+            if grid * grid != hidden.shape[1] - 1:
+                raise SystemExit(f"error: {hidden.shape[1]} image tokens are not CLS + a square grid")
+            n, c, h, w = pv.shape
+            p = h // grid
+            pixels.append(pv.reshape(n, c, grid, p, grid, p).permute(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, -1))
+            features.append(hidden[:, 1:].float())
+    return torch.cat(pixels).numpy(), torch.cat(features).numpy(), grid
+
+
+def greedy_test_captions(adapter: CaptionModel, data: Path, generation: dict[str, Any] | None = None
+                         ) -> dict[str, str]:
+    """Test-split captions, generated as `medblip evaluate` and the demo generate them (``generation``:
+    default the demo's, ``configs/demo/full.yaml``)."""
+    from medblip.data import load_dataset
+    from medblip.evaluation.predict import make_settings, predict
+    from medblip.experiments.demo import load_recipe
+
+    records = load_dataset(data, splits=["test"]).records
+    settings = make_settings(generation if generation is not None else dict(load_recipe("full").generation))
+    run = predict(adapter, records, None, settings, batch_size=32, progress=False)
+    return {row["id"]: row["prediction"] for row in run.rows}
 
 
 # -- data ------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The demo's fine-tuning at larger budgets: when does the stand-in learn the lesion side and point?
 
 Usage: python benchmarks/demo_budget.py [--n 4000] [--epochs 8,16] [--model standin|FOLDER] [--seed 0]
-       [--json FILE.json] [--keep DIR]
+       [--lr LR] [--json FILE.json] [--keep DIR]
 
 `medblip demo` fine-tunes the BLIP stand-in on 1,152 images for 8 epochs (288 steps) and, so measured,
 names the side of one-sided lesions no better than the majority side, and its attention hits the lesion
@@ -31,21 +31,11 @@ from typing import Any
 
 import torch
 
-from bench_utils import environment, image_size_of, write_json
-
-
-def _captions(adapter: Any, data: Path, generation: dict[str, Any]) -> dict[str, str]:
-    """Test-split captions, generated as `medblip evaluate` and the demo generate them."""
-    from medblip.data import load_dataset
-    from medblip.evaluation.predict import make_settings, predict
-
-    records = load_dataset(data, splits=["test"]).records
-    run = predict(adapter, records, None, make_settings(generation), batch_size=32, progress=False)
-    return {row["id"]: row["prediction"] for row in run.rows}
+from bench_utils import environment, greedy_test_captions, image_size_of, write_json
 
 
 def measure(model_dir: Path, image_size: int, data: Path, epochs: int, seed: int, work: Path,
-            keep: Path | None = None) -> dict[str, Any]:
+            keep: Path | None = None, lr: float | None = None) -> dict[str, Any]:
     from medblip.data.synth import load_facts
     from medblip.experiments.demo import load_recipe, tiny_config
     from medblip.experiments.shape import side_rates
@@ -54,7 +44,8 @@ def measure(model_dir: Path, image_size: int, data: Path, epochs: int, seed: int
     from medblip.training.trainer import train
 
     recipe = load_recipe("full")
-    recipe = recipe.model_copy(update={"train": {**recipe.train, "epochs": epochs}})
+    train_section = {**recipe.train, "epochs": epochs, **({"lr": lr} if lr is not None else {})}
+    recipe = recipe.model_copy(update={"train": train_section})
     config = tiny_config(model_dir, data, work / f"epochs{epochs}", recipe, f"budget-e{epochs}", image_size, seed)
     t0 = time.perf_counter()
     result = train(config, progress=False)
@@ -63,11 +54,12 @@ def measure(model_dir: Path, image_size: int, data: Path, epochs: int, seed: int
     if keep is not None:
         shutil.copytree(checkpoint, keep / f"epochs{epochs}", dirs_exist_ok=True)
     adapter = create_model(checkpoint)
-    side, majority, n_sided = side_rates(_captions(adapter, data, dict(recipe.generation)), load_facts(data))
+    side, majority, n_sided = side_rates(greedy_test_captions(adapter, data, dict(recipe.generation)), load_facts(data))
     grounding = evaluate_grounding(adapter, data, split="test")
     scores = grounding["summary"]["scores"]
     return {
-        "epochs": epochs, "steps": result.global_step, "train_seconds": round(seconds, 1),
+        "epochs": epochs, "lr": train_section["lr"], "steps": result.global_step,
+        "train_seconds": round(seconds, 1),
         "side": side, "side_majority": majority, "one_sided_lesions": n_sided,
         "side_over_majority": None if side is None or majority is None else round(side - majority, 4),
         "pointing": scores["model"]["hit"], "pointing_uniform": scores["uniform"]["hit"],
@@ -85,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-seed", type=int, default=0, help="their seed (default: %(default)s)")
     parser.add_argument("--epochs", default="8,16", help="comma-separated budgets (default: %(default)s; the demo's: 8)")
     parser.add_argument("--seed", type=int, default=0, help="stand-in and fine-tuning seed (default: %(default)s)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the demo's, configs/demo/full.yaml)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s, as the demo)")
     parser.add_argument("--json", type=Path, help="write the result here")
     parser.add_argument("--keep", type=Path, help="keep each budget's fine-tuned model as KEEP/epochsE "
@@ -96,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--epochs {args.epochs!r}: comma-separated whole numbers expected")
     if not budgets or min(budgets) < 1:
         parser.error("--epochs: at least one budget of 1 epoch or more")
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr {args.lr}: a positive learning rate expected")
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="demo-budget-") as tmp:
@@ -122,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| epochs | steps | train s | side | majority | pointing | uniform | tolerant |", flush=True)
         print("|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
         for epochs in budgets:
-            r = measure(model_dir, image_size, data, epochs, args.seed, work, args.keep)
+            r = measure(model_dir, image_size, data, epochs, args.seed, work, args.keep, args.lr)
             rows.append(r)
             side = "n/a" if r["side"] is None else f"{r['side']:.3f}"
             majority = "n/a" if r["side_majority"] is None else f"{r['side_majority']:.3f}"

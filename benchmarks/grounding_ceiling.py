@@ -13,6 +13,10 @@ scores the model's attention (``to_original``, min-max, the maximum inside the l
   right patch;
 - ``pixel_anomaly``: model-free; per modality, each patch's mean squared z-score of its input pixels
   against the finding-free training images of that modality at the same place;
+- ``pixel_asymmetry``: model-free too; each patch's mean squared difference from the mirrored patch
+  across the vertical midline. Most of the benchmark's anatomy is left-right symmetric and its lesions
+  are one-sided, so this is the cue that a model needs no normal images for; it marks the lesion's
+  mirror place as much as the lesion;
 - ``feature_anomaly``: the same on the model's vision-tower patch features (last hidden state);
 - ``attention``: the finding words' decoder cross-attention, mean over layers and heads, as
   ``medblip explain --evaluate`` (``evaluate_grounding``) computes it; ``heads`` has each
@@ -37,7 +41,6 @@ seed 0).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 from collections import Counter
@@ -47,33 +50,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench_utils import environment, write_json
+from bench_utils import encode_patches, environment, write_json
 
 TOLERANCE = 0.05  # of the image's longer side, as evaluate_grounding's tolerant game
 MIN_NORMALS = 5  # finding-free training images of a modality, for its per-place statistics
-
-
-def _encode(adapter: Any, images: list[Any]) -> tuple[np.ndarray, np.ndarray, int]:
-    """(input pixels per patch, vision-tower features per patch), each (n, grid * grid, dim), and grid."""
-    pixels, features, grid = [], [], 0
-    with torch.no_grad():
-        for i in range(0, len(images), 64):
-            pv = adapter.pixel_values(images[i:i + 64]).float()
-            hidden = adapter.encode_images(pv)
-            grid = math.isqrt(hidden.shape[1] - 1)  # after the CLS token
-            if grid * grid != hidden.shape[1] - 1:
-                raise SystemExit(f"error: {hidden.shape[1]} image tokens are not CLS + a square grid")
-            n, c, h, w = pv.shape
-            p = h // grid
-            pixels.append(pv.reshape(n, c, grid, p, grid, p).permute(0, 2, 4, 1, 3, 5).reshape(n, grid * grid, -1))
-            features.append(hidden[:, 1:].float())
-    return torch.cat(pixels).numpy(), torch.cat(features).numpy(), grid
 
 
 def _anomaly(test: np.ndarray, normal: np.ndarray) -> np.ndarray:
     """Per patch, the mean squared z-score against the normal images' statistics at that place."""
     mean, std = normal.mean(0), normal.std(0) + 1e-3
     return (((test - mean) / std) ** 2).mean(-1)
+
+
+def _asymmetry(pixels: np.ndarray, grid: int) -> np.ndarray:
+    """Per patch, the mean squared difference from its mirror image across the vertical midline (the
+    patch at the mirrored place, flipped left to right): symmetric anatomy cancels, a one-sided lesion
+    does not, and it marks its mirror place as much as itself."""
+    channels_by_pixels = pixels.shape[-1]
+    p = int(round((channels_by_pixels / 3) ** 0.5))
+    patches = pixels.reshape(grid, grid, -1, p, p)
+    mirror = patches[:, ::-1, :, :, ::-1]
+    return ((patches - mirror) ** 2).mean(axis=(2, 3, 4))
 
 
 def _ideal(mask: np.ndarray, box: tuple[float, ...], grid: int) -> np.ndarray:
@@ -123,14 +120,14 @@ def measure(model_dir: Path, data: Path, split: str = "test", randomised: Path |
     if not ids:
         raise SystemExit(f"error: {data}: no modality has {MIN_NORMALS} finding-free training images")
     images = [load_image(records[i].image) for i in ids]
-    pix_test, feat_test, grid = _encode(adapter, images)
+    pix_test, feat_test, grid = encode_patches(adapter, images)
     normal_images = [load_image(records[i].image) for i in normals]
-    pix_norm, feat_norm, _ = _encode(adapter, normal_images)
+    pix_norm, feat_norm, _ = encode_patches(adapter, normal_images)
     features = {"": (feat_test, feat_norm)}
     if random_adapter is not None:
-        features["random_"] = (_encode(random_adapter, images)[1], _encode(random_adapter, normal_images)[1])
+        features["random_"] = (encode_patches(random_adapter, images)[1], encode_patches(random_adapter, normal_images)[1])
 
-    names = ["uniform", "ideal", "pixel_anomaly"] + [f"{prefix}{name}" for prefix in model_maps
+    names = ["uniform", "ideal", "pixel_anomaly", "pixel_asymmetry"] + [f"{prefix}{name}" for prefix in model_maps
                                                      for name in ("feature_anomaly", "attention", "saliency")]
     scores: dict[str, list[dict[str, float]]] = {k: [] for k in names}
     by_modality: dict[str, list[int]] = {}
@@ -144,7 +141,8 @@ def measure(model_dir: Path, data: Path, split: str = "test", randomised: Path |
         box = input_box(adapter.processor, size)
         tol = TOLERANCE * max(size)
         maps = {"ideal": _ideal(mask, box, grid),
-                "pixel_anomaly": _anomaly(pix_test[k], pix_norm[same]).reshape(grid, grid)}
+                "pixel_anomaly": _anomaly(pix_test[k], pix_norm[same]).reshape(grid, grid),
+                "pixel_asymmetry": _asymmetry(pix_test[k], grid)}
         for prefix, (test, normal) in features.items():
             maps[f"{prefix}feature_anomaly"] = _anomaly(test[k], normal[same]).reshape(grid, grid)
         for name, grid_map in maps.items():

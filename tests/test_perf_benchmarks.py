@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,11 +94,11 @@ def test_demo_budget_smoke(tmp_path):
 
     model = init_tiny("blip", tmp_path / "tiny", seed=0)
     res = _run("demo_budget.py", tmp_path / "b.json", "--model", str(model), "--n", "120", "--epochs", "1",
-               "--keep", str(tmp_path / "kept"))
+               "--lr", "1e-3", "--keep", str(tmp_path / "kept"))
     assert (tmp_path / "kept" / "epochs1" / "config.json").is_file()  # the fine-tuned model, for grounding_ceiling
     assert res["benchmark"] == "demo_budget" and res["data"] == {"n": 120, "size": 64, "seed": 0}
     [row] = res["budgets"]
-    assert row["epochs"] == 1 and row["steps"] >= 1 and row["train_seconds"] > 0
+    assert row["epochs"] == 1 and row["steps"] >= 1 and row["train_seconds"] > 0 and row["lr"] == 1e-3
     assert row["one_sided_lesions"] > 0 and 0 <= row["side"] <= 1 and 0.5 <= row["side_majority"] <= 1
     assert row["findings_scored"] > 0 and 0 <= row["pointing"] <= 1 and 0 < row["pointing_uniform"] < 0.5
     assert row["pointing_tolerant"] >= row["pointing"]
@@ -118,7 +119,7 @@ def test_grounding_ceiling_smoke(tmp_path):
     assert res["findings_scored"] > 0 and res["findings_skipped_few_normals"] >= 0
     maps = res["maps"]
     model_maps = {"feature_anomaly", "attention", "saliency"}
-    assert set(maps) == {"uniform", "ideal", "pixel_anomaly", *model_maps, *{f"random_{m}" for m in model_maps}}
+    assert set(maps) == {"uniform", "ideal", "pixel_anomaly", "pixel_asymmetry", *model_maps, *{f"random_{m}" for m in model_maps}}
     for row in maps.values():
         assert 0 <= row["pointing"] <= row["pointing_tolerant"] <= 1 and 0 <= row["energy"] <= 1
     assert maps["ideal"]["pointing"] > maps["uniform"]["pointing"]
@@ -126,3 +127,39 @@ def test_grounding_ceiling_smoke(tmp_path):
     assert res["grid"] == [spec.image_size // spec.patch_size] * 2
     assert [(h["layer"], h["head"]) for h in res["heads"]] == [
         (layer, head) for layer in range(spec.num_layers) for head in range(spec.num_heads)]
+
+
+def test_side_probe_reads_a_linear_side_and_not_noise():
+    """The probe recovers a side that the features hold linearly, and stays near chance on noise."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from side_probe import probe
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.5).astype(np.float64)
+    noise = rng.normal(size=(400, 30))
+    informative = noise.copy()
+    informative[:, 3] += 2.0 * (2 * y - 1)
+    train, test = np.arange(400) < 300, np.arange(400) >= 300
+    assert probe(informative, y, train, test)["accuracy"] >= 0.9
+    assert probe(noise, y, train, test)["accuracy"] <= 0.7
+
+
+@pytest.mark.slow
+def test_side_probe_smoke(tmp_path):
+    """Pixels, each model's features and halves, its captions, and the random-weights copy: one row each."""
+    from medblip.data.synth import generate
+    from medblip.models import init_tiny
+
+    data = tmp_path / "data"
+    generate(data, 240, seed=0, size=64)
+    model = init_tiny("blip", tmp_path / "tiny", seed=0)
+    res = _run("side_probe.py", tmp_path / "p.json", "--model", str(model), "--data", str(data))
+    assert res["benchmark"] == "side_probe" and res["one_sided_lesions"]["test"] >= 10
+    assert [(r["model"], r["features"]) for r in res["rows"]] == [
+        ("none", "pixels"), *[(m, f) for m in (str(model), "random weights")
+                              for f in ("features", "halves", "its greedy captions (not a probe)")]]
+    for r in res["rows"]:
+        assert r["accuracy"] is None or 0 <= r["accuracy"] <= 1
+        assert "penalty" not in r or r["penalty"] in (1e-3, 1e-2, 1e-1, 1.0)
