@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench_utils import encode_patches, environment, write_json
+from bench_utils import encode_patches, environment, image_size_of, write_json
 
 TOLERANCE = 0.05  # of the image's longer side, as evaluate_grounding's tolerant game
 MIN_NORMALS = 5  # finding-free training images of a modality, for its per-place statistics
@@ -62,13 +62,12 @@ def _anomaly(test: np.ndarray, normal: np.ndarray) -> np.ndarray:
     return (((test - mean) / std) ** 2).mean(-1)
 
 
-def _asymmetry(pixels: np.ndarray, grid: int) -> np.ndarray:
+def _asymmetry(pixels: np.ndarray, grid: int, patch: int) -> np.ndarray:
     """Per patch, the mean squared difference from its mirror image across the vertical midline (the
     patch at the mirrored place, flipped left to right): symmetric anatomy cancels, a one-sided lesion
-    does not, and it marks its mirror place as much as itself."""
-    channels_by_pixels = pixels.shape[-1]
-    p = int(round((channels_by_pixels / 3) ** 0.5))
-    patches = pixels.reshape(grid, grid, -1, p, p)
+    does not, and it marks its mirror place as much as itself. ``pixels``: (grid * grid, channels *
+    patch * patch), as ``encode_patches`` lays them out."""
+    patches = pixels.reshape(grid, grid, -1, patch, patch)
     mirror = patches[:, ::-1, :, :, ::-1]
     return ((patches - mirror) ** 2).mean(axis=(2, 3, 4))
 
@@ -121,6 +120,7 @@ def measure(model_dir: Path, data: Path, split: str = "test", randomised: Path |
         raise SystemExit(f"error: {data}: no modality has {MIN_NORMALS} finding-free training images")
     images = [load_image(records[i].image) for i in ids]
     pix_test, feat_test, grid = encode_patches(adapter, images)
+    patch = image_size_of(adapter) // grid
     normal_images = [load_image(records[i].image) for i in normals]
     pix_norm, feat_norm, _ = encode_patches(adapter, normal_images)
     features = {"": (feat_test, feat_norm)}
@@ -142,7 +142,7 @@ def measure(model_dir: Path, data: Path, split: str = "test", randomised: Path |
         tol = TOLERANCE * max(size)
         maps = {"ideal": _ideal(mask, box, grid),
                 "pixel_anomaly": _anomaly(pix_test[k], pix_norm[same]).reshape(grid, grid),
-                "pixel_asymmetry": _asymmetry(pix_test[k], grid)}
+                "pixel_asymmetry": _asymmetry(pix_test[k], grid, patch)}
         for prefix, (test, normal) in features.items():
             maps[f"{prefix}feature_anomaly"] = _anomaly(test[k], normal[same]).reshape(grid, grid)
         for name, grid_map in maps.items():
