@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,11 +206,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = [item for item in items if id(item) not in chosen] + users
     import multiprocessing
 
-    # spawn: a fresh interpreter (forking a process that holds torch's thread pools is unsafe)
+    # spawn: a fresh interpreter (forking a process that holds torch's thread pools is unsafe). Not a
+    # daemon: the build renders the benchmark with a process pool, and a daemon may not have children
+    # (it failed so, and the fixture then built everything itself); pytest_sessionfinish stops it instead.
     proc = multiprocessing.get_context("spawn").Process(
-        target=build_demo_standin, args=(cache.mkdir(STANDIN_CACHE_KEY),), daemon=True)
+        target=build_demo_standin, args=(cache.mkdir(STANDIN_CACHE_KEY),), daemon=False)
     proc.start()
     _BACKGROUND["demo_standin"] = proc
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A session that ends before the stand-in's users ran (-x, a deselecting -k, Ctrl-C) does not wait
+    # for the build: it is stopped (its outputs are installed atomically, so the cache stays whole).
+    proc = _BACKGROUND.pop("demo_standin", None)
+    if proc is not None and proc.is_alive():
+        proc.terminate()
+        proc.join(timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -220,6 +232,9 @@ def demo_standin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     background = _BACKGROUND.pop("demo_standin", None)
     if background is not None:
         background.join()  # whatever its outcome, the build below finishes the job or raises its error here
+        if background.exitcode != 0:  # say so: the build below then costs the session its ~2 minutes
+            warnings.warn(f"the background build of the demo stand-in failed (exit code {background.exitcode}); "
+                          "building it in the test process", stacklevel=1)
     return build_demo_standin(root)
 
 
