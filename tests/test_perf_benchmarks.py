@@ -129,13 +129,35 @@ def test_grounding_ceiling_smoke(tmp_path):
         (layer, head) for layer in range(spec.num_layers) for head in range(spec.num_heads)]
 
 
-def test_side_probe_reads_a_linear_side_and_not_noise():
-    """The probe recovers a side that the features hold linearly, and stays near chance on noise."""
+def _bench_module(name: str):
+    """A benchmarks/ script imported as a module (its folder on sys.path while it imports bench_utils)."""
+    import importlib
+
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from side_probe import probe
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_mirror_asymmetry_cancels_symmetry_and_marks_a_one_sided_spot_and_its_mirror():
+    asymmetry = _bench_module("grounding_ceiling")._asymmetry
+    grid, patch = 4, 2
+    image = np.zeros((3, grid * patch, grid * patch))
+    image[:, :, :3] = 0.5
+    image[:, :, -3:] = 0.5  # a left-right symmetric "anatomy"
+    patches = image.reshape(3, grid, patch, grid, patch).transpose(1, 3, 0, 2, 4).reshape(grid * grid, -1)
+    assert np.allclose(asymmetry(patches, grid, patch), 0)
+    image[:, 2:4, 4:6] = 1.0  # a spot in the patch at row 1, column 2
+    patches = image.reshape(3, grid, patch, grid, patch).transpose(1, 3, 0, 2, 4).reshape(grid * grid, -1)
+    got = asymmetry(patches, grid, patch)
+    assert got[1, 2] > 0 and got[1, 1] == got[1, 2]  # the spot's patch and its mirror, and no other
+    assert np.count_nonzero(got) == 2
+
+
+def test_side_probe_reads_a_linear_side_and_not_noise():
+    """The probe recovers a side that the features hold linearly, and stays near chance on noise."""
+    probe = _bench_module("side_probe").probe
     rng = np.random.default_rng(0)
     y = (rng.random(400) < 0.5).astype(np.float64)
     noise = rng.normal(size=(400, 30))
