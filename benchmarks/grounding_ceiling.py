@@ -21,11 +21,17 @@ scores the model's attention (``to_original``, min-max, the maximum inside the l
 - ``attention``: the finding words' decoder cross-attention, mean over layers and heads, as
   ``medblip explain --evaluate`` (``evaluate_grounding``) computes it; ``heads`` has each
   (layer, head) alone;
+- ``attention_rollout`` (BLIP): the same attention carried back through the vision tower's
+  self-attention to the input patches (attention rollout, Abnar & Zuidema 2020: per layer the
+  head-mean attention plus the identity for the residual, rows renormalised, multiplied over the
+  layers). The decoder attends to encoder *outputs*, and each output mixes the patches its
+  self-attention drew from; if the lesion's evidence travelled to other tokens, rollout traces it back;
+- ``gradcam``: ``medblip explain --method gradcam``, the cross-attention of the last layer weighted by
+  the positive gradient of the words' log-probability (the ALBEF / BLIP convention);
 - ``saliency``: not attention and not on the grid: ``medblip explain --method saliency``, the
   |gradient| of the same words' log-probabilities at the input's resolution, i.e. which pixels the
   caption's words depend on;
-- ``random_*`` (unless ``--no-randomised``): ``feature_anomaly``, ``attention`` and ``saliency`` of the
-  same architecture with its weights redrawn (``random_weights_copy``, seed 0), the model randomisation
+- ``random_*`` (unless ``--no-randomised``): every model map above of the same architecture with its weights redrawn (``random_weights_copy``, seed 0), the model randomisation
   test of Adebayo et al. (2018): a map that scores as well without training measures the image, not
   the model.
 
@@ -81,14 +87,58 @@ def _ideal(mask: np.ndarray, box: tuple[float, ...], grid: int) -> np.ndarray:
     return np.asarray(crop.resize((grid, grid), Image.Resampling.BOX), dtype=np.float32)  # area means
 
 
+MODEL_METHODS = ("attention", "gradcam", "saliency")
+
+
 def _model_maps(adapter: Any, data: Path, split: str) -> dict[str, dict[str, dict[str, float]]]:
-    """Per map (attention, saliency), each test finding's score, as ``medblip explain --evaluate`` gives it."""
+    """Per map (attention, gradcam, saliency), each test finding's score, as ``medblip explain --evaluate``
+    gives it."""
     from medblip.explain.benchmark import evaluate_grounding
     from medblip.explain.explainer import ExplainSettings
 
     return {method: {row["id"]: row["model"] for row in evaluate_grounding(
         adapter, data, split=split, settings=ExplainSettings(method=method))["rows"]}
-        for method in ("attention", "saliency")}
+        for method in MODEL_METHODS}
+
+
+def rollout(attentions: Any) -> torch.Tensor:
+    """(batch, tokens, tokens) attention rollout of self-attention layers, each (batch, heads, tokens, tokens),
+    first layer first: per layer the head mean plus the identity (the residual path), rows renormalised,
+    multiplied over the layers. Row i: how much output token i draws on each input token."""
+    keys = attentions[0].shape[-1]
+    eye = torch.eye(keys)
+    rolled = eye.expand(attentions[0].shape[0], keys, keys)
+    for layer in attentions:
+        mixed = 0.5 * layer.float().mean(dim=1).cpu() + 0.5 * eye
+        rolled = (mixed / mixed.sum(dim=-1, keepdim=True)) @ rolled
+    return rolled
+
+
+def _vision_rollout(adapter: Any, images: list[Any]) -> np.ndarray | None:
+    """(n, patches, patches): :func:`rollout` of the vision tower over its patch tokens (CLS, the first
+    token, left out); None for a family without BLIP's ``vision_model``."""
+    from medblip.models.base import eager_attention
+
+    model = adapter.base_model
+    vision = getattr(model, "vision_model", None)
+    if vision is None:
+        return None
+    out = []
+    with torch.no_grad(), eager_attention(model):
+        for i in range(0, len(images), 64):
+            attentions = vision(pixel_values=adapter.pixel_values(images[i:i + 64]), output_attentions=True).attentions
+            out.append(rollout(attentions)[:, 1:, 1:])
+    return torch.cat(out).numpy()
+
+
+def _finding_attention(adapter: Any, image: Any, caption: str, finding: str) -> np.ndarray | None:
+    """The finding words' attention on the patch grid, before upsampling, as ``evaluate_grounding`` averages it."""
+    from medblip.explain.benchmark import finding_word_indices
+    from medblip.explain.explainer import explain_image
+
+    expl = explain_image(adapter, image, caption, caption_source="reference")
+    words = finding_word_indices(expl.words, finding)
+    return expl.word_maps[words].mean(axis=0) if words else None
 
 
 def measure(model_dir: Path, data: Path, split: str = "test", randomised: Path | None = None) -> dict[str, Any]:
@@ -124,11 +174,16 @@ def measure(model_dir: Path, data: Path, split: str = "test", randomised: Path |
     normal_images = [load_image(records[i].image) for i in normals]
     pix_norm, feat_norm, _ = encode_patches(adapter, normal_images)
     features = {"": (feat_test, feat_norm)}
+    rollouts = {"": (adapter, _vision_rollout(adapter, images))}
     if random_adapter is not None:
         features["random_"] = (encode_patches(random_adapter, images)[1], encode_patches(random_adapter, normal_images)[1])
+        rollouts["random_"] = (random_adapter, _vision_rollout(random_adapter, images))
+    rollouts = {prefix: pair for prefix, pair in rollouts.items() if pair[1] is not None}
 
-    names = ["uniform", "ideal", "pixel_anomaly", "pixel_asymmetry"] + [f"{prefix}{name}" for prefix in model_maps
-                                                     for name in ("feature_anomaly", "attention", "saliency")]
+    names = ["uniform", "ideal", "pixel_anomaly", "pixel_asymmetry"] + [
+        f"{prefix}{name}" for prefix in model_maps
+        for name in ("feature_anomaly", "attention", *(("attention_rollout",) if prefix in rollouts else ()),
+                     *MODEL_METHODS[1:])]
     scores: dict[str, list[dict[str, float]]] = {k: [] for k in names}
     by_modality: dict[str, list[int]] = {}
     for j, n in enumerate(normals):
@@ -145,6 +200,11 @@ def measure(model_dir: Path, data: Path, split: str = "test", randomised: Path |
                 "pixel_asymmetry": _asymmetry(pix_test[k], grid, patch)}
         for prefix, (test, normal) in features.items():
             maps[f"{prefix}feature_anomaly"] = _anomaly(test[k], normal[same]).reshape(grid, grid)
+        for prefix, (model, rolled) in rollouts.items():
+            attention_map = _finding_attention(model, images[k], records[i].caption, fact["finding"])
+            if attention_map is None or attention_map.shape != (grid, grid):
+                raise SystemExit(f"error: {i}: no finding-word attention on the {grid} x {grid} grid to roll out")
+            maps[f"{prefix}attention_rollout"] = (attention_map.reshape(-1) @ rolled[k]).reshape(grid, grid)
         for name, grid_map in maps.items():
             scores[name].append(score_map(normalize(to_original(grid_map, size, box)), mask, tol))
         scores["uniform"].append(baseline_scores(mask, tol)["uniform"])

@@ -118,7 +118,7 @@ def test_grounding_ceiling_smoke(tmp_path):
     assert res["normal_images"] > 0
     assert res["findings_scored"] > 0 and res["findings_skipped_few_normals"] >= 0
     maps = res["maps"]
-    model_maps = {"feature_anomaly", "attention", "saliency"}
+    model_maps = {"feature_anomaly", "attention", "attention_rollout", "gradcam", "saliency"}
     assert set(maps) == {"uniform", "ideal", "pixel_anomaly", "pixel_asymmetry", *model_maps, *{f"random_{m}" for m in model_maps}}
     for row in maps.values():
         assert 0 <= row["pointing"] <= row["pointing_tolerant"] <= 1 and 0 <= row["energy"] <= 1
@@ -185,3 +185,22 @@ def test_side_probe_smoke(tmp_path):
     for r in res["rows"]:
         assert r["accuracy"] is None or 0 <= r["accuracy"] <= 1
         assert "penalty" not in r or r["penalty"] in (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def test_attention_rollout_traces_outputs_back_to_inputs():
+    """grounding_ceiling's rollout (Abnar & Zuidema 2020): where each token attends to itself alone, every
+    output is its own input; where every token attends to token 2, each layer gives an output half its own
+    token (the residual) and half token 2's; rows stay distributions."""
+    import torch
+
+    rollout = _bench_module("grounding_ceiling").rollout
+    own = torch.eye(4).expand(1, 2, 4, 4)
+    assert torch.allclose(rollout([own, own])[0], torch.eye(4))
+    to_two = torch.zeros(1, 2, 4, 4)
+    to_two[..., 2] = 1.0
+    one_layer = 0.5 * torch.eye(4)
+    one_layer[:, 2] += 0.5
+    assert torch.allclose(rollout([to_two])[0], one_layer)
+    two_layers = rollout([to_two, to_two])[0]
+    assert torch.allclose(two_layers, 0.5 * one_layer + 0.5 * torch.eye(4)[2].expand(4, 4))  # row 2 of one_layer is e_2
+    assert torch.allclose(two_layers.sum(dim=-1), torch.ones(4))
