@@ -31,9 +31,9 @@ scores the model's attention (``to_original``, min-max, the maximum inside the l
 - ``saliency``: not attention and not on the grid: ``medblip explain --method saliency``, the
   |gradient| of the same words' log-probabilities at the input's resolution, i.e. which pixels the
   caption's words depend on;
-- ``random_*`` (unless ``--no-randomised``): every model map above of the same architecture with its weights redrawn (``random_weights_copy``, seed 0), the model randomisation
-  test of Adebayo et al. (2018): a map that scores as well without training measures the image, not
-  the model.
+- ``random_*`` (unless ``--no-randomised``): every model map above of the same architecture with its
+  weights redrawn (``random_weights_copy``, seed 0), the model randomisation test of Adebayo et al.
+  (2018): a map that scores as well without training measures the image, not the model.
 
 If the anomaly maps hit far more lesions than the attention, the grid is not what limits the
 pointing game: the information is in the image (and survives the encoder, trained or not), and the caption loss
@@ -154,7 +154,7 @@ def measure(model_dir: Path, data: Path, split: str = "test", randomised: Path |
 
     adapter = create_model(str(model_dir))
     facts = load_facts(data)
-    model_maps = {"": _model_maps(adapter, data, split)}  # the attention as the demo scores it, and saliency
+    model_maps = {"": _model_maps(adapter, data, split)}  # attention as the demo scores it, Grad-CAM, saliency
     attention = model_maps[""]["attention"]
     blip = adapter.family == "blip"  # the per-head loop is BLIP's
     random_adapter = None if randomised is None else random_weights_copy(adapter, randomised, seed=0)
